@@ -1,0 +1,23 @@
+# The two commands of the README:
+#   make demo   set up .venv and run a small real FineInstructions job on the embedded defaults
+#   make test   set up .venv and run the test suite
+VENV ?= .venv
+BIN := $(VENV)/bin
+OUT ?= runs/demo
+
+.PHONY: setup demo test lint bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(BIN)/fineinstructions demo --out $(OUT)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache
