@@ -1,0 +1,83 @@
+"""One interface for every text-generation engine: a batch of chat requests in, texts with token counts out."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Protocol, runtime_checkable
+
+Message = dict[str, str]
+Conversation = list[Message]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Sampling settings shared by all backends."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 512
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Generation:
+    """One completion. `error` is set (and `text` empty) when the request failed after its retries."""
+
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"
+    error: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class BackendStats:
+    requests: int = 0
+    failures: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    retries: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def add(self, generations: Sequence[Generation], seconds: float) -> None:
+        self.requests += len(generations)
+        self.failures += sum(not g.ok for g in generations)
+        self.prompt_tokens += sum(g.prompt_tokens for g in generations)
+        self.completion_tokens += sum(g.completion_tokens for g in generations)
+        self.seconds += seconds
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A text-generation engine. Stages only ever call `generate` with a whole batch."""
+
+    model_id: str
+    stats: BackendStats
+
+    def generate(self, conversations: Sequence[Conversation], sampling: SamplingParams) -> list[Generation]:
+        """Complete every conversation; the result has one Generation per input, in order."""
+        ...
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Token counts of plain texts under this backend's tokenizer (or a stated approximation)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def approximate_token_count(text: str) -> int:
+    """Rough token count (~4 characters a token) for backends that expose no tokenizer."""
+    return max(1, (len(text) + 3) // 4) if text else 0

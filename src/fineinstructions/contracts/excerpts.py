@@ -1,0 +1,125 @@
+"""`<excerpt>first words<...>last words</excerpt>` markers: strict expansion and excerpt coverage.
+
+A marker stands for the one document span that starts with "first words" and ends with the nearest
+following "last words". Matching tolerates differences in whitespace only. A marker that matches no
+span, or spans with different text, is unresolved: it is reported, never guessed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+EXCERPT = re.compile(r"<excerpt>(.*?)</excerpt>", re.S)
+ELLIPSIS = re.compile(r"<\s*(?:\.\.\.|…)\s*>")
+_WS = re.compile(r"\s+")
+
+
+@dataclass
+class ExpandedAnswer:
+    text: str
+    coverage: float
+    excerpts: int
+    spans: list[tuple[int, int]] = field(default_factory=list)
+    unresolved: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def resolved(self) -> bool:
+        return not self.unresolved
+
+
+class NormalizedText:
+    """Text with whitespace runs collapsed to one space, and a map back to original offsets."""
+
+    def __init__(self, text: str):
+        chars: list[str] = []
+        offsets: list[int] = []
+        previous_space = True
+        for i, ch in enumerate(text):
+            if ch.isspace():
+                if previous_space:
+                    continue
+                chars.append(" ")
+                previous_space = True
+            else:
+                chars.append(ch)
+                previous_space = False
+            offsets.append(i)
+        self.original = text
+        self.text = "".join(chars)
+        self.offsets = offsets
+
+    def find_all(self, needle: str) -> list[int]:
+        found, start = [], self.text.find(needle)
+        while start != -1:
+            found.append(start)
+            start = self.text.find(needle, start + 1)
+        return found
+
+    def original_span(self, start: int, end: int) -> tuple[int, int]:
+        """Original [start, end) for normalized [start, end)."""
+        return self.offsets[start], self.offsets[end - 1] + 1
+
+
+def normalize_ws(text: str) -> str:
+    return _WS.sub(" ", text).strip()
+
+
+def resolve_marker(doc: NormalizedText, body: str) -> tuple[int, int] | str:
+    """Locate one marker body in the document; return the original span or a named reason."""
+    parts = ELLIPSIS.split(body)
+    if len(parts) > 2:
+        return "excerpt_malformed"
+    first = normalize_ws(parts[0])
+    last = normalize_ws(parts[-1]) if len(parts) == 2 else None
+    if not first or (last is not None and not last):
+        return "excerpt_empty"
+    candidates: set[tuple[int, int]] = set()
+    for start in doc.find_all(first):
+        if last is None:
+            candidates.add((start, start + len(first)))
+            continue
+        end_of_first = start + len(first)
+        # The nearest "last words" that ends at or after the end of "first words" (they may overlap).
+        probe = doc.text.find(last, max(start, end_of_first - len(last)))
+        while probe != -1 and probe + len(last) < end_of_first:
+            probe = doc.text.find(last, probe + 1)
+        if probe != -1:
+            candidates.add((start, probe + len(last)))
+    if not candidates:
+        return "excerpt_not_found"
+    texts = {doc.text[s:e] for s, e in candidates}
+    if len(texts) > 1:
+        return "excerpt_ambiguous"
+    start, end = min(candidates)
+    return doc.original_span(start, end)
+
+
+def expand_excerpts(answer: str, document: str | NormalizedText) -> ExpandedAnswer:
+    """Replace every excerpt marker with its document span and measure excerpt coverage."""
+    doc = document if isinstance(document, NormalizedText) else NormalizedText(document)
+    pieces: list[str] = []
+    copied = 0
+    cursor = 0
+    spans: list[tuple[int, int]] = []
+    unresolved: list[tuple[str, str]] = []
+    count = 0
+    for marker in EXCERPT.finditer(answer):
+        count += 1
+        pieces.append(answer[cursor : marker.start()])
+        cursor = marker.end()
+        located = resolve_marker(doc, marker.group(1))
+        if isinstance(located, str):
+            unresolved.append((marker.group(0), located))
+            pieces.append(marker.group(0))
+            continue
+        span_text = doc.original[located[0] : located[1]]
+        spans.append(located)
+        pieces.append(span_text)
+        copied += len(span_text)
+    pieces.append(answer[cursor:])
+    text = "".join(pieces).strip()
+    if answer.count("<excerpt>") != count or answer.count("</excerpt>") != count:
+        unresolved.append(("<excerpt>", "excerpt_broken_tags"))
+    coverage = copied / len(text) if text else 0.0
+    return ExpandedAnswer(text, min(coverage, 1.0), count, spans, unresolved)

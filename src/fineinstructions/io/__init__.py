@@ -1,0 +1,1 @@
+"""Reading inputs (JSONL, Parquet, text folders, Hugging Face datasets) and writing Parquet atomically."""

@@ -1,0 +1,53 @@
+"""Versioned prompt files, each with its few-shot examples, turned into chat conversations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from fineinstructions.backends.base import Conversation
+
+DEFAULT_VERSIONS = {"templatize": "v1", "instantiate": "v1", "judge": "v1"}
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A system message, a user-message pattern with `{field}` slots, and few-shot examples."""
+
+    name: str
+    version: str
+    system: str
+    user: str
+    examples: tuple[tuple[dict[str, str], str], ...] = field(default_factory=tuple)
+
+    def render_user(self, **fields: str) -> str:
+        return self.user.format(**fields).strip()
+
+    def conversation(self, **fields: str) -> Conversation:
+        """System message, each example as a user/assistant turn, then the request itself.
+
+        Everything before the last user message is identical for every call, so engines with prefix
+        caching compute it once.
+        """
+        messages: Conversation = [{"role": "system", "content": self.system.strip()}]
+        for example_input, example_output in self.examples:
+            messages.append({"role": "user", "content": self.render_user(**example_input)})
+            messages.append({"role": "assistant", "content": example_output.strip()})
+        messages.append({"role": "user", "content": self.render_user(**fields)})
+        return messages
+
+
+@cache
+def load_prompt(name: str, version: str | None = None) -> Prompt:
+    """Load `prompts/{name}.{version}.yaml` from the package."""
+    version = version or DEFAULT_VERSIONS[name]
+    resource = resources.files(__package__).joinpath(f"{name}.{version}.yaml")
+    if not resource.is_file():
+        raise FileNotFoundError(f"no prompt file {name}.{version}.yaml")
+    raw: dict[str, Any] = yaml.safe_load(resource.read_text(encoding="utf-8"))
+    examples = tuple((dict(e["input"]), str(e["output"])) for e in raw.get("examples", []))
+    return Prompt(raw["name"], raw["version"], raw["system"], raw["user"], examples)

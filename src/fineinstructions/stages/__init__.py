@@ -1,0 +1,1 @@
+"""Pipeline stages: templatize, index, match, instantiate, judge, filter."""

@@ -1,0 +1,132 @@
+"""What every stage is: a small unit that turns a batch of records into a batch of records.
+
+A stage knows nothing about which executor runs it or which backend serves it; it gets a backend
+object (or an index) when built, and reports what it kept, what it dropped and why.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from fineinstructions.backends.base import Backend, BackendStats
+from fineinstructions.records import Record
+
+
+@dataclass
+class Rejected:
+    """A record (as a plain row) that a stage dropped, with the named reason."""
+
+    row: dict[str, Any]
+    reason: str
+
+
+@dataclass
+class StageResult:
+    records: list[Record]
+    rejected: list[Rejected] = field(default_factory=list)
+
+
+@dataclass
+class StageStats:
+    """Counts, drop reasons, time and tokens for one stage, mergeable across batches and shards."""
+
+    rows_in: int = 0
+    rows_out: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+    requests: int = 0
+    failed_requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)  # sums, e.g. "coverage_sum"
+
+    def add_result(self, batch_size: int, result: StageResult, seconds: float) -> None:
+        self.rows_in += batch_size
+        self.rows_out += len(result.records)
+        self.dropped.update(r.reason.split(":")[0] for r in result.rejected)
+        self.seconds += seconds
+
+    def add_backend_delta(self, before: BackendStats, after: BackendStats) -> None:
+        self.requests += after.requests - before.requests
+        self.failed_requests += after.failures - before.failures
+        self.prompt_tokens += after.prompt_tokens - before.prompt_tokens
+        self.completion_tokens += after.completion_tokens - before.completion_tokens
+
+    def merge(self, other: StageStats) -> None:
+        self.rows_in += other.rows_in
+        self.rows_out += other.rows_out
+        self.dropped.update(other.dropped)
+        self.seconds += other.seconds
+        self.requests += other.requests
+        self.failed_requests += other.failed_requests
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        for key, value in other.metrics.items():
+            self.metrics[key] = self.metrics.get(key, 0.0) + value
+
+    @property
+    def completion_tokens_per_s(self) -> float:
+        return self.completion_tokens / self.seconds if self.seconds else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rows_in": self.rows_in,
+            "rows_out": self.rows_out,
+            "dropped": dict(sorted(self.dropped.items(), key=lambda kv: -kv[1])),
+            "seconds": round(self.seconds, 3),
+            "requests": self.requests,
+            "failed_requests": self.failed_requests,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "completion_tokens_per_s": round(self.completion_tokens_per_s, 2),
+            "metrics": self.metrics,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StageStats:
+        return cls(
+            rows_in=data["rows_in"], rows_out=data["rows_out"], dropped=Counter(data["dropped"]),
+            seconds=data["seconds"], requests=data["requests"], failed_requests=data["failed_requests"],
+            prompt_tokens=data["prompt_tokens"], completion_tokens=data["completion_tokens"],
+            metrics=dict(data.get("metrics", {})),
+        )
+
+
+class Stage(ABC):
+    """Turns a batch of `input_type` records into `output_type` records plus rejections."""
+
+    name: ClassVar[str]
+    input_type: ClassVar[type[Record]]
+    output_type: ClassVar[type[Record]]
+    backend: Backend | None = None
+
+    @abstractmethod
+    def process(self, batch: Sequence[Record]) -> StageResult: ...
+
+    def metrics(self, result: StageResult) -> dict[str, float]:
+        """Quality sums the summary reports (override per stage)."""
+        return {}
+
+    def run_batch(self, batch: Sequence[Record], stats: StageStats) -> StageResult:
+        """Process one batch and account for it in `stats`."""
+        before = _copy_backend_stats(self.backend)
+        start = time.perf_counter()
+        result = self.process(batch)
+        stats.add_result(len(batch), result, time.perf_counter() - start)
+        if self.backend is not None and before is not None:
+            stats.add_backend_delta(before, self.backend.stats)
+        for key, value in self.metrics(result).items():
+            stats.metrics[key] = stats.metrics.get(key, 0.0) + value
+        return result
+
+
+def _copy_backend_stats(backend: Backend | None) -> BackendStats | None:
+    if backend is None:
+        return None
+    s = backend.stats
+    return BackendStats(s.requests, s.failures, s.prompt_tokens, s.completion_tokens, s.seconds, s.retries)

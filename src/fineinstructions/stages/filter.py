@@ -1,0 +1,53 @@
+"""Stage 7: keep pairs that pass the judge and the coverage gate, within each document's token budget."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+from fineinstructions.records import Pair
+from fineinstructions.stages.base import Rejected, Stage, StageResult
+
+
+class FilterStage(Stage):
+    """Per document, best-judged pairs first, keep pairs while their generated tokens fit the document's.
+
+    A batch must hold every pair of the documents in it (executors shard by document).
+    """
+
+    name = "filter"
+    input_type = Pair
+    output_type = Pair
+
+    def __init__(self, min_score: int = 4, min_coverage: float = 0.8, token_budget: bool = True,
+                 max_pairs_per_document: int | None = None):
+        self.min_score = min_score
+        self.min_coverage = min_coverage
+        self.token_budget = token_budget
+        self.max_pairs_per_document = max_pairs_per_document
+
+    def process(self, batch: Sequence[Pair]) -> StageResult:  # type: ignore[override]
+        rejected: list[Rejected] = []
+        by_document: dict[str, list[Pair]] = defaultdict(list)
+        for pair in batch:
+            if pair.judge_score is None:
+                rejected.append(Rejected(pair.model_dump(), "unjudged"))
+            elif pair.judge_score < self.min_score:
+                rejected.append(Rejected(pair.model_dump(), "judge_score_below_threshold"))
+            elif pair.excerpt_coverage < self.min_coverage:
+                rejected.append(Rejected(pair.model_dump(), "low_coverage"))
+            else:
+                by_document[pair.document_id].append(pair)
+        kept: list[Pair] = []
+        for pairs in by_document.values():
+            pairs.sort(key=lambda p: (-(p.judge_score or 0), -p.excerpt_coverage, -p.match_score))
+            spent = 0
+            for n, pair in enumerate(pairs):
+                if self.max_pairs_per_document is not None and n >= self.max_pairs_per_document:
+                    rejected.append(Rejected(pair.model_dump(), "max_pairs_per_document"))
+                elif self.token_budget and spent + pair.synthetic_token_count > pair.token_count:
+                    rejected.append(Rejected(pair.model_dump(), "token_budget"))
+                else:
+                    spent += pair.synthetic_token_count
+                    kept.append(pair)
+        return StageResult(kept, rejected)  # type: ignore[arg-type]
