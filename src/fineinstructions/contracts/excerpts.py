@@ -1,7 +1,7 @@
 """`<excerpt>first words<...>last words</excerpt>` markers: strict expansion and excerpt coverage.
 
 A marker stands for the one document span that starts with "first words" and ends with the nearest
-following "last words". Matching tolerates differences in whitespace only. A marker that matches no
+following "last words", both matched as whole words. Matching tolerates differences in whitespace only. A marker that matches no
 span, or spans with different text, is unresolved: it is reported, never guessed.
 """
 
@@ -49,12 +49,22 @@ class NormalizedText:
         self.text = "".join(chars)
         self.offsets = offsets
 
-    def find_all(self, needle: str) -> list[int]:
+    def find_all(self, needle: str, start_boundary: bool = True, end_boundary: bool = False) -> list[int]:
+        """Start offsets of `needle`, optionally only where it starts (ends) at a word boundary."""
         found, start = [], self.text.find(needle)
         while start != -1:
-            found.append(start)
+            if (not start_boundary or self.word_boundary(start)) and (
+                not end_boundary or self.word_boundary(start + len(needle))
+            ):
+                found.append(start)
             start = self.text.find(needle, start + 1)
         return found
+
+    def word_boundary(self, offset: int) -> bool:
+        """True unless `offset` falls between two word characters (so "cat" never matches in "category")."""
+        if offset <= 0 or offset >= len(self.text):
+            return True
+        return not (self.text[offset - 1].isalnum() and self.text[offset].isalnum())
 
     def original_span(self, start: int, end: int) -> tuple[int, int]:
         """Original [start, end) for normalized [start, end)."""
@@ -75,14 +85,15 @@ def resolve_marker(doc: NormalizedText, body: str) -> tuple[int, int] | str:
     if not first or (last is not None and not last):
         return "excerpt_empty"
     candidates: set[tuple[int, int]] = set()
-    for start in doc.find_all(first):
+    for start in doc.find_all(first, end_boundary=True):
         if last is None:
             candidates.add((start, start + len(first)))
             continue
         end_of_first = start + len(first)
-        # The nearest "last words" that ends at or after the end of "first words" (they may overlap).
+        # The nearest whole-word "last words" that ends at or after the end of "first words" (they may overlap).
         probe = doc.text.find(last, max(start, end_of_first - len(last)))
-        while probe != -1 and probe + len(last) < end_of_first:
+        while probe != -1 and (probe + len(last) < end_of_first or not doc.word_boundary(probe)
+                               or not doc.word_boundary(probe + len(last))):
             probe = doc.text.find(last, probe + 1)
         if probe != -1:
             candidates.add((start, probe + len(last)))

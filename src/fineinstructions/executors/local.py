@@ -1,0 +1,125 @@
+"""Run stages over shards on this machine: batches in, atomic per-shard outputs, resumable.
+
+Each (stage, shard) writes three files into the stage's folder: `rejects/shard-N.parquet` (dropped rows
+with their reasons), `stats/shard-N.json`, and last `shard-N.parquet` (the output records). Each file is
+written atomically, and the output file doubles as the completion marker, so a rerun skips every
+finished shard and redoes only the missing ones.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from fineinstructions.io.atomic import write_json_atomic
+from fineinstructions.io.writers import read_records, write_records, write_rows
+from fineinstructions.records import Record
+from fineinstructions.stages.base import Stage, StageStats
+
+StageFactory = Callable[[], Stage]
+
+
+def shard_name(shard: int) -> str:
+    return f"shard-{shard:05d}"
+
+
+def chunked(items: Sequence, size: int) -> list[Sequence]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+class LocalExecutor:
+    """Runs a stage on one shard at a time in this process, with a live progress bar per stage."""
+
+    def __init__(self, work_dir: Path, batch_size: int = 8, console: Console | None = None,
+                 show_progress: bool = True):
+        self.work_dir = Path(work_dir)
+        self.batch_size = batch_size
+        self.console = console or Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("[bold]{task.fields[stage]:<12}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=not show_progress,
+        )
+        self._tasks: dict[str, TaskID] = {}
+        self.stats: dict[str, StageStats] = {}
+
+    def __enter__(self) -> LocalExecutor:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def expect(self, stage_name: str, rows: int) -> None:
+        """Grow a stage's progress total by `rows` (totals become known shard by shard)."""
+        task = self._task(stage_name)
+        current = self.progress.tasks[self._index(task)].total or 0
+        self.progress.update(task, total=current + rows)
+
+    def run(self, stage_name: str, make_stage: StageFactory, shard: int, records: Sequence[Record],
+            output_type: type[Record], whole_shard: bool = False, out_dir: Path | None = None) -> list[Record]:
+        """Output of a stage on one shard: read back if already committed, else computed and committed.
+
+        `whole_shard` hands the stage the shard as one batch (for stages that group across rows);
+        `out_dir` defaults to `work_dir/stage_name`.
+        """
+        out_dir = out_dir or self.work_dir / stage_name
+        done = out_dir / f"{shard_name(shard)}.parquet"
+        stats_path = out_dir / "stats" / f"{shard_name(shard)}.json"
+        task = self._task(stage_name)
+        stats = self.stats.setdefault(stage_name, StageStats())
+        if done.is_file() and stats_path.is_file():
+            stats.merge(StageStats.from_dict(json.loads(stats_path.read_text())))
+            self.progress.advance(task, len(records))
+            return read_records(done, output_type)
+        stage = make_stage()
+        shard_stats = StageStats()
+        outputs: list[Record] = []
+        rejected_rows: list[dict] = []
+        size = max(1, len(records)) if whole_shard else self.batch_size
+        for batch in chunked(records, size):
+            result = stage.run_batch(batch, shard_stats)
+            outputs.extend(result.records)
+            rejected_rows.extend(r.row | {"reason": r.reason, "stage": stage_name} for r in result.rejected)
+            self.progress.advance(task, len(batch))
+            self._show_rate(task, stats, shard_stats)
+        write_rows(out_dir / "rejects" / f"{shard_name(shard)}.parquet", rejected_rows)
+        write_json_atomic(stats_path, shard_stats.to_dict())
+        write_records(done, outputs, output_type)  # written last: the shard's completion marker
+        stats.merge(shard_stats)
+        return outputs
+
+    def _show_rate(self, task: TaskID, total: StageStats, shard: StageStats) -> None:
+        seconds = total.seconds + shard.seconds
+        tokens = total.completion_tokens + shard.completion_tokens
+        rows = total.rows_in + shard.rows_in
+        rate = f"{rows / seconds:5.2f} rows/s" if seconds else ""
+        if tokens:
+            rate += f"  {tokens / seconds:5.1f} tok/s"
+        self.progress.update(task, rate=rate)
+
+    def _task(self, stage_name: str) -> TaskID:
+        if stage_name not in self._tasks:
+            self._tasks[stage_name] = self.progress.add_task(stage_name, total=0, stage=stage_name, rate="")
+        return self._tasks[stage_name]
+
+    def _index(self, task: TaskID) -> int:
+        return next(i for i, t in enumerate(self.progress.tasks) if t.id == task)

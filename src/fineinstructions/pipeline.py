@@ -1,0 +1,206 @@
+"""The whole FineInstructions pipeline, from queries and documents to the filtered dataset.
+
+    queries --templatize--> templates --index--> FAISS index
+    documents --match(index)--> matches --instantiate--> pairs --judge--> judged --filter--> dataset
+
+Queries are processed in shards; documents are processed in shards that flow through match,
+instantiate, judge and filter together, so a document's pairs always meet in one filter batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from fineinstructions.backends.factory import BackendPool
+from fineinstructions.backends.embeddings import Embedder
+from fineinstructions.config import PipelineConfig, SourceConfig
+from fineinstructions.executors.local import LocalExecutor, chunked
+from fineinstructions.io.atomic import write_json_atomic, write_text_atomic
+from fineinstructions.io.readers import ReadStats, read_rows, rows_to_records
+from fineinstructions.io.sources import (
+    demo_documents,
+    demo_queries,
+    sample,
+    sharegpt_queries,
+    topical_demo_sample,
+)
+from fineinstructions.io.writers import read_records, write_records
+from fineinstructions.records import Document, Match, Pair, Query, Template
+from fineinstructions.stages.filter import FilterStage
+from fineinstructions.stages.index import TemplateIndex
+from fineinstructions.stages.instantiate import InstantiateStage
+from fineinstructions.stages.judge import JudgeStage
+from fineinstructions.stages.match import MatchStage
+from fineinstructions.stages.templatize import TemplatizeStage
+from fineinstructions.summary import build_summary
+
+log = logging.getLogger(__name__)
+
+
+class ConfigChanged(RuntimeError):
+    """The run folder holds a run made with another configuration."""
+
+
+def load_queries(source: SourceConfig, stats: ReadStats) -> list[Query]:
+    if source.kind == "sharegpt":
+        if source.information_seeking:
+            return demo_queries(source.limit or 10**9, source.seed)
+        return sample(list(sharegpt_queries()), source.limit, source.seed)
+    if source.kind == "wikipedia":
+        raise ValueError("the wikipedia source holds documents, not queries")
+    rows = read_rows(source.path or "", source.split, stats, source.hf_config)
+    return list(rows_to_records(rows, Query, source.text_field, source.id_field, None,
+                                source=_source_name(source), stats=stats, limit=source.limit))  # type: ignore[arg-type]
+
+
+def load_documents(source: SourceConfig, stats: ReadStats) -> list[Document]:
+    if source.kind == "wikipedia":
+        return demo_documents(source.limit or 10**9, source.seed)
+    if source.kind == "sharegpt":
+        raise ValueError("the sharegpt source holds queries, not documents")
+    rows = read_rows(source.path or "", source.split, stats, source.hf_config)
+    return list(rows_to_records(rows, Document, source.text_field, source.id_field, source.title_field,
+                                source=_source_name(source), stats=stats, limit=source.limit))  # type: ignore[arg-type]
+
+
+def _source_name(source: SourceConfig) -> str:
+    return Path(source.path or "").stem if not (source.path or "").startswith("hf:") else (source.path or "")[3:]
+
+
+class Pipeline:
+    """Runs a PipelineConfig into its output folder; rerunning the same config resumes it."""
+
+    def __init__(self, config: PipelineConfig, console: Console | None = None, show_progress: bool = True,
+                 force: bool = False):
+        self.config = config
+        self.root = Path(config.run.output_dir)
+        self.work = self.root / "work"
+        self.dataset_dir = self.root / "dataset"
+        self.console = console or Console(stderr=True)
+        self.show_progress = show_progress
+        self.force = force
+        self.fingerprint = config.fingerprint()
+        self.backends = BackendPool()
+
+    def _claim_folder(self) -> None:
+        marker = self.root / "fingerprint"
+        if marker.is_file() and marker.read_text().strip() != self.fingerprint:
+            if not self.force:
+                raise ConfigChanged(
+                    f"{self.root} holds a run with config fingerprint {marker.read_text().strip()}, "
+                    f"this config is {self.fingerprint}: use another output folder, or --force to start over")
+            shutil.rmtree(self.work, ignore_errors=True)
+            shutil.rmtree(self.dataset_dir, ignore_errors=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.root / "config.yaml", self.config.to_yaml())
+        write_text_atomic(marker, self.fingerprint + "\n")
+
+    def run(self) -> dict[str, Any]:
+        """Run (or resume) every stage; return the summary, also written to summary.json."""
+        started = time.perf_counter()
+        self._claim_folder()
+        cfg = self.config
+        read_stats = {"queries": ReadStats(), "documents": ReadStats()}
+        if cfg.documents.kind == "wikipedia" and cfg.documents.near_queries and cfg.queries.kind == "sharegpt":
+            queries, documents = topical_demo_sample(cfg.queries.limit or 24, cfg.documents.limit or 12,
+                                                     self.embedder, cfg.queries.seed)
+        else:
+            queries = load_queries(cfg.queries, read_stats["queries"])
+            documents = load_documents(cfg.documents, read_stats["documents"])
+        self.console.log(f"{len(queries)} queries and {len(documents)} documents -> {self.root}")
+        try:
+            with LocalExecutor(self.work, cfg.run.batch_size, self.console, self.show_progress) as ex:
+                templates = self._templatize(ex, queries)
+                index = self._index(templates)
+                self._documents(ex, index, documents)
+                stage_stats = ex.stats
+        finally:
+            self.backends.close()
+        dataset = read_records(self.dataset_dir, Pair) if self.dataset_dir.exists() else []
+        summary = build_summary(
+            config=cfg, fingerprint=self.fingerprint, stage_stats=stage_stats, dataset=dataset,  # type: ignore[arg-type]
+            dataset_dir=self.dataset_dir, read_stats=read_stats, index=index,
+            elapsed_s=time.perf_counter() - started, inputs={"queries": len(queries), "documents": len(documents)},
+        )
+        write_json_atomic(self.root / "summary.json", summary)
+        return summary
+
+    # -- stages ---------------------------------------------------------------------------------------
+
+    def _templatize(self, ex: LocalExecutor, queries: list[Query]) -> list[Template]:
+        cfg = self.config
+        shards = chunked(queries, cfg.run.shard_size)
+        ex.expect("templatize", len(queries))
+        templates: list[Template] = []
+        for shard, records in enumerate(shards):
+            templates += ex.run("templatize", lambda: TemplatizeStage(
+                self.backends.get(cfg.generator), cfg.templatize.prompt_version, cfg.templatize.max_tokens,
+                cfg.templatize.temperature, cfg.run.seed), shard, records, Template)  # type: ignore[misc]
+        return templates
+
+    def _index(self, templates: list[Template]) -> TemplateIndex:
+        index_dir = self.root / "index"
+        embedder = self.embedder
+        key = ",".join(sorted({t.template_id for t in templates}))
+        stamp = index_dir / "templates.sha"
+        import hashlib
+
+        want = hashlib.sha256(key.encode()).hexdigest()
+        if stamp.is_file() and stamp.read_text().strip() == want:
+            return TemplateIndex.load(index_dir, embedder)
+        self.console.log(f"indexing {len(templates)} templates with {embedder.model_id}")
+        index = TemplateIndex.build(templates, embedder)
+        index.save(index_dir)
+        write_text_atomic(stamp, want + "\n")
+        return index
+
+    @property
+    def embedder(self) -> Embedder:
+        if not hasattr(self, "_embedder"):
+            self._embedder = Embedder(self.config.match.embedder)
+        return self._embedder
+
+    def _documents(self, ex: LocalExecutor, index: TemplateIndex, documents: list[Document]) -> None:
+        cfg = self.config
+        judge_backend = cfg.judge_backend or cfg.generator
+        shards = chunked(documents, cfg.run.shard_size)
+        ex.expect("match", len(documents))
+        for shard, records in enumerate(shards):
+            matches = ex.run("match", lambda: MatchStage(
+                index, self.embedder, cfg.match.top_k, cfg.match.coverage_chunks, cfg.match.sigma,
+                cfg.match.alpha, cfg.match.min_score), shard, records, Match)  # type: ignore[misc]
+            ex.expect("instantiate", len(matches))
+            pairs = ex.run("instantiate", lambda: InstantiateStage(
+                self.backends.get(cfg.generator), cfg.instantiate.prompt_version, cfg.instantiate.max_tokens,
+                cfg.instantiate.temperature, cfg.run.seed, cfg.instantiate.min_coverage, self.fingerprint),
+                shard, matches, Pair)
+            ex.expect("judge", len(pairs))
+            judged = ex.run("judge", lambda: JudgeStage(
+                self.backends.get(judge_backend), cfg.judge.prompt_version, cfg.judge.max_tokens,
+                cfg.judge.temperature, cfg.run.seed), shard, pairs, Pair)
+            ex.expect("filter", len(judged))
+            # A document's pairs must meet in one filter batch, so the filter sees the whole shard.
+            kept = ex.run("filter", lambda: FilterStage(
+                cfg.judge.min_score, cfg.instantiate.min_coverage, cfg.filter.token_budget,
+                cfg.filter.max_pairs_per_document), shard, judged, Pair, whole_shard=True)
+            part = self.dataset_dir / f"part-{shard:05d}.parquet"
+            if not part.is_file():
+                write_records(part, kept, Pair)
+
+
+def configure_logging(verbose: bool = False) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def load_summary(run_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / "summary.json").read_text())

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import pytest
+
+from fineinstructions.backends.fake import FakeBackend
+from fineinstructions.records import Pair
+from fineinstructions.stages.judge import JudgeStage, parse_judgement
+
+
+@pytest.mark.parametrize(("text", "score"), [
+    ("<feedback>Good.</feedback>\n<score>4</score>", 4),
+    ("<feedback>Fine</feedback><score> 5 </score>", 5),
+    ("<score>3/5</score>", 3),
+    ('{"feedback": "ok", "score": 2}', 2),
+    ("Feedback: weak answer. Score: 1", 1),
+    ("I like it", None),
+    ("<score>9</score>", None),
+])
+def test_parse_judgement(text, score):
+    parsed = parse_judgement(text)
+    assert (parsed[0] if parsed else None) == score
+
+
+def test_judge_stores_score_feedback_and_never_drops():
+    outputs = iter(["<feedback>Grounded and complete.</feedback><score>5</score>", "no idea"])
+    stage = JudgeStage(FakeBackend(lambda conv: next(outputs), model_id="judge-model"))
+    pairs = [Pair(document_id="d", template_id=f"t{i}", text="doc", template="t", instantiated_instruction="q",
+                  answer="a") for i in range(2)]
+    result = stage.process(pairs)
+    assert [p.judge_score for p in result.records] == [5, None]
+    assert result.records[0].judge_feedback == "Grounded and complete."
+    assert result.records[1].judge_feedback.startswith("unparseable judgement")
+    assert all(p.judge_model == "judge-model" and p.judge_prompt_version == "judge-v1" for p in result.records)
+    assert stage.metrics(result) == {"score_5": 1, "score_none": 1}
