@@ -282,7 +282,10 @@ def models_list() -> None:
     """The registry's models and whether they are assembled in the cache."""
     from fineinstructions.backends.models import REGISTRY, ModelNotFound, resolve_gguf
 
-    table = Table("name", "size", "packages", "cached", "description")
+    table = Table()
+    table.add_column("name", no_wrap=True)
+    for column in ("size", "packages", "cached", "description"):
+        table.add_column(column)
     for spec in REGISTRY.values():
         try:
             cached = str(resolve_gguf(spec.name, download=False))

@@ -32,6 +32,10 @@ class BackendPool:
     def __init__(self) -> None:
         self._backends: dict[str, Backend] = {}
 
+    def register(self, config: BackendConfig, backend: Backend) -> None:
+        """Serve `config` with an already-built backend (e.g. one shared with other code)."""
+        self._backends[config.model_dump_json()] = backend
+
     def get(self, config: BackendConfig) -> Backend:
         key = config.model_dump_json()
         if key not in self._backends:

@@ -1,0 +1,53 @@
+"""Each prompt's few-shot examples must satisfy the contract the stage enforces on the model."""
+
+from __future__ import annotations
+
+import pytest
+
+from fineinstructions.contracts.excerpts import expand_excerpts
+from fineinstructions.contracts.templates import parse_templatizer_output
+from fineinstructions.prompts import load_prompt
+from fineinstructions.stages.instantiate import parse_instantiation
+from fineinstructions.stages.judge import parse_judgement
+
+
+def test_templatize_examples_are_valid_templates():
+    prompt = load_prompt("templatize")
+    assert len(prompt.examples) >= 4
+    for _, output in prompt.examples:
+        assert not isinstance(parse_templatizer_output(output), str), output
+
+
+def test_instantiate_examples_resolve_with_full_coverage_or_are_null():
+    prompt = load_prompt("instantiate")
+    outcomes = []
+    for example_input, output in prompt.examples:
+        parsed = parse_instantiation(output)
+        if parsed == "null":
+            outcomes.append("null")
+            continue
+        expanded = expand_excerpts(parsed.answer, example_input["document"])
+        assert expanded.resolved, expanded.unresolved
+        assert expanded.coverage >= 0.8
+        assert "<fi>" not in parsed.instruction
+        outcomes.append("pair")
+    assert set(outcomes) == {"null", "pair"}  # the prompt shows both behaviours
+
+
+def test_judge_examples_parse():
+    prompt = load_prompt("judge")
+    assert [parse_judgement(output)[0] for _, output in prompt.examples] == [4, 1]
+
+
+def test_document_comes_before_template_so_prefixes_are_shared():
+    prompt = load_prompt("instantiate")
+    a = prompt.conversation(document="DOC", template="T1")
+    b = prompt.conversation(document="DOC", template="T2")
+    assert a[:-1] == b[:-1]
+    assert a[-1]["content"].index("DOC") < a[-1]["content"].index("T1")
+    assert a[-1]["content"].split("T1")[0] == b[-1]["content"].split("T2")[0]
+
+
+def test_unknown_prompt_version_is_a_clear_error():
+    with pytest.raises(FileNotFoundError, match="judge.v999"):
+        load_prompt("judge", "v999")

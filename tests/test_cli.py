@@ -1,0 +1,81 @@
+"""The command line: a help page per subcommand, clear errors, and stages chained through Parquet."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from fineinstructions.cli import app
+from fineinstructions.io.writers import read_records
+from fineinstructions.records import Match, Template
+
+runner = CliRunner()
+SUBCOMMANDS = ["demo", "run", "templatize", "index", "match", "instantiate", "judge", "filter", "summary",
+               "models", "sources"]
+
+
+def test_every_subcommand_has_a_help_page():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for name in SUBCOMMANDS:
+        assert name in result.output
+        page = runner.invoke(app, [name, "--help"])
+        assert page.exit_code == 0, page.output
+        assert "Usage" in page.output
+
+
+def test_missing_input_and_bad_config_are_clear_errors(tmp_path):
+    result = runner.invoke(app, ["templatize", str(tmp_path / "nope.jsonl"), "--output", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "input not found" in result.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("queries: {kind: path}\ndocuments: {kind: wikipedia}\n")
+    result = runner.invoke(app, ["run", "--config", str(bad)])
+    assert result.exit_code == 2 and "needs `path`" in result.output
+
+
+def test_models_list_and_sources_export(tmp_path):
+    result = runner.invoke(app, ["models", "list"])
+    assert result.exit_code == 0 and "qwen2.5-coder-1.5b-instruct" in result.output
+    out = tmp_path / "docs.jsonl"
+    result = runner.invoke(app, ["sources", "wikipedia", "--output", str(out), "--n", "3"])
+    assert result.exit_code == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 3 and all(r["document_id"].startswith("wiki-") for r in rows)
+
+
+def test_index_and_match_chain_through_parquet(tmp_path):
+    from fineinstructions.io.writers import write_records
+
+    templates = [
+        Template(template_id="t-rain", template="What causes <fi>weather phenomenon</fi>?",
+                 compatible_document_description="A science article about rain, clouds and weather phenomena."),
+        Template(template_id="t-city", template="What is the population of <fi>city</fi>?",
+                 compatible_document_description="An article about a city, its history and its population."),
+    ]
+    write_records(tmp_path / "templates" / "shard-00000.parquet", templates, Template)
+    result = runner.invoke(app, ["index", str(tmp_path / "templates"), "--output", str(tmp_path / "index")])
+    assert result.exit_code == 0, result.output
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text(json.dumps({"id": "d1", "text": "Rain is liquid water in the form of droplets that have "
+                                "condensed from atmospheric water vapor and then become heavy enough to fall "
+                                "under gravity. Rain is a major component of the water cycle."}) + "\n")
+    result = runner.invoke(app, ["match", str(docs), "--index", str(tmp_path / "index"), "--output",
+                                 str(tmp_path / "matches"), "--top-k", "2", "--quiet"])
+    assert result.exit_code == 0, result.output
+    matches = read_records(tmp_path / "matches", Match)
+    assert [m.template_id for m in matches] == ["t-rain", "t-city"]
+    assert matches[0].score > matches[1].score and matches[0].text.startswith("Rain is liquid")
+
+
+@pytest.mark.model
+def test_templatize_subcommand_with_the_real_model(tmp_path):
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(json.dumps({"text": "What is the capital of Peru?"}) + "\n")
+    result = runner.invoke(app, ["templatize", str(queries), "--output", str(tmp_path / "t"),
+                                 "--model", "smollm2-135m-instruct", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "templatize: 1 in" in result.output
+    assert (tmp_path / "t" / "stats" / "shard-00000.json").is_file()
+    assert len(read_records(tmp_path / "t", Template)) <= 1
