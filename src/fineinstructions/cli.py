@@ -172,7 +172,8 @@ def index(
     records = _read_typed(templates, Template)
     built = TemplateIndex.build(records, Embedder(embedder))  # type: ignore[arg-type]
     built.save(output)
-    console.print(f"index: {len(built.templates)} templates ({built.duplicates_removed} duplicates removed) -> {output}")
+    console.print(f"index: {len(built.templates)} templates "
+                  f"({built.duplicates_removed} duplicates removed) -> {output}")
 
 
 @app.command()

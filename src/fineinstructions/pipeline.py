@@ -9,6 +9,7 @@ instantiate, judge and filter together, so a document's pairs always meet in one
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -19,8 +20,8 @@ from typing import Any
 
 from rich.console import Console
 
-from fineinstructions.backends.factory import BackendPool
 from fineinstructions.backends.embeddings import Embedder
+from fineinstructions.backends.factory import BackendPool
 from fineinstructions.config import PipelineConfig, SourceConfig
 from fineinstructions.executors.local import LocalExecutor, chunked
 from fineinstructions.io.atomic import write_json_atomic, write_text_atomic
@@ -151,8 +152,6 @@ class Pipeline:
         embedder = self.embedder
         key = ",".join(sorted({t.template_id for t in templates}))
         stamp = index_dir / "templates.sha"
-        import hashlib
-
         want = hashlib.sha256(key.encode()).hexdigest()
         if stamp.is_file() and stamp.read_text().strip() == want:
             return TemplateIndex.load(index_dir, embedder)

@@ -124,3 +124,13 @@ def test_coverage_is_a_fraction_and_spans_are_document_substrings(case, glue):
 def test_text_without_markers_is_unchanged(text):
     out = expand_excerpts(text.replace("<excerpt>", "").replace("</excerpt>", ""), "some document")
     assert out.excerpts == 0 and out.coverage == 0.0
+
+
+def test_case_blind_retry_only_when_exact_match_fails():
+    doc = "In meteorology, precipitation is any product of condensation that falls from clouds. Precipitation is rain."
+    out = expand_excerpts("<excerpt>Precipitation is any product<...>from clouds.</excerpt>", doc)
+    assert out.resolved and out.text == "precipitation is any product of condensation that falls from clouds."
+    exact = expand_excerpts("<excerpt>Precipitation is rain.</excerpt>", doc)
+    assert exact.resolved and exact.text == "Precipitation is rain."
+    assert expand_excerpts("<excerpt>PRECIPITATION IS<...>rain.</excerpt>", doc).unresolved[0][1] == \
+        "excerpt_ambiguous"

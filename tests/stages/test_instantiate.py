@@ -88,3 +88,17 @@ def test_parse_instantiation(text, expected):
         assert parsed == expected
     else:
         assert (parsed.instruction, parsed.answer) == expected
+
+
+@pytest.mark.parametrize(("instruction", "reason"), [
+    ("What is the personality type of extraversion?", None),  # the words also belong to the template
+    ("What is the personality type of personality type?", "unfilled_variable"),
+    ("Explain the level of organization of the industry or field.", "unfilled_variable"),
+    ("Explain <fi>x</fi>", "leftover_fi"),
+    ("Why?", "instruction_too_short"),
+])
+def test_instruction_gates(instruction, reason):
+    templates = {"personality": "What is the personality type of <fi>personality type</fi>?",
+                 "level": "Explain the <fi>level of organization</fi> of the <fi>industry or field</fi>."}
+    template = templates["level"] if "level" in instruction else templates["personality"]
+    assert InstantiateStage._instruction_error(instruction, template) == reason

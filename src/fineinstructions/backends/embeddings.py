@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,7 +14,6 @@ class Embedder:
     """A sentence-transformers model (the packaged all-MiniLM-L6-v2 by default), on CPU unless told."""
 
     def __init__(self, model: str = "all-minilm-l6-v2", device: str | None = None, batch_size: int = 32):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1") if model == "all-minilm-l6-v2" else None
         from sentence_transformers import SentenceTransformer
 
         self.model_id = model

@@ -8,7 +8,6 @@ from fineinstructions.backends.base import Backend
 from fineinstructions.config import BackendConfig
 
 
-
 def create_backend(config: BackendConfig) -> Backend:
     """Build the backend a config describes (the engine is loaded here, not at import time)."""
     if config.kind == "llamacpp":

@@ -1,8 +1,9 @@
 """`<excerpt>first words<...>last words</excerpt>` markers: strict expansion and excerpt coverage.
 
 A marker stands for the one document span that starts with "first words" and ends with the nearest
-following "last words", both matched as whole words. Matching tolerates differences in whitespace only. A marker that matches no
-span, or spans with different text, is unresolved: it is reported, never guessed.
+following "last words", both matched as whole words. Matching tolerates differences in whitespace
+only. A marker that matches no span, or spans with different text, is unresolved: it is reported,
+never guessed.
 """
 
 from __future__ import annotations
@@ -48,6 +49,18 @@ class NormalizedText:
         self.original = text
         self.text = "".join(chars)
         self.offsets = offsets
+        self._folded: NormalizedText | None = None
+
+    def folded(self) -> NormalizedText:
+        """The same text lower-cased character by character (offsets unchanged), for the case-blind retry."""
+        if self._folded is None:
+            folded = object.__new__(NormalizedText)
+            folded.original = self.original
+            folded.text = fold_case(self.text)
+            folded.offsets = self.offsets
+            folded._folded = folded
+            self._folded = folded
+        return self._folded
 
     def find_all(self, needle: str, start_boundary: bool = True, end_boundary: bool = False) -> list[int]:
         """Start offsets of `needle`, optionally only where it starts (ends) at a word boundary."""
@@ -75,8 +88,17 @@ def normalize_ws(text: str) -> str:
     return _WS.sub(" ", text).strip()
 
 
+def fold_case(text: str) -> str:
+    """Lower-case each character whose lower case is one character, so offsets stay aligned."""
+    return "".join(c.lower() if len(c.lower()) == 1 else c for c in text)
+
+
 def resolve_marker(doc: NormalizedText, body: str) -> tuple[int, int] | str:
-    """Locate one marker body in the document; return the original span or a named reason."""
+    """Locate one marker body in the document; return the original span or a named reason.
+
+    Matching is exact up to whitespace; only when that finds nothing is it retried blind to case
+    (models often capitalise a quote that starts mid-sentence). The unique-span rule holds for both.
+    """
     parts = ELLIPSIS.split(body)
     if len(parts) > 2:
         return "excerpt_malformed"
@@ -84,6 +106,13 @@ def resolve_marker(doc: NormalizedText, body: str) -> tuple[int, int] | str:
     last = normalize_ws(parts[-1]) if len(parts) == 2 else None
     if not first or (last is not None and not last):
         return "excerpt_empty"
+    located = _locate(doc, first, last)
+    if located == "excerpt_not_found":
+        located = _locate(doc.folded(), fold_case(first), fold_case(last) if last is not None else None)
+    return located
+
+
+def _locate(doc: NormalizedText, first: str, last: str | None) -> tuple[int, int] | str:
     candidates: set[tuple[int, int]] = set()
     for start in doc.find_all(first, end_boundary=True):
         if last is None:

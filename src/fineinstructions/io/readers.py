@@ -97,7 +97,9 @@ def _read_json(path: Path, stats: ReadStats) -> Iterator[dict[str, Any]]:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise InputError(f"cannot read {path} as JSON: {err}") from err
-    rows = value if isinstance(value, list) else value.get("data", value.get("rows")) if isinstance(value, dict) else None
+    rows = value
+    if isinstance(value, dict):
+        rows = value.get("data", value.get("rows"))
     if not isinstance(rows, list):
         raise InputError(f"{path}: expected a JSON list of objects (or an object with a 'data' list)")
     for i, row in enumerate(rows):

@@ -26,7 +26,8 @@ WIKI_FILE = "data/summaries_en-us.json"
 
 _QUESTION_START = re.compile(
     r"^(what (is|are|was|were|do|does|did|causes|happens)|who (is|was|were|are)|why (is|are|was|were|do|does|did)|"
-    r"how (does|do|did|is|are|was|were|many|much|long|old|big)|when (is|was|were|did|does)|where (is|are|was|were|do|does)|"
+    r"how (does|do|did|is|are|was|were|many|much|long|old|big)|when (is|was|were|did|does)|"
+    r"where (is|are|was|were|do|does)|"
     r"which|explain|describe|tell me about)\b", re.I)
 _CONTEXT_WORDS = re.compile(
     r"\b(this|these|above|below|following|my|our|your|you|i|me|we|it|code|script|article|essay|email|"

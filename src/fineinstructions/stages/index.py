@@ -11,6 +11,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+import pyarrow.parquet as pq
 
 from fineinstructions.backends.embeddings import Embedder
 from fineinstructions.records import Template
@@ -59,8 +60,6 @@ class TemplateIndex:
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
         faiss.write_index(self.index, str(tmp / INDEX_FILE))
-        import pyarrow.parquet as pq
-
         pq.write_table(Template.to_table(self.templates), tmp / TEMPLATES_FILE)
         meta = {"embedder": self.embedder_id, "embedder_fingerprint": self.embedder_fingerprint,
                 "templates": len(self.templates), "dimension": self.index.d, "kind": "IndexFlatIP",
@@ -84,8 +83,6 @@ class TemplateIndex:
                 f"(fingerprint {meta['embedder_fingerprint']}), not {embedder.model_id!r} "
                 f"({embedder.fingerprint}); rebuild it or query it with the same model"
             )
-        import pyarrow.parquet as pq
-
         index = faiss.read_index(str(directory / INDEX_FILE))
         templates = Template.from_table(pq.read_table(directory / TEMPLATES_FILE))
         return cls(index, templates, meta["embedder"], meta["embedder_fingerprint"],

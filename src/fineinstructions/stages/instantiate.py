@@ -8,7 +8,13 @@ from dataclasses import dataclass
 
 from fineinstructions.backends.base import Backend, SamplingParams
 from fineinstructions.contracts.excerpts import NormalizedText, expand_excerpts
-from fineinstructions.contracts.templates import first_json_object, has_fi_tags, strip_fences, template_variables
+from fineinstructions.contracts.templates import (
+    FI_SPAN,
+    first_json_object,
+    has_fi_tags,
+    strip_fences,
+    template_variables,
+)
 from fineinstructions.prompts import load_prompt
 from fineinstructions.records import Match, Pair
 from fineinstructions.stages.base import Rejected, Stage, StageResult
@@ -122,8 +128,12 @@ class InstantiateStage(Stage):
         if has_fi_tags(instruction):
             return "leftover_fi"
         lowered = instruction.lower()
-        if any(len(v.split()) >= 2 and v.lower() in lowered for v in template_variables(template)):
-            return "unfilled_variable"  # the variable's description was copied instead of a value
+        fixed_text = FI_SPAN.sub(" ", template).lower()
+        for variable in template_variables(template):
+            v = variable.lower()
+            # The description was copied instead of a value (more often than the template's own words use it).
+            if len(v.split()) >= 2 and lowered.count(v) > fixed_text.count(v):
+                return "unfilled_variable"
         if len(instruction.split()) < MIN_INSTRUCTION_WORDS:
             return "instruction_too_short"
         if len(instruction) > MAX_INSTRUCTION_CHARS:
