@@ -184,7 +184,7 @@ def match(
     text_field: Annotated[str, typer.Option(help="Field holding the document text.")] = "text",
     id_field: Annotated[str | None, typer.Option(help="Field holding a document id.")] = None,
     limit: Annotated[int | None, typer.Option(help="Read at most this many documents.")] = None,
-    top_k: Annotated[int, typer.Option(help="Templates kept per document.")] = 3,
+    top_k: Annotated[int, typer.Option(help="Templates kept per document.")] = 6,
     coverage_chunks: Annotated[int, typer.Option(help="Gaussian coverage chunks K (0: global only).")] = 10,
     sigma: Annotated[float, typer.Option(help="Gaussian width on the [0, 1] position axis.")] = 0.05,
     min_score: Annotated[float, typer.Option(help="Similarity floor.")] = 0.0,

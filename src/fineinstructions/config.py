@@ -68,7 +68,7 @@ class TemplatizeConfig(Section):
 
 class MatchConfig(Section):
     embedder: str = DEFAULT_EMBEDDER
-    top_k: int = Field(default=3, ge=1)
+    top_k: int = Field(default=6, ge=1)
     coverage_chunks: int = Field(default=10, ge=0)
     sigma: float = Field(default=0.05, gt=0)
     alpha: float = Field(default=1.0, ge=0, le=1)
