@@ -15,6 +15,9 @@ class Embedder:
 
     def __init__(self, model: str = "all-minilm-l6-v2", device: str | None = None, batch_size: int = 32):
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # our own progress bars report the work
 
         self.model_id = model
         self.model = SentenceTransformer(resolve_embedder(model), device=device or "cpu")
