@@ -173,7 +173,7 @@ def test_tiny_real_run_with_the_135m_model(tmp_path):
     cfg.instantiate.max_tokens = 120
     cfg.judge.max_tokens = 60
     summary = Pipeline(cfg, show_progress=False).run()
-    assert summary["stages"]["templatize"]["requests"] == 6  # every query reached the model
+    assert summary["stages"]["templatize"]["requests"] >= 6  # every query reached the model (plus retries)
     assert summary["stages"]["templatize"]["completion_tokens"] > 0
     for pair in read_records(tmp_path / "run" / "dataset", Pair):  # the weak model may keep none
         assert expand_excerpts(pair.answer_with_markers, pair.text).text == pair.answer

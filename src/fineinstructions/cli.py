@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -23,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fineinstructions.config import BackendConfig, PipelineConfig, demo_config
-from fineinstructions.io.readers import InputError, ReadStats, read_rows, rows_to_records
+from fineinstructions.io.readers import InputError, ReadStats, read_rows, rows_to_records, rows_to_templates
 from fineinstructions.records import Document, Match, Pair, Query, Record, Template
 
 app = typer.Typer(help=__doc__.split("\n")[0], no_args_is_help=True, add_completion=False,
@@ -146,16 +147,25 @@ def templatize(
     limit: Annotated[int | None, typer.Option(help="Read at most this many queries.")] = None,
     model: ModelOpt = "qwen2.5-coder-1.5b-instruct",
     url: UrlOpt = None,
-    prompt_version: Annotated[str, typer.Option(help="Prompt file version.")] = "v1",
+    prompt_version: Annotated[str, typer.Option(help="Prompt file version (v2, v1, query_templatizer).")] = "v2",
+    filter_queries: Annotated[bool, typer.Option(help="Normalise, filter and deduplicate queries first.")] = True,
+    retries: Annotated[int, typer.Option(help="Retries of an invalid output before dropping the query.")] = 2,
     batch_size: BatchOpt = 8,
     quiet: QuietOpt = False,
 ) -> None:
     """Queries -> instruction templates with <fi> variables and a compatible-document description."""
     from fineinstructions.backends.factory import create_backend
+    from fineinstructions.stages.query_filter import QueryFilterStage
     from fineinstructions.stages.templatize import TemplatizeStage
 
     records = _read_typed(input, Query, text_field, id_field, limit)
-    _run_stage("templatize", lambda: TemplatizeStage(create_backend(_backend_config(model, url)), prompt_version),
+    if filter_queries:
+        result = QueryFilterStage().process(records)  # type: ignore[arg-type]
+        dropped = Counter(r.reason.split(":")[0] for r in result.rejected)
+        console.print(f"query filter: {len(records)} in, {len(result.records)} out, dropped: {dict(dropped) or 'none'}")
+        records = result.records
+    _run_stage("templatize", lambda: TemplatizeStage(create_backend(_backend_config(model, url)), prompt_version,
+                                                     retries=retries),
                records, output, Template, batch_size, quiet)
 
 
@@ -164,13 +174,23 @@ def index(
     templates: Annotated[str, typer.Argument(help="Template Parquet file or folder.")],
     output: Annotated[Path, typer.Option(help="Index folder to write.")],
     embedder: Annotated[str, typer.Option(help="sentence-transformers name or path.")] = "all-minilm-l6-v2",
+    near_duplicate_threshold: Annotated[float, typer.Option(help="MinHash Jaccard for near duplicates.")] = 0.85,
 ) -> None:
-    """Templates -> exact FAISS index over their compatible-document descriptions."""
+    """Templates (ours or the released FineTemplates) -> deduplicated bank in an exact FAISS index."""
     from fineinstructions.backends.embeddings import Embedder
     from fineinstructions.stages.index import TemplateIndex
+    from fineinstructions.stages.template_dedup import TemplateDedupStage
 
-    records = _read_typed(templates, Template)
-    built = TemplateIndex.build(records, Embedder(embedder))  # type: ignore[arg-type]
+    stats = ReadStats()
+    try:
+        records = list(rows_to_templates(read_rows(templates, stats=stats), stats))
+    except InputError as err:
+        raise _fail(str(err)) from err
+    if not records:
+        raise _fail(f"no usable template rows in {templates} (skipped: {dict(stats.skipped)})")
+    deduplicated = TemplateDedupStage(near_duplicate_threshold).process(records)
+    built = TemplateIndex.build(deduplicated.records, Embedder(embedder))  # type: ignore[arg-type]
+    built.duplicates_removed += len(deduplicated.rejected)
     built.save(output)
     console.print(f"index: {len(built.templates)} templates "
                   f"({built.duplicates_removed} duplicates removed) -> {output}")

@@ -18,7 +18,10 @@ class Section(BaseModel):
 
 
 class SourceConfig(Section):
-    """Where rows come from: a file/folder path, `hf:NAME`, or a packaged demo source."""
+    """Where rows come from: a file/folder path, `hf:NAME`, or a packaged demo source.
+
+    For `templates`, rows in the released FineTemplates schema are read as they are.
+    """
 
     kind: Literal["path", "sharegpt", "wikipedia"] = "path"
     path: str | None = None
@@ -60,10 +63,30 @@ class BackendConfig(Section):
         return self
 
 
+class QueryFilterConfig(Section):
+    """Filters applied to queries before the model sees them."""
+
+    enabled: bool = True
+    min_chars: int = Field(default=10, ge=0)
+    max_chars: int = Field(default=2000, ge=1)
+    languages: list[str] = ["en"]  # empty: no language check
+    moderation: bool = True
+    moderation_terms: str | None = None  # a term file replacing the packaged list
+    moderation_patterns: list[str] = []
+    decontaminate: list[str] = []  # evaluation sets: .txt (one prompt a line), .jsonl/.parquet, hf:NAME
+    decontaminate_field: str = "text"
+    decontaminate_ngram: int = Field(default=8, ge=1)
+    near_duplicate_threshold: float | None = Field(default=0.8, gt=0, le=1)
+
+
 class TemplatizeConfig(Section):
-    prompt_version: str = "v1"
+    prompt_version: str = "v2"
     max_tokens: int = 200
     temperature: float = 0.0
+    retries: int = Field(default=2, ge=0)
+    retry_temperature: float = 0.7
+    min_intent_overlap: float = Field(default=0.5, ge=0, le=1)
+    near_duplicate_threshold: float | None = Field(default=0.85, gt=0, le=1)  # template dedup
 
 
 class MatchConfig(Section):
@@ -104,8 +127,10 @@ class RunConfig(Section):
 class PipelineConfig(Section):
     queries: SourceConfig
     documents: SourceConfig
+    templates: SourceConfig | None = None  # a ready template bank: skips query filtering and templatize
     generator: BackendConfig = BackendConfig()
     judge_backend: BackendConfig | None = None  # None: the generator's model judges too
+    query_filter: QueryFilterConfig = QueryFilterConfig()
     templatize: TemplatizeConfig = TemplatizeConfig()
     match: MatchConfig = MatchConfig()
     instantiate: InstantiateConfig = InstantiateConfig()

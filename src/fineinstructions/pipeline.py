@@ -1,6 +1,6 @@
 """The whole FineInstructions pipeline, from queries and documents to the filtered dataset.
 
-    queries --templatize--> templates --index--> FAISS index
+    queries --query_filter--> --templatize--> --template_dedup--> templates --index--> FAISS index
     documents --match(index)--> matches --instantiate--> pairs --judge--> judged --filter--> dataset
 
 Queries are processed in shards; documents are processed in shards that flow through match,
@@ -25,7 +25,7 @@ from fineinstructions.backends.factory import BackendPool
 from fineinstructions.config import PipelineConfig, SourceConfig
 from fineinstructions.executors.local import LocalExecutor, chunked
 from fineinstructions.io.atomic import write_json_atomic, write_text_atomic
-from fineinstructions.io.readers import ReadStats, read_rows, rows_to_records
+from fineinstructions.io.readers import ReadStats, read_rows, rows_to_records, rows_to_templates
 from fineinstructions.io.sources import (
     demo_documents,
     demo_queries,
@@ -40,8 +40,11 @@ from fineinstructions.stages.index import TemplateIndex
 from fineinstructions.stages.instantiate import InstantiateStage
 from fineinstructions.stages.judge import JudgeStage
 from fineinstructions.stages.match import MatchStage
+from fineinstructions.stages.query_filter import QueryFilterStage, load_eval_texts
+from fineinstructions.stages.template_dedup import TemplateDedupStage
 from fineinstructions.stages.templatize import TemplatizeStage
 from fineinstructions.summary import build_summary
+from fineinstructions.text.decontaminate import Decontaminator
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +112,11 @@ class Pipeline:
         started = time.perf_counter()
         self._claim_folder()
         cfg = self.config
-        read_stats = {"queries": ReadStats(), "documents": ReadStats()}
-        if cfg.documents.kind == "wikipedia" and cfg.documents.near_queries and cfg.queries.kind == "sharegpt":
+        read_stats = {"queries": ReadStats(), "documents": ReadStats(), "templates": ReadStats()}
+        if cfg.templates is not None:
+            queries: list[Query] = []
+            documents = load_documents(cfg.documents, read_stats["documents"])
+        elif cfg.documents.kind == "wikipedia" and cfg.documents.near_queries and cfg.queries.kind == "sharegpt":
             queries, documents = topical_demo_sample(cfg.queries.limit or 24, cfg.documents.limit or 12,
                                                      self.embedder, cfg.queries.seed)
         else:
@@ -119,7 +125,11 @@ class Pipeline:
         self.console.log(f"{len(queries)} queries and {len(documents)} documents -> {self.root}")
         try:
             with LocalExecutor(self.work, cfg.run.batch_size, self.console, self.show_progress) as ex:
-                templates = self._templatize(ex, queries)
+                if cfg.templates is not None:
+                    templates = self._bank(read_stats)
+                else:
+                    templates = self._templatize(ex, self._filter_queries(ex, queries))
+                templates = self._dedup_templates(ex, templates)
                 index = self._index(templates)
                 self._documents(ex, index, documents)
                 stage_stats = ex.stats
@@ -136,16 +146,47 @@ class Pipeline:
 
     # -- stages ---------------------------------------------------------------------------------------
 
+    def _filter_queries(self, ex: LocalExecutor, queries: list[Query]) -> list[Query]:
+        """Query filters and deduplication over the whole query set (one shard)."""
+        qf = self.config.query_filter
+        if not qf.enabled:
+            return queries
+
+        def make() -> QueryFilterStage:
+            decontaminator = None
+            if qf.decontaminate:
+                decontaminator = Decontaminator(load_eval_texts(qf.decontaminate, qf.decontaminate_field),
+                                                qf.decontaminate_ngram)
+            return QueryFilterStage(qf.min_chars, qf.max_chars, qf.languages, qf.moderation, qf.moderation_terms,
+                                    qf.moderation_patterns, decontaminator, qf.near_duplicate_threshold)
+
+        ex.expect("query_filter", len(queries))
+        return ex.run("query_filter", make, 0, queries, Query, whole_shard=True)  # type: ignore[return-value]
+
     def _templatize(self, ex: LocalExecutor, queries: list[Query]) -> list[Template]:
         cfg = self.config
+        tc = cfg.templatize
         shards = chunked(queries, cfg.run.shard_size)
         ex.expect("templatize", len(queries))
         templates: list[Template] = []
         for shard, records in enumerate(shards):
             templates += ex.run("templatize", lambda: TemplatizeStage(
-                self.backends.get(cfg.generator), cfg.templatize.prompt_version, cfg.templatize.max_tokens,
-                cfg.templatize.temperature, cfg.run.seed), shard, records, Template)  # type: ignore[misc]
+                self.backends.get(cfg.generator), tc.prompt_version, tc.max_tokens, tc.temperature, cfg.run.seed,
+                tc.retries, tc.retry_temperature, tc.min_intent_overlap), shard, records, Template)  # type: ignore[misc]
         return templates
+
+    def _bank(self, read_stats: dict[str, ReadStats]) -> list[Template]:
+        """A ready template bank (ours or the released FineTemplates) instead of templatizing queries."""
+        source = self.config.templates
+        assert source is not None
+        rows = read_rows(source.path or "", source.split, read_stats["templates"], source.hf_config)
+        return list(rows_to_templates(rows, read_stats["templates"], source.limit))
+
+    def _dedup_templates(self, ex: LocalExecutor, templates: list[Template]) -> list[Template]:
+        threshold = self.config.templatize.near_duplicate_threshold
+        ex.expect("template_dedup", len(templates))
+        return ex.run("template_dedup", lambda: TemplateDedupStage(threshold), 0, templates, Template,  # type: ignore[return-value]
+                      whole_shard=True)
 
     def _index(self, templates: list[Template]) -> TemplateIndex:
         index_dir = self.root / "index"

@@ -73,6 +73,7 @@ class Template(Record):
     model_id: str = ""
     prompt_version: str = ""
     completion_tokens: int = 0
+    popularity: int = 1  # how many queries this template absorbed in deduplication
 
 
 class Document(Record):

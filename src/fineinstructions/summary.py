@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from fineinstructions.io.readers import ReadStats
     from fineinstructions.stages.index import TemplateIndex
 
-STAGE_ORDER = ("templatize", "match", "instantiate", "judge", "filter")
+STAGE_ORDER = ("query_filter", "templatize", "template_dedup", "match", "instantiate", "judge", "filter")
 
 
 def _ratio(num: float, den: float) -> float | None:

@@ -5,7 +5,7 @@ import json
 from fineinstructions.backends.fake import FakeBackend
 from fineinstructions.records import Query
 from fineinstructions.stages.base import StageStats
-from fineinstructions.stages.templatize import TemplatizeStage, template_id
+from fineinstructions.stages.templatize import TemplatizeStage, template_id, template_skeleton
 
 GOOD = json.dumps({"template": "What is <fi>scientific concept</fi>?",
                    "compatible_document_description": "An encyclopedia article explaining a scientific concept."})
@@ -17,18 +17,27 @@ def responder(conversation):
         return GOOD
     if "capital" in query:
         return '{"template": "What is the capital of France?", "compatible_document_description": "A geography text."}'
+    if "Golden Gate" in query:  # keeps a name of the query outside the variables
+        return json.dumps({"template": "When was the Golden Gate Bridge <fi>event</fi>?",
+                           "compatible_document_description": "A history of a famous bridge and its construction."})
+    if "recipe" in query:  # rewrites the request into another one
+        return json.dumps({"template": "Write a poem about <fi>topic</fi>.",
+                           "compatible_document_description": "Poetry collections about many different topics."})
     return "Sorry, I can't."
 
 
 def test_templatize_keeps_valid_and_names_every_drop():
     backend = FakeBackend(responder)
-    stage = TemplatizeStage(backend)
+    stage = TemplatizeStage(backend, retries=1)
     queries = [
         Query(query_id="1", text="What is photosynthesis?"),
         Query(query_id="2", text="What is the capital of France?"),
         Query(query_id="3", text="Tell me a joke"),
         Query(query_id="4", text="   "),
         Query(query_id="5", text="x" * 5000),
+        Query(query_id="6", text="When was the Golden Gate Bridge built?"),
+        Query(query_id="7", text="Give me a lasagne recipe"),
+        Query(query_id="8", text="bad\x00bytes"),
     ]
     stats = StageStats()
     result = stage.run_batch(queries, stats)
@@ -36,12 +45,31 @@ def test_templatize_keeps_valid_and_names_every_drop():
     template = result.records[0]
     assert template.variables == ["scientific concept"]
     assert template.template_id == template_id("What is <fi>scientific concept</fi>?")
-    assert template.prompt_version == "templatize-v1" and template.model_id == "fake"
-    assert {r.reason for r in result.rejected} == {"no_variables", "unparseable_json", "empty_query", "query_too_long"}
-    assert stats.rows_in == 5 and stats.rows_out == 1 and sum(stats.dropped.values()) == 4
-    # The model is asked only for the three queries that passed the input checks, in one batch.
-    assert len(backend.calls) == 3
+    assert template.prompt_version == "templatize-v2" and template.model_id == "fake"
+    reasons = {r.row["query_id"]: r.reason for r in result.rejected}
+    assert reasons == {"2": "no_variables", "3": "unparseable_json", "4": "empty_query", "5": "query_too_long",
+                       "6": "leaks_specifics", "7": "intent_changed", "8": "binary_query"}
+    assert stats.rows_in == 8 and stats.rows_out == 1 and sum(stats.dropped.values()) == 7
+    # One batch call for the five queries that passed the input checks, then one retry of the four invalid.
+    assert len(backend.calls) == 5 + 4
+    assert stats.metrics == {"retried": 4, "recovered_by_retry": 0}
 
 
-def test_template_id_ignores_case_and_spacing():
-    assert template_id("What is <fi>x</fi>?") == template_id("what  is <fi>x</fi>?")
+def test_a_retry_can_recover_an_invalid_output():
+    answers = {}
+
+    def flaky(conversation):
+        query = conversation[-1]["content"]
+        answers[query] = answers.get(query, 0) + 1
+        return "not json" if answers[query] == 1 else GOOD
+
+    stage = TemplatizeStage(FakeBackend(flaky), retries=2)
+    stats = StageStats()
+    result = stage.run_batch([Query(query_id="1", text="What is photosynthesis?")], stats)
+    assert len(result.records) == 1 and stats.metrics["recovered_by_retry"] == 1
+
+
+def test_template_id_and_skeleton():
+    assert template_id("What is <fi>x</fi>?") == template_id("what  is <fi>x</fi>")
+    assert template_id("What is <fi>x</fi>?") != template_id("What is x?")
+    assert template_skeleton("What is <fi>a chemical element</fi>?") == template_skeleton("what is <fi>element</fi>")

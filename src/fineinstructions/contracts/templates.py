@@ -112,3 +112,62 @@ def parse_templatizer_output(text: str) -> ParsedTemplate | str:
     if len(description.split()) < MIN_DESCRIPTION_WORDS:
         return "short_description"
     return ParsedTemplate(template, description, template_variables(template))
+
+
+_URL_FULL = re.compile(r"(?:https?://|www\.)\S+", re.I)
+_QUOTED = re.compile(r"[\"“”'‘’`]([^\"“”'‘’`]{3,80})[\"“”'‘’`]")
+_NUMBER = re.compile(r"\b\w*\d[\w.,:/-]*\b")
+_PROPER_RUN = re.compile(r"(?<![.!?]\s)(?<!^)\b([A-Z][\w'-]+(?:\s+[A-Z][\w'-]+)+)")
+_STOPWORDS = frozenset((
+    "a", "an", "the", "of", "to", "in", "on", "for", "and", "or", "is", "are", "was", "were", "be", "been",
+    "do", "does", "did", "how", "what", "why", "when", "where", "which", "who", "whom", "whose", "can",
+    "could", "would", "should", "will", "shall", "may", "might", "must", "i", "me", "my", "we", "our", "you",
+    "your", "it", "its", "this", "that", "these", "those", "there", "their", "they", "them", "he", "she",
+    "his", "her", "with", "about", "from", "by", "as", "at", "into", "than", "then", "so", "if", "not", "no",
+    "any", "some", "all", "more", "most", "very", "just", "also", "please", "tell", "give", "explain",
+    "describe",
+))
+
+
+def query_specifics(query: str) -> set[str]:
+    """Specific details of a query that a template must not keep: quoted strings, numbers, URLs,
+    e-mail addresses and multi-word proper names (not at the start of a sentence)."""
+    found = {m.group(1).strip() for m in _QUOTED.finditer(query)}
+    found |= {m.group(0) for m in _URL_FULL.finditer(query)} | {m.group(0) for m in _EMAIL.finditer(query)}
+    found |= {m.group(0) for m in _NUMBER.finditer(query) if any(c.isdigit() for c in m.group(0))}
+    found |= {m.group(1) for m in _PROPER_RUN.finditer(query)}
+    return {s for s in found if s}
+
+
+def leaked_specifics(query: str, template: str) -> list[str]:
+    """Specifics of the query that the template keeps outside its variables."""
+    outside = FI_SPAN.sub(" ", template).lower()
+    return sorted(s for s in query_specifics(query)
+                  if re.search(r"(?<!\w)" + re.escape(s.lower()) + r"(?!\w)", outside))
+
+
+def content_words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z0-9']+", text.lower()) if w not in _STOPWORDS and len(w) > 1}
+
+
+def intent_overlap(query: str, template: str) -> float:
+    """Share of the template's own content words (outside variables) that the query uses.
+
+    A template that keeps the query's intent reuses its wording around the variables; one that a model
+    rewrote into another request does not. 1.0 when the template has no content words of its own.
+    """
+    own = content_words(FI_SPAN.sub(" ", template))
+    if not own:
+        return 1.0
+    query_words = content_words(query)
+    stems = {w[:5] for w in query_words}
+    return sum(1 for w in own if w in query_words or w[:5] in stems) / len(own)
+
+
+def query_template_error(query: str, template: str, min_intent_overlap: float = 0.5) -> str | None:
+    """Checks that need the query: leftover specifics and intent kept."""
+    if leaked_specifics(query, template):
+        return "leaks_specifics"
+    if intent_overlap(query, template) < min_intent_overlap:
+        return "intent_changed"
+    return None

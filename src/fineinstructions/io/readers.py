@@ -16,7 +16,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from fineinstructions.records import Document, Query
+from fineinstructions.records import Document, Query, Template
 
 log = logging.getLogger(__name__)
 
@@ -212,4 +212,45 @@ def rows_to_records(rows: Iterable[dict[str, Any]], kind: type[Query] | type[Doc
         else:
             title = _field(row, title_field) if title_field else row.get("title", "")
             yield Document(document_id=record_id, text=text, title=str(title or ""), source=source)
+        made += 1
+
+
+TEMPLATE_ALIASES = {
+    "template": ("template", "instruction_template", "fineinstructions_template"),
+    "compatible_document_description": ("compatible_document_description", "document_description",
+                                        "compatible_document"),
+    "template_id": ("template_id", "id"),
+    "query": ("query", "source_query", "original_query"),
+    "source": ("source", "query_source", "dataset"),
+}
+
+
+def rows_to_templates(rows: Iterable[dict[str, Any]], stats: ReadStats | None = None,
+                      limit: int | None = None) -> Iterator[Template]:
+    """Templates from our own rows or rows in the released FineTemplates schema (column aliases accepted);
+    rows whose template breaks the `<fi>` contract are counted and skipped."""
+    from fineinstructions.contracts.templates import template_error, template_variables
+    from fineinstructions.stages.templatize import template_id
+
+    stats = stats if stats is not None else ReadStats()
+    made = 0
+    for i, row in enumerate(rows):
+        if limit is not None and made >= limit:
+            return
+        values = {name: next((row[a] for a in aliases if isinstance(row.get(a), str | int)), None)
+                  for name, aliases in TEMPLATE_ALIASES.items()}
+        text, description = values["template"], values["compatible_document_description"]
+        if not isinstance(text, str) or not isinstance(description, str):
+            stats.skip("missing_template_fields", f"row {i}")
+            continue
+        error = template_error(text)
+        if error:
+            stats.skip(f"invalid_template_{error}", f"row {i}")
+            continue
+        yield Template(
+            template_id=str(values["template_id"]) if values["template_id"] is not None else template_id(text),
+            template=text, compatible_document_description=description, variables=template_variables(text),
+            query=str(values["query"] or ""), source=str(values["source"] or ""),
+            popularity=int(row["popularity"]) if isinstance(row.get("popularity"), int) else 1,
+        )
         made += 1

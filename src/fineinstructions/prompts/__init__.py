@@ -11,7 +11,7 @@ import yaml
 
 from fineinstructions.backends.base import Conversation
 
-DEFAULT_VERSIONS = {"templatize": "v1", "instantiate": "v1", "judge": "v1"}
+DEFAULT_VERSIONS = {"templatize": "v2", "instantiate": "v1", "judge": "v1"}
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class Prompt:
         Everything before the last user message is identical for every call, so engines with prefix
         caching compute it once.
         """
-        messages: Conversation = [{"role": "system", "content": self.system.strip()}]
+        messages: Conversation = [{"role": "system", "content": self.system.strip()}] if self.system.strip() else []
         for example_input, example_output in self.examples:
             messages.append({"role": "user", "content": self.render_user(**example_input)})
             messages.append({"role": "assistant", "content": example_output.strip()})
@@ -49,5 +49,5 @@ def load_prompt(name: str, version: str | None = None) -> Prompt:
     if not resource.is_file():
         raise FileNotFoundError(f"no prompt file {name}.{version}.yaml")
     raw: dict[str, Any] = yaml.safe_load(resource.read_text(encoding="utf-8"))
-    examples = tuple((dict(e["input"]), str(e["output"])) for e in raw.get("examples", []))
+    examples = tuple((dict(e["input"]), str(e["output"])) for e in raw.get("examples") or [])
     return Prompt(raw["name"], raw["version"], raw["system"], raw["user"], examples)

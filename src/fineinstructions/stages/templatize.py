@@ -1,22 +1,38 @@
-"""Stage 2: a real user query -> an instruction template with `<fi>` variables and a document description."""
+"""Stage 2: a real user query -> an instruction template with `<fi>` variables and a document description.
+
+Invalid outputs are retried (a bounded number of times, at a higher temperature and another seed)
+before the query is dropped with the reason of its last attempt.
+"""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
 
-from fineinstructions.backends.base import Backend, SamplingParams
-from fineinstructions.contracts.templates import parse_templatizer_output
+from fineinstructions.backends.base import Backend, Generation, SamplingParams
+from fineinstructions.contracts.templates import (
+    FI_SPAN,
+    ParsedTemplate,
+    parse_templatizer_output,
+    query_template_error,
+)
 from fineinstructions.prompts import load_prompt
 from fineinstructions.records import Query, Template
 from fineinstructions.stages.base import Rejected, Stage, StageResult
+from fineinstructions.text.normalize import dedup_key, looks_binary
 
 MAX_QUERY_CHARS = 4000
 
 
 def template_id(template: str) -> str:
-    """Stable id of a template's text (identical templates share one id)."""
-    return "tpl-" + hashlib.sha256(" ".join(template.split()).lower().encode()).hexdigest()[:16]
+    """Stable id of a template's text (identical up to case, spacing and punctuation share one id)."""
+    return "tpl-" + hashlib.sha256(dedup_key(template.replace("<fi>", " fi_open ")
+                                                     .replace("</fi>", " fi_close ")).encode()).hexdigest()[:16]
+
+
+def template_skeleton(template: str) -> str:
+    """The template with every variable replaced by one placeholder, normalised for comparison."""
+    return dedup_key(FI_SPAN.sub(" VAR ", template))
 
 
 class TemplatizeStage(Stage):
@@ -25,10 +41,18 @@ class TemplatizeStage(Stage):
     output_type = Template
 
     def __init__(self, backend: Backend, prompt_version: str | None = None, max_tokens: int = 200,
-                 temperature: float = 0.0, seed: int = 0):
+                 temperature: float = 0.0, seed: int = 0, retries: int = 2, retry_temperature: float = 0.7,
+                 min_intent_overlap: float = 0.5):
         self.backend = backend
         self.prompt = load_prompt("templatize", prompt_version)
-        self.sampling = SamplingParams(temperature=temperature, max_tokens=max_tokens, seed=seed)
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.seed = seed
+        self.retries = retries
+        self.retry_temperature = retry_temperature
+        self.min_intent_overlap = min_intent_overlap
+        self._retried = 0
+        self._recovered = 0
 
     def process(self, batch: Sequence[Query]) -> StageResult:  # type: ignore[override]
         rejected: list[Rejected] = []
@@ -39,32 +63,63 @@ class TemplatizeStage(Stage):
                 rejected.append(Rejected(query.model_dump(), "empty_query"))
             elif len(text) > MAX_QUERY_CHARS:
                 rejected.append(Rejected(query.model_dump(), "query_too_long"))
-            elif "\x00" in text:
+            elif looks_binary(text):
                 rejected.append(Rejected(query.model_dump(), "binary_query"))
             else:
                 todo.append(query)
-        generations = self.backend.generate([self.prompt.conversation(query=q.text.strip()) for q in todo],
-                                            self.sampling)
-        templates: list[Template] = []
-        for query, generation in zip(todo, generations, strict=True):
-            if not generation.ok:
-                rejected.append(Rejected(query.model_dump(), f"backend_error: {generation.error}"))
-                continue
-            parsed = parse_templatizer_output(generation.text)
-            if isinstance(parsed, str):
-                row = query.model_dump() | {"output": generation.text}
-                rejected.append(Rejected(row, parsed))
-                continue
-            templates.append(Template(
-                template_id=template_id(parsed.template),
-                template=parsed.template,
-                compatible_document_description=parsed.compatible_document_description,
-                variables=parsed.variables,
-                query_id=query.query_id,
-                query=query.text,
-                source=query.source,
-                model_id=self.backend.model_id,
-                prompt_version=self.prompt.version,
-                completion_tokens=generation.completion_tokens,
-            ))
-        return StageResult(templates, rejected)
+        templates: dict[str, Template] = {}
+        last_failure: dict[str, tuple[str, str]] = {}
+        pending = todo
+        self._retried = self._recovered = 0
+        for attempt in range(self.retries + 1):
+            if not pending:
+                break
+            sampling = SamplingParams(
+                temperature=self.temperature if attempt == 0 else self.retry_temperature,
+                max_tokens=self.max_tokens, seed=self.seed + attempt)
+            generations = self.backend.generate(
+                [self.prompt.conversation(query=q.text.strip()) for q in pending], sampling)
+            still: list[Query] = []
+            for query, generation in zip(pending, generations, strict=True):
+                outcome = self._check(query, generation)
+                if isinstance(outcome, str):
+                    last_failure[query.query_id] = (outcome, generation.text)
+                    if not outcome.startswith("backend_error"):
+                        still.append(query)
+                    continue
+                templates[query.query_id] = self._template(query, outcome, generation)
+                if attempt > 0:
+                    self._recovered += 1
+            if attempt < self.retries:
+                self._retried += len(still)
+            pending = still
+        for query in todo:
+            if query.query_id not in templates:
+                reason, output = last_failure[query.query_id]
+                rejected.append(Rejected(query.model_dump() | {"output": output}, reason))
+        return StageResult([templates[q.query_id] for q in todo if q.query_id in templates], rejected)
+
+    def _check(self, query: Query, generation: Generation) -> ParsedTemplate | str:
+        if not generation.ok:
+            return f"backend_error: {generation.error}"
+        parsed = parse_templatizer_output(generation.text)
+        if isinstance(parsed, str):
+            return parsed
+        return query_template_error(query.text, parsed.template, self.min_intent_overlap) or parsed
+
+    def _template(self, query: Query, parsed: ParsedTemplate, generation: Generation) -> Template:
+        return Template(
+            template_id=template_id(parsed.template),
+            template=parsed.template,
+            compatible_document_description=parsed.compatible_document_description,
+            variables=parsed.variables,
+            query_id=query.query_id,
+            query=query.text,
+            source=query.source,
+            model_id=self.backend.model_id,
+            prompt_version=self.prompt.version,
+            completion_tokens=generation.completion_tokens,
+        )
+
+    def metrics(self, result: StageResult) -> dict[str, float]:
+        return {"retried": self._retried, "recovered_by_retry": self._recovered}
