@@ -60,7 +60,7 @@ def scripted(conversation) -> str:
 def write_inputs(tmp_path):
     queries = tmp_path / "queries.jsonl"
     queries.write_text("".join(json.dumps({"text": q, "id": f"q{i}"}) + "\n" for i, q in enumerate(QUERIES))
-                       + "{not json\n")
+                       + "{not json\n" + json.dumps({"text": "what is acid rain", "id": "dup"}) + "\n")
     documents = tmp_path / "documents.jsonl"
     documents.write_text("".join(json.dumps({"id": i, "text": t, "title": i}) + "\n" for i, t in DOCUMENTS))
     return queries, documents
@@ -114,6 +114,7 @@ def test_end_to_end_schema_invariants_and_summary(tmp_path):
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert saved == json.loads(json.dumps(summary))
     stages = saved["stages"]
+    assert stages["query_filter"]["dropped"] == {"duplicate_query": 1}
     assert stages["templatize"]["rows_in"] == 6 and stages["templatize"]["dropped"] == {"unparseable_json": 1}
     assert stages["match"]["dropped"] == {"empty_document": 1}
     assert stages["filter"]["rows_out"] == len(pairs)
@@ -179,3 +180,23 @@ def test_tiny_real_run_with_the_135m_model(tmp_path):
         assert expand_excerpts(pair.answer_with_markers, pair.text).text == pair.answer
         assert pair.excerpt_coverage >= 0.8 and pair.judge_score >= 4
     assert (tmp_path / "run" / "summary.json").is_file()
+
+
+def test_a_ready_template_bank_skips_templatize(tmp_path):
+    bank = tmp_path / "bank.jsonl"
+    bank.write_text("".join(json.dumps(row) + "\n" for row in [
+        {"template_id": "ft-1", "template": "What is <fi>weather phenomenon</fi>?",
+         "compatible_document_description": "An encyclopedia article about a weather phenomenon."},
+        {"template_id": "ft-2", "template": "What is <fi>weather event</fi>?",
+         "compatible_document_description": "An encyclopedia article about a weather phenomenon."},
+        {"template_id": "ft-3", "template": "Where is <fi>country</fi> located?",
+         "compatible_document_description": "An encyclopedia article about a country and its geography."},
+    ]))
+    cfg = config_for(tmp_path)
+    cfg.templates = SourceConfig(path=str(bank))
+    summary, backend = run_scripted(cfg)
+    assert "templatize" not in summary["stages"] and "query_filter" not in summary["stages"]
+    assert summary["stages"]["template_dedup"]["dropped"] == {"duplicate_template": 1}
+    assert summary["index"]["templates"] == 2
+    assert not any(c[0]["content"].startswith("You turn a real user query") for c in backend.calls)
+    assert {p.template_id for p in read_records(tmp_path / "run" / "dataset", Pair)} <= {"ft-1", "ft-3"}

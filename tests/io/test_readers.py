@@ -83,3 +83,21 @@ def test_rows_to_records_counts_missing_and_ill_typed_fields():
 def test_first_user_turn_skips_assistant_turns():
     assert first_user_turn([{"from": "gpt", "value": "hi"}, {"from": "human", "value": "q"}]) == "q"
     assert first_user_turn("not a list") is None
+
+
+def test_released_finetemplates_rows_are_read_with_aliases():
+    from fineinstructions.io.readers import rows_to_templates
+
+    rows = [
+        {"template_id": 7, "template": "What is <fi>concept</fi>?", "compatible_document_description": "An article.",
+         "query": "What is entropy?", "popularity": 3},
+        {"instruction_template": "How do I <fi>task</fi>?", "document_description": "A how-to guide."},
+        {"template": "No variables here", "compatible_document_description": "x"},
+        {"template": "What is <fi>x</fi>?"},
+    ]
+    stats = ReadStats()
+    templates = list(rows_to_templates(rows, stats))
+    assert [t.template_id for t in templates][0] == "7"
+    assert templates[0].popularity == 3 and templates[0].variables == ["concept"]
+    assert templates[1].template == "How do I <fi>task</fi>?" and templates[1].template_id.startswith("tpl-")
+    assert stats.skipped == {"invalid_template_no_variables": 1, "missing_template_fields": 1}

@@ -51,3 +51,16 @@ def test_document_comes_before_template_so_prefixes_are_shared():
 def test_unknown_prompt_version_is_a_clear_error():
     with pytest.raises(FileNotFoundError, match="judge.v999"):
         load_prompt("judge", "v999")
+
+
+def test_released_query_templatizer_preset_sends_the_bare_query():
+    prompt = load_prompt("templatize", "query_templatizer")
+    assert prompt.conversation(query="What is entropy?") == [{"role": "user", "content": "What is entropy?"}]
+
+
+def test_templatize_v2_covers_many_query_styles():
+    prompt = load_prompt("templatize", "v2")
+    queries = [example["query"] for example, _ in prompt.examples]
+    assert any(q.lower().startswith("act as") for q in queries)  # role-play
+    assert any("Python" in q or "React" in q for q in queries)  # coding
+    assert any(q.count(".") + q.count("?") >= 2 for q in queries)  # multi-sentence
