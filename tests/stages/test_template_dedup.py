@@ -13,7 +13,7 @@ def tpl(text: str) -> Template:
 def test_exact_and_near_duplicates_are_absorbed_with_popularity():
     bank = [
         tpl("What is <fi>scientific concept</fi>?"),
-        tpl("what is <fi>a concept from physics</fi>"),  # same skeleton once variables are set aside
+        tpl("what is <fi>Scientific   concept</fi>"),  # the same once case, spacing and punctuation go
         tpl("How do I install <fi>package</fi> on <fi>operating system</fi> using the command line tool?"),
         tpl("How do I install <fi>package</fi> on <fi>os</fi> using the command line tool quickly?"),  # near
         tpl("Who was <fi>notable person</fi>?"),
@@ -31,8 +31,10 @@ def test_exact_and_near_duplicates_are_absorbed_with_popularity():
 
 
 def test_distinct_templates_survive_and_near_dedup_can_be_off():
-    bank = [tpl("What causes <fi>weather event</fi>?"), tpl("What prevents <fi>disease</fi> in <fi>animal</fi>?")]
-    assert len(TemplateDedupStage().process(bank).records) == 2
+    bank = [tpl("What causes <fi>weather event</fi>?"), tpl("What prevents <fi>disease</fi> in <fi>animal</fi>?"),
+            tpl("What is the <fi>boiling point</fi> of <fi>substance</fi>?"),
+            tpl("What is the <fi>ethos</fi> of <fi>company</fi>?")]  # same skeleton, different request
+    assert len(TemplateDedupStage().process(bank).records) == 4
     twins = [tpl("Tell me about <fi>x</fi> and its history in detail"),
              tpl("Tell me about <fi>x</fi> and its history in great detail")]
     assert len(TemplateDedupStage(near_duplicate_threshold=None).process(twins).records) == 2

@@ -5,7 +5,7 @@ import json
 from fineinstructions.backends.fake import FakeBackend
 from fineinstructions.records import Query
 from fineinstructions.stages.base import StageStats
-from fineinstructions.stages.templatize import TemplatizeStage, template_id, template_skeleton
+from fineinstructions.stages.templatize import TemplatizeStage, template_id, template_key
 
 GOOD = json.dumps({"template": "What is <fi>scientific concept</fi>?",
                    "compatible_document_description": "An encyclopedia article explaining a scientific concept."})
@@ -72,4 +72,5 @@ def test_a_retry_can_recover_an_invalid_output():
 def test_template_id_and_skeleton():
     assert template_id("What is <fi>x</fi>?") == template_id("what  is <fi>x</fi>")
     assert template_id("What is <fi>x</fi>?") != template_id("What is x?")
-    assert template_skeleton("What is <fi>a chemical element</fi>?") == template_skeleton("what is <fi>element</fi>")
+    assert template_key("What is <fi>Chemical  element</fi>?") == template_key("what is <fi>chemical element</fi>")
+    assert template_key("What is <fi>chemical element</fi>?") != template_key("What is <fi>disease</fi>?")

@@ -1,4 +1,9 @@
-"""Template deduplication: exact (same skeleton once variables are set aside) and near (MinHash LSH).
+"""Template deduplication: exact (the same text once case, spacing and punctuation are normalised, in
+the variable descriptions too) and near (MinHash LSH over the normalised text, descriptions included).
+
+Variable descriptions take part in both comparisons: "What is the <fi>boiling point</fi> of
+<fi>substance</fi>?" and "What is the <fi>ethos</fi> of <fi>company</fi>?" share a skeleton but ask
+for different things, and documents that fit one rarely fit the other.
 
 The kept template of each group absorbs the others: its `popularity` counts the queries behind it, a
 weight the matcher can use. Runs over the whole template bank at once (one shard).
@@ -10,7 +15,7 @@ from collections.abc import Sequence
 
 from fineinstructions.records import Template
 from fineinstructions.stages.base import Rejected, Stage, StageResult
-from fineinstructions.stages.templatize import template_skeleton
+from fineinstructions.stages.templatize import template_key
 from fineinstructions.text.dedup import NearDuplicateIndex
 
 
@@ -24,18 +29,18 @@ class TemplateDedupStage(Stage):
 
     def process(self, batch: Sequence[Template]) -> StageResult:  # type: ignore[override]
         kept: dict[str, Template] = {}
-        by_skeleton: dict[str, str] = {}
+        by_key: dict[str, str] = {}
         near = NearDuplicateIndex(self.near_duplicate_threshold) if self.near_duplicate_threshold else None
         rejected: list[Rejected] = []
         for template in batch:
-            skeleton = template_skeleton(template.template)
-            original = by_skeleton.get(skeleton)
+            key = template_key(template.template)
+            original = by_key.get(key)
             reason = "duplicate_template"
             if original is None and near is not None:
-                original = near.check_and_add(template.template_id, skeleton)
+                original = near.check_and_add(template.template_id, key)
                 reason = "near_duplicate_template"
             if original is None:
-                by_skeleton[skeleton] = template.template_id
+                by_key[key] = template.template_id
                 kept[template.template_id] = template.model_copy()
                 continue
             kept[original].popularity += template.popularity

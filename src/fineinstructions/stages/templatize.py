@@ -24,15 +24,14 @@ from fineinstructions.text.normalize import dedup_key, looks_binary
 MAX_QUERY_CHARS = 4000
 
 
+def template_key(template: str) -> str:
+    """The template normalised for comparison: case, spacing and punctuation ignored, variables marked."""
+    return dedup_key(FI_SPAN.sub(lambda m: f" fivar {m.group(1)} endfivar ", template))
+
+
 def template_id(template: str) -> str:
-    """Stable id of a template's text (identical up to case, spacing and punctuation share one id)."""
-    return "tpl-" + hashlib.sha256(dedup_key(template.replace("<fi>", " fi_open ")
-                                                     .replace("</fi>", " fi_close ")).encode()).hexdigest()[:16]
-
-
-def template_skeleton(template: str) -> str:
-    """The template with every variable replaced by one placeholder, normalised for comparison."""
-    return dedup_key(FI_SPAN.sub(" VAR ", template))
+    """Stable id of a template's text (templates with the same `template_key` share one id)."""
+    return "tpl-" + hashlib.sha256(template_key(template).encode()).hexdigest()[:16]
 
 
 class TemplatizeStage(Stage):
