@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-chars", type=int, default=500, help="query length bound of the sample")
     parser.add_argument("--out", type=Path, default=None, help="write the templates and rejects as JSON here")
+    parser.add_argument("--retries", type=int, default=2, help="the stage's retries of invalid outputs")
     args = parser.parse_args()
 
     all_queries = list(sharegpt_queries())
@@ -48,10 +49,15 @@ def main() -> None:
           f"in {filter_seconds:.1f} s ({len(all_queries) / filter_seconds:.0f} queries/s)")
     for reason, count in funnel.most_common():
         print(f"  {reason:28s} {count:6d}  {100 * count / len(all_queries):5.1f} %")
+    by_id = {q.query_id: q.text for q in all_queries}
+    near = [r for r in filtered.rejected if r.reason.startswith("near_duplicate_query")]
+    print(f"spot checks of {min(6, len(near))} of {len(near)} near-duplicate queries:")
+    for r in random.Random(args.seed).sample(near, min(6, len(near))):
+        print(f"  {r.row['text'][:110]!r}\n    ~ {by_id[r.reason.split(': ', 1)[1]][:110]!r}")
 
     sample = random.Random(args.seed).sample(filtered.records, args.n)
     backend = LlamaCppBackend(args.model)
-    stage = TemplatizeStage(backend, retries=2)
+    stage = TemplatizeStage(backend, retries=args.retries)
     first_attempt = TemplatizeStage(backend, retries=0)
 
     # Speed, side by side on the same prompts: raw engine calls vs the stage (one attempt each).
