@@ -187,7 +187,7 @@ def test_a_ready_template_bank_skips_templatize(tmp_path):
     bank.write_text("".join(json.dumps(row) + "\n" for row in [
         {"template_id": "ft-1", "template": "What is <fi>weather phenomenon</fi>?",
          "compatible_document_description": "An encyclopedia article about a weather phenomenon."},
-        {"template_id": "ft-2", "template": "What is <fi>weather event</fi>?",
+        {"template_id": "ft-2", "template": "what is <fi>Weather  phenomenon</fi>",
          "compatible_document_description": "An encyclopedia article about a weather phenomenon."},
         {"template_id": "ft-3", "template": "Where is <fi>country</fi> located?",
          "compatible_document_description": "An encyclopedia article about a country and its geography."},

@@ -89,7 +89,7 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
         dropped = ", ".join(f"{k}: {v}" for k, v in s["dropped"].items()) or "-"
         funnel.add_row(name, str(s["rows_in"]), str(s["rows_out"]), dropped, f"{s['seconds']:.1f}",
                        f"{s['completion_tokens_per_s']:.1f}" if s["completion_tokens"] else "-")
-        if name == "templatize" and index:
+        if name == "template_dedup" and index:
             funnel.add_row("index", str(s["rows_out"]), str(index["templates"]),
                            f"duplicate_template: {index['duplicates_removed']}" if index["duplicates_removed"]
                            else "-", "", "")
