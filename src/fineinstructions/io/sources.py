@@ -10,6 +10,7 @@ import json
 import random
 import re
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -90,11 +91,17 @@ def is_information_seeking(text: str) -> bool:
     )
 
 
+@cache
+def _wiki_entries() -> dict[str, dict]:
+    """The packaged wiki data, parsed once per process."""
+    data = json.loads(package_file(WIKI_PACKAGE, WIKI_FILE).read_text(encoding="utf-8"))
+    return {key: entry for key, entry in data.items() if isinstance(entry, dict)}
+
+
 def wikipedia_documents() -> Iterator[Document]:
     """English Wikipedia lead sections from the packaged offline-wiki data (CC BY-SA)."""
-    data = json.loads(package_file(WIKI_PACKAGE, WIKI_FILE).read_text(encoding="utf-8"))
-    for key, entry in data.items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("extract"), str):
+    for key, entry in _wiki_entries().items():
+        if not isinstance(entry.get("extract"), str):
             continue
         slug = re.sub(r"[^a-z0-9]+", "-", key.lower()).strip("-")
         yield Document(document_id=f"wiki-{slug}", text=entry["extract"].strip(), title=entry.get("title", key),
@@ -139,10 +146,8 @@ def topical_demo_sample(n_queries: int, n_documents: int, embedder: Embedder, se
     """
     import numpy as np
 
-    data = json.loads(package_file(WIKI_PACKAGE, WIKI_FILE).read_text(encoding="utf-8"))
     leads = [d for d in wikipedia_documents() if min_chars <= len(d.text) <= max_chars]
-    descriptions = {entry.get("title", key): entry.get("description", "") for key, entry in data.items()
-                    if isinstance(entry, dict)}
+    descriptions = {entry.get("title", key): entry.get("description", "") for key, entry in _wiki_entries().items()}
     lead_vectors = embedder.encode([f"{d.title}: {descriptions.get(d.title, '')}" for d in leads])
     pool = demo_queries(10**9, seed)
     similarity = embedder.encode([q.text for q in pool]) @ lead_vectors.T

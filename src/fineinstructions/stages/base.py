@@ -6,6 +6,7 @@ object (or an index) when built, and reports what it kept, what it dropped and w
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -126,7 +127,4 @@ class Stage(ABC):
 
 
 def _copy_backend_stats(backend: Backend | None) -> BackendStats | None:
-    if backend is None:
-        return None
-    s = backend.stats
-    return BackendStats(s.requests, s.failures, s.prompt_tokens, s.completion_tokens, s.seconds, s.retries)
+    return None if backend is None else dataclasses.replace(backend.stats, extra=dict(backend.stats.extra))

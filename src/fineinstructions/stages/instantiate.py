@@ -75,9 +75,8 @@ class InstantiateStage(Stage):
         matches = sorted(batch, key=lambda m: (first_seen[m.document_id], m.rank))
         conversations = [self.prompt.conversation(document=m.text, template=m.template) for m in matches]
         generations = self.backend.generate(conversations, self.sampling)
-        doc_tokens: dict[str, int] = {}
         normalized: dict[str, NormalizedText] = {}
-        pairs: list[Pair] = []
+        passed: list[tuple[Match, ParsedInstantiation, str, float, int, int]] = []
         rejected: list[Rejected] = []
         for match, generation in zip(matches, generations, strict=True):
             row = match.model_dump(exclude={"text"}) | {"output": generation.text}
@@ -109,19 +108,29 @@ class InstantiateStage(Stage):
             if expanded.coverage < self.min_coverage:
                 rejected.append(Rejected(row | {"excerpt_coverage": expanded.coverage}, "low_coverage"))
                 continue
-            if match.document_id not in doc_tokens:
-                doc_tokens[match.document_id] = self.backend.count_tokens([match.text])[0]
-            synthetic = sum(self.backend.count_tokens([parsed.instruction, expanded.text]))
-            pairs.append(Pair(
+            passed.append((match, parsed, expanded.text, expanded.coverage, expanded.excerpts,
+                           generation.completion_tokens))
+        return StageResult(self._pairs(passed), rejected)  # type: ignore[arg-type]
+
+    def _pairs(self, passed: list[tuple[Match, ParsedInstantiation, str, float, int, int]]) -> list[Pair]:
+        """Pairs with their token counts, counted in one backend call for the whole batch."""
+        documents = {m.document_id: m.text for m, *_ in passed}
+        texts = list(documents.values()) + [t for _, p, answer, *_ in passed for t in (p.instruction, answer)]
+        counts = self.backend.count_tokens(texts)
+        doc_tokens = dict(zip(documents, counts[: len(documents)], strict=True))
+        synthetic = counts[len(documents):]
+        return [
+            Pair(
                 document_id=match.document_id, template_id=match.template_id, text=match.text,
-                template=match.template, instantiated_instruction=parsed.instruction, answer=expanded.text,
-                answer_with_markers=parsed.answer, excerpt_coverage=round(expanded.coverage, 4),
-                excerpt_count=expanded.excerpts, synthetic_token_count=synthetic,
-                token_count=doc_tokens[match.document_id], completion_tokens=generation.completion_tokens,
+                template=match.template, instantiated_instruction=parsed.instruction, answer=answer,
+                answer_with_markers=parsed.answer, excerpt_coverage=round(coverage, 4), excerpt_count=excerpts,
+                synthetic_token_count=synthetic[2 * i] + synthetic[2 * i + 1],
+                token_count=doc_tokens[match.document_id], completion_tokens=completion_tokens,
                 match_score=match.score, match_part=match.part, instantiator_model=self.backend.model_id,
                 instantiate_prompt_version=self.prompt.version, config_fingerprint=self.config_fingerprint,
-            ))
-        return StageResult(pairs, rejected)  # type: ignore[arg-type]
+            )
+            for i, (match, parsed, answer, coverage, excerpts, completion_tokens) in enumerate(passed)
+        ]
 
     @staticmethod
     def _instruction_error(instruction: str, template: str) -> str | None:
