@@ -13,7 +13,7 @@ from fineinstructions.config import BackendConfig, PipelineConfig, RunConfig, So
 from fineinstructions.contracts.excerpts import expand_excerpts
 from fineinstructions.io.writers import read_records
 from fineinstructions.pipeline import ConfigChanged, Pipeline
-from fineinstructions.records import Pair
+from fineinstructions.records import Match, Pair
 
 DOCUMENTS = [
     ("acid", "Acid rain is rain or any other form of precipitation that is unusually acidic. It can have harmful "
@@ -146,9 +146,13 @@ def test_rerun_resumes_without_model_calls_and_changed_config_is_refused(tmp_pat
 
 def test_crash_mid_run_then_resume_gives_the_uninterrupted_result(tmp_path):
     reference = config_for(tmp_path, out="reference")
+    reference.match.max_template_uses = 1  # the corpus-wide cap must survive the resume too
     run_scripted(reference)
+    matches = read_records(tmp_path / "reference" / "work" / "match", Match)
+    assert len({m.template_id for m in matches}) == len(matches)
 
     cfg = config_for(tmp_path, out="crashy")
+    cfg.match.max_template_uses = 1
     calls = {"n": 0}
 
     def crashes_after_some_calls(conversation):

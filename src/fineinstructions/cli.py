@@ -175,10 +175,13 @@ def index(
     output: Annotated[Path, typer.Option(help="Index folder to write.")],
     embedder: Annotated[str, typer.Option(help="sentence-transformers name or path.")] = "all-minilm-l6-v2",
     near_duplicate_threshold: Annotated[float, typer.Option(help="MinHash Jaccard for near duplicates.")] = 0.85,
+    kind: Annotated[str, typer.Option(help="FAISS factory string (Flat, IVF4096,PQ64, HNSW32) or auto.")] = "auto",
+    shards: Annotated[int, typer.Option(help="Split the bank into this many shards.")] = 1,
+    train_size: Annotated[int, typer.Option(help="Vectors that train IVF/PQ kinds.")] = 100_000,
 ) -> None:
-    """Templates (ours or the released FineTemplates) -> deduplicated bank in an exact FAISS index."""
+    """Templates (ours or the released FineTemplates) -> deduplicated bank in a FAISS index."""
     from fineinstructions.backends.embeddings import Embedder
-    from fineinstructions.stages.index import TemplateIndex
+    from fineinstructions.stages.index import build_index
     from fineinstructions.stages.template_dedup import TemplateDedupStage
 
     stats = ReadStats()
@@ -189,10 +192,13 @@ def index(
     if not records:
         raise _fail(f"no usable template rows in {templates} (skipped: {dict(stats.skipped)})")
     deduplicated = TemplateDedupStage(near_duplicate_threshold).process(records)
-    built = TemplateIndex.build(deduplicated.records, Embedder(embedder))  # type: ignore[arg-type]
+    try:
+        built = build_index(deduplicated.records, Embedder(embedder), kind, shards, train_size)  # type: ignore[arg-type]
+    except ValueError as err:
+        raise _fail(str(err)) from err
     built.duplicates_removed += len(deduplicated.rejected)
     built.save(output)
-    console.print(f"index: {len(built.templates)} templates "
+    console.print(f"index ({built.spec}): {built.ntotal} templates "
                   f"({built.duplicates_removed} duplicates removed) -> {output}")
 
 
@@ -207,7 +213,12 @@ def match(
     top_k: Annotated[int, typer.Option(help="Templates kept per document.")] = 6,
     coverage_chunks: Annotated[int, typer.Option(help="Gaussian coverage chunks K (0: global only).")] = 10,
     sigma: Annotated[float, typer.Option(help="Gaussian width on the [0, 1] position axis.")] = 0.05,
+    alpha: Annotated[float, typer.Option(help="Mix of local (1) and global (0) pooling.")] = 1.0,
     min_score: Annotated[float, typer.Option(help="Similarity floor.")] = 0.0,
+    mmr_lambda: Annotated[float, typer.Option(help="Relevance vs diversity (1: relevance only).")] = 0.7,
+    max_template_uses: Annotated[int | None, typer.Option(help="Corpus-wide cap per template.")] = 1000,
+    popularity_weight: Annotated[float, typer.Option(help="Score bonus per ln(popularity).")] = 0.0,
+    nprobe: Annotated[int, typer.Option(help="IVF lists searched per query.")] = 150,
     embedder: Annotated[str, typer.Option(help="Must be the model that built the index.")] = "all-minilm-l6-v2",
     batch_size: BatchOpt = 32,
     quiet: QuietOpt = False,
@@ -220,11 +231,13 @@ def match(
     records = _read_typed(documents, Document, text_field, id_field, limit)
     model = Embedder(embedder)
     try:
-        loaded = TemplateIndex.load(index, model)
+        loaded = TemplateIndex.load(index, model, nprobe=nprobe)
     except (IndexMismatch, FileNotFoundError) as err:
         raise _fail(str(err)) from err
-    _run_stage("match", lambda: MatchStage(loaded, model, top_k, coverage_chunks, sigma, min_score=min_score),
-               records, output, Match, batch_size, quiet)
+    _run_stage("match", lambda: MatchStage(
+        loaded, model, top_k, coverage_chunks, sigma, alpha, min_score, mmr_lambda=mmr_lambda,
+        max_template_uses=max_template_uses, popularity_weight=popularity_weight), records, output, Match,
+        batch_size, quiet)
 
 
 @app.command()

@@ -90,12 +90,26 @@ class TemplatizeConfig(Section):
 
 
 class MatchConfig(Section):
+    """Embedding retrieval of templates for documents (DESIGN.md §2)."""
+
     embedder: str = DEFAULT_EMBEDDER
     top_k: int = Field(default=6, ge=1)
-    coverage_chunks: int = Field(default=10, ge=0)
+    coverage_chunks: int = Field(default=10, ge=0)  # K local vectors; 0 = global vector only
     sigma: float = Field(default=0.05, gt=0)
     alpha: float = Field(default=1.0, ge=0, le=1)
-    min_score: float = 0.0
+    max_windows: int = Field(default=64, ge=1)  # model-sized windows embedded per long document
+    min_score: float = 0.0  # similarity floor
+    per_vector_k: int = Field(default=10, ge=1)  # neighbours fetched for each global/local vector
+    mmr_lambda: float = Field(default=0.7, ge=0, le=1)  # 1 = relevance only; lower = more diverse
+    max_template_uses: int | None = Field(default=1000, ge=1)  # corpus-wide cap per template
+    popularity_weight: float = Field(default=0.0, ge=0)  # + weight * ln(popularity) on the score
+    min_document_words: int = Field(default=20, ge=1)
+    max_document_chars: int = Field(default=200_000, ge=1)
+    index: str = "auto"  # FAISS factory string: Flat, IVF4096,PQ64, IVF1024,Flat, HNSW32; auto by size
+    index_shards: int = Field(default=1, ge=1)
+    train_size: int = Field(default=100_000, ge=1)  # vectors that train IVF/PQ kinds
+    nprobe: int = Field(default=150, ge=1)  # IVF lists searched per query (published default)
+    ef_search: int = Field(default=128, ge=1)  # HNSW search breadth
 
 
 class InstantiateConfig(Section):

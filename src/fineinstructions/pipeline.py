@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from fineinstructions.io.sources import (
 from fineinstructions.io.writers import read_records, write_records
 from fineinstructions.records import Document, Match, Pair, Query, Template
 from fineinstructions.stages.filter import FilterStage
-from fineinstructions.stages.index import TemplateIndex
+from fineinstructions.stages.index import ShardedTemplateIndex, TemplateIndex, build_index
 from fineinstructions.stages.instantiate import InstantiateStage
 from fineinstructions.stages.judge import JudgeStage
 from fineinstructions.stages.match import MatchStage
@@ -188,19 +189,23 @@ class Pipeline:
         return ex.run("template_dedup", lambda: TemplateDedupStage(threshold), 0, templates, Template,  # type: ignore[return-value]
                       whole_shard=True)
 
-    def _index(self, templates: list[Template]) -> TemplateIndex:
+    def _index(self, templates: list[Template]) -> TemplateIndex | ShardedTemplateIndex:
+        mc = self.config.match
         index_dir = self.root / "index"
         embedder = self.embedder
-        key = ",".join(sorted({t.template_id for t in templates}))
-        stamp = index_dir / "templates.sha"
+        key = "|".join([mc.index, str(mc.index_shards), str(mc.train_size),
+                        ",".join(sorted({t.template_id for t in templates}))])
+        stamp = self.root / "index.sha"
         want = hashlib.sha256(key.encode()).hexdigest()
-        if stamp.is_file() and stamp.read_text().strip() == want:
-            return TemplateIndex.load(index_dir, embedder)
-        self.console.log(f"indexing {len(templates)} templates with {embedder.model_id}")
-        index = TemplateIndex.build(templates, embedder)
-        index.save(index_dir)
+        if stamp.is_file() and stamp.read_text().strip() == want and index_dir.is_dir():
+            index = TemplateIndex.load(index_dir, embedder)
+            index.configure(mc.nprobe, mc.ef_search)
+            return index
+        self.console.log(f"indexing {len(templates)} templates with {embedder.model_id} ({mc.index})")
+        built = build_index(templates, embedder, mc.index, mc.index_shards, mc.train_size, mc.nprobe, mc.ef_search)
+        built.save(index_dir)
         write_text_atomic(stamp, want + "\n")
-        return index
+        return built
 
     @property
     def embedder(self) -> Embedder:
@@ -208,15 +213,20 @@ class Pipeline:
             self._embedder = Embedder(self.config.match.embedder)
         return self._embedder
 
-    def _documents(self, ex: LocalExecutor, index: TemplateIndex, documents: list[Document]) -> None:
+    def _documents(self, ex: LocalExecutor, index: TemplateIndex | ShardedTemplateIndex,
+                   documents: list[Document]) -> None:
         cfg = self.config
         judge_backend = cfg.judge_backend or cfg.generator
         shards = chunked(documents, cfg.run.shard_size)
         ex.expect("match", len(documents))
+        mc = cfg.match
+        uses: Counter[str] = Counter()  # template uses in earlier shards: the corpus-wide cap resumes exactly
         for shard, records in enumerate(shards):
             matches = ex.run("match", lambda: MatchStage(
-                index, self.embedder, cfg.match.top_k, cfg.match.coverage_chunks, cfg.match.sigma,
-                cfg.match.alpha, cfg.match.min_score), shard, records, Match)  # type: ignore[misc]
+                index, self.embedder, mc.top_k, mc.coverage_chunks, mc.sigma, mc.alpha, mc.min_score,
+                mc.per_vector_k, mc.mmr_lambda, mc.max_template_uses, mc.popularity_weight, mc.max_windows,
+                mc.min_document_words, mc.max_document_chars, prior_uses=uses), shard, records, Match)  # type: ignore[misc]
+            uses.update(m.template_id for m in matches)  # type: ignore[attr-defined]
             ex.expect("instantiate", len(matches))
             pairs = ex.run("instantiate", lambda: InstantiateStage(
                 self.backends.get(cfg.generator), cfg.instantiate.prompt_version, cfg.instantiate.max_tokens,

@@ -15,7 +15,7 @@ from fineinstructions.stages.base import StageStats
 if TYPE_CHECKING:
     from fineinstructions.config import PipelineConfig
     from fineinstructions.io.readers import ReadStats
-    from fineinstructions.stages.index import TemplateIndex
+    from fineinstructions.stages.index import ShardedTemplateIndex, TemplateIndex
 
 STAGE_ORDER = ("query_filter", "templatize", "template_dedup", "match", "instantiate", "judge", "filter")
 
@@ -29,6 +29,7 @@ def quality(stage_stats: dict[str, StageStats], dataset: list[Pair]) -> dict[str
     templatize = stage_stats.get("templatize", StageStats())
     instantiate = stage_stats.get("instantiate", StageStats())
     judge = stage_stats.get("judge", StageStats())
+    match = stage_stats.get("match", StageStats())
     histogram = {str(s): int(judge.metrics.get(f"score_{s}", 0)) for s in (1, 2, 3, 4, 5)}
     histogram["unparsed"] = int(judge.metrics.get("score_none", 0))
     template_uses = Counter(p.template_id for p in dataset)
@@ -37,6 +38,8 @@ def quality(stage_stats: dict[str, StageStats], dataset: list[Pair]) -> dict[str
     generated_tokens = instantiate.metrics.get("answer_completion_tokens", 0.0)
     return {
         "valid_template_rate": _ratio(templatize.rows_out, templatize.rows_in),
+        "mean_match_score": _ratio(match.metrics.get("match_score_sum", 0.0), match.rows_out),
+        "matches_from_document_parts": _ratio(match.metrics.get("matches_from_parts", 0.0), match.rows_out),
         "instantiated_rate": _ratio(instantiate.rows_out, instantiate.rows_in),
         "mean_excerpt_coverage_instantiated": _ratio(instantiate.metrics.get("coverage_sum", 0.0),
                                                      instantiate.rows_out),
@@ -56,7 +59,8 @@ def quality(stage_stats: dict[str, StageStats], dataset: list[Pair]) -> dict[str
 
 
 def build_summary(config: PipelineConfig, fingerprint: str, stage_stats: dict[str, StageStats], dataset: list[Pair],
-                  dataset_dir: Path, read_stats: dict[str, ReadStats], index: TemplateIndex | None,
+                  dataset_dir: Path, read_stats: dict[str, ReadStats],
+                  index: TemplateIndex | ShardedTemplateIndex | None,
                   elapsed_s: float, inputs: dict[str, int]) -> dict[str, Any]:
     stages = {name: stage_stats[name].to_dict() for name in STAGE_ORDER if name in stage_stats}
     return {
@@ -70,7 +74,7 @@ def build_summary(config: PipelineConfig, fingerprint: str, stage_stats: dict[st
         "inputs": inputs | {
             f"{name}_read_skips": dict(stats.skipped) for name, stats in read_stats.items() if stats.skipped
         },
-        "index": {"templates": len(index.templates), "duplicates_removed": index.duplicates_removed}
+        "index": {"templates": index.ntotal, "duplicates_removed": index.duplicates_removed, "kind": index.spec}
         if index is not None else None,
         "stages": stages,
         "quality": quality(stage_stats, dataset),
@@ -104,6 +108,8 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
 
     rows = [
         ("valid-template rate", pct(q["valid_template_rate"])),
+        ("mean match similarity", "-" if q.get("mean_match_score") is None else f"{q['mean_match_score']:.3f}"),
+        ("matches found by a document part (not the whole)", pct(q.get("matches_from_document_parts"))),
         ("instantiated (not null, gates passed)", pct(q["instantiated_rate"])),
         ("mean excerpt coverage, instantiated", pct(q["mean_excerpt_coverage_instantiated"])),
         ("mean excerpt coverage, kept", pct(q["mean_excerpt_coverage_kept"])),

@@ -35,3 +35,32 @@ def test_real_embedder_one_pass_gives_global_plus_local(embedder):
     france, banana = embedder.encode(["the capital of France", "yellow fruit"])
     assert pooled[0][1] @ france > pooled[0][1] @ banana  # early chunk is about France
     assert pooled[0][4] @ banana > pooled[0][4] @ france  # late chunk is about bananas
+
+
+def test_long_text_is_cut_into_windows_on_one_position_axis(embedder):
+    text = "The quick brown fox jumps over the lazy dog. " * 120  # ~1,300 tokens
+    windows = embedder.token_windows([text])
+    limit = embedder.model.max_seq_length
+    n_tokens = len(embedder.model.tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert len(windows) == -(-n_tokens // embedder.window_tokens)
+    assert all(len(w.ids) <= limit and len(w.ids) == len(w.positions) for w in windows)
+    positions = np.concatenate([w.positions for w in windows])
+    assert positions.min() == 0.0 and positions.max() == 1.0 and np.all(np.diff(positions) >= 0)
+    capped = embedder.token_windows([text], max_windows=3)
+    assert len(capped) == 3 and capped[0].positions[0] == 0.0 and capped[-1].positions[-1] == 1.0
+
+
+def test_single_window_global_row_equals_the_plain_embedding(embedder):
+    texts = ["Acid rain is rain that is unusually acidic, caused by sulfur dioxide emissions.", ""]
+    pooled = embedder.encode_with_coverage(texts, chunks=3)
+    assert float(pooled[0][0] @ embedder.encode(texts[:1])[0]) > 0.9999
+    assert pooled[1].shape == (4, embedder.dimension) and np.all(np.isfinite(pooled[1]))
+
+
+def test_the_end_of_a_document_past_the_window_still_counts(embedder):
+    rain = "Acid rain is caused by sulfur dioxide and nitrogen oxide emissions reacting with water. " * 20
+    jazz = "Jazz music originated in New Orleans with improvisation, swing and blue notes. " * 20
+    pooled = embedder.encode_with_coverage([rain + jazz], chunks=10)[0]
+    truncated = embedder.encode([rain + jazz])[0]  # the plain pass stops at the model's window
+    about_jazz = embedder.encode(["a text about jazz music"])[0]
+    assert float(pooled[10] @ about_jazz) > float(truncated @ about_jazz) + 0.2

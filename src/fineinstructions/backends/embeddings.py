@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -43,33 +45,124 @@ class Embedder:
         return np.asarray(vectors, dtype=np.float32)
 
     def encode_with_coverage(
-        self, texts: Sequence[str], chunks: int = 10, sigma: float = 0.05, alpha: float = 1.0
+        self, texts: Sequence[str], chunks: int = 10, sigma: float = 0.05, alpha: float = 1.0,
+        max_windows: int = 64,
     ) -> list[np.ndarray]:
         """For each text, one global and `chunks` local vectors from a single forward pass.
 
         Row 0 is the global mean-pooled vector; row i+1 pools the tokens with Gaussian weights centred
         at (i + 0.5) / chunks on the [0, 1] axis of token positions, mixed with the global by `alpha`.
+        A text longer than the model's window is cut into consecutive windows that are embedded
+        separately; every token keeps its position in the whole text, so the windows share one axis.
+        Beyond `max_windows` windows, evenly spaced windows stand for the text (its ends included).
         """
         if not texts:
             return []
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths batch together
-        token_sets = self.model.encode(
-            [texts[i] for i in order], batch_size=self.batch_size, output_value="token_embeddings",
-            convert_to_numpy=False, show_progress_bar=False,
-        )
-        result: list[np.ndarray] = [np.zeros(0)] * len(texts)
-        for slot, tokens in zip(order, token_sets, strict=True):
-            result[slot] = coverage_pool(tokens.float().cpu().numpy(), chunks, sigma, alpha)
+        windows = self.token_windows(texts, max_windows)
+        order = sorted(range(len(windows)), key=lambda i: len(windows[i].ids))  # similar lengths batch together
+        pooled: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in texts]
+        for start in range(0, len(order), self.batch_size):
+            group = [windows[i] for i in order[start : start + self.batch_size]]
+            for window, tokens in zip(group, self._token_embeddings([w.ids for w in group]), strict=True):
+                pooled[window.text].append((window.positions, tokens))
+        result: list[np.ndarray] = []
+        for parts in pooled:
+            positions = np.concatenate([p for p, _ in parts])
+            tokens = np.concatenate([t for _, t in parts])
+            result.append(coverage_pool(tokens, chunks, sigma, alpha, positions))
         return result
 
+    def token_windows(self, texts: Sequence[str], max_windows: int = 64) -> list[TokenWindow]:
+        """Cut each text's tokens into model-sized windows, each token placed on the text's [0, 1] axis."""
+        tokenizer = self.model.tokenizer
+        body = self.window_tokens
+        prefix, suffix = self._special_ids
+        encoded = tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+        windows: list[TokenWindow] = []
+        for slot, ids in enumerate(encoded):
+            n = len(ids)
+            if n == 0:
+                windows.append(TokenWindow(slot, prefix + suffix, np.full(len(prefix) + len(suffix), 0.5)))
+                continue
+            starts = list(range(0, n, body))
+            if len(starts) > max_windows:
+                starts = [starts[i] for i in np.linspace(0, len(starts) - 1, max_windows).round().astype(int)]
+            for begin in starts:
+                piece = ids[begin : begin + body]
+                body_pos = np.arange(begin, begin + len(piece)) / (n - 1) if n > 1 else np.array([0.5])
+                # special tokens sit where their window starts and ends
+                positions = np.concatenate([np.full(len(prefix), body_pos[0]), body_pos,
+                                            np.full(len(suffix), body_pos[-1])])
+                windows.append(TokenWindow(slot, prefix + piece + suffix, positions))
+        return windows
 
-def coverage_pool(tokens: np.ndarray, chunks: int, sigma: float, alpha: float) -> np.ndarray:
-    """Global + Gaussian-weighted local poolings of token embeddings (n_tokens, d) -> (1 + chunks, d)."""
+    @property
+    def window_tokens(self) -> int:
+        """Text tokens per window: the model's sequence length less its special tokens."""
+        prefix, suffix = self._special_ids
+        return max(1, int(self.model.max_seq_length) - len(prefix) - len(suffix))
+
+    @functools.cached_property
+    def _special_ids(self) -> tuple[list[int], list[int]]:
+        """The ids the tokenizer puts before and after a text (e.g. [CLS] and [SEP])."""
+        tokenizer = self.model.tokenizer
+        probe = "probe"
+        bare = tokenizer(probe, add_special_tokens=False)["input_ids"]
+        full = tokenizer(probe, add_special_tokens=True)["input_ids"]
+        for cut in range(len(full) - len(bare) + 1):
+            if full[cut : cut + len(bare)] == bare:
+                return list(full[:cut]), list(full[cut + len(bare) :])
+        return [], []
+
+    def _token_embeddings(self, batch: Sequence[list[int]]) -> list[np.ndarray]:
+        """Token embeddings (n_tokens, d) for pre-tokenized sequences, one padded forward pass."""
+        import torch
+
+        width = max(len(ids) for ids in batch)
+        pad = self.model.tokenizer.pad_token_id or 0
+        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, ids in enumerate(batch):
+            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            attention[row, : len(ids)] = 1
+        features: dict[str, object] = {"input_ids": input_ids, "attention_mask": attention}
+        if "token_type_ids" in self.model.tokenizer.model_input_names:
+            features["token_type_ids"] = torch.zeros_like(input_ids)
+        features = {k: v.to(self.model.device) if hasattr(v, "to") else v for k, v in features.items()}
+        features.update(self._extra_features)
+        with torch.inference_mode():
+            out = self.model(features)
+        tokens = out["token_embeddings"].float().cpu().numpy()
+        return [tokens[row, : len(ids)] for row, ids in enumerate(batch)]
+
+    @functools.cached_property
+    def _extra_features(self) -> dict[str, object]:
+        """Non-tensor entries the model's own preprocessing adds (e.g. the modality)."""
+        probe = self.model.preprocess(["probe"]) if hasattr(self.model, "preprocess") else {}
+        return {k: v for k, v in probe.items() if not hasattr(v, "shape")}
+
+
+@dataclass
+class TokenWindow:
+    """One model-sized piece of a text: its token ids (special tokens included) and their positions."""
+
+    text: int
+    ids: list[int]
+    positions: np.ndarray
+
+
+def coverage_pool(tokens: np.ndarray, chunks: int, sigma: float, alpha: float,
+                  positions: np.ndarray | None = None) -> np.ndarray:
+    """Global + Gaussian-weighted local poolings of token embeddings (n_tokens, d) -> (1 + chunks, d).
+
+    `positions` places each token on [0, 1] (default: evenly spaced in order).
+    """
     n = tokens.shape[0]
     global_vec = tokens.mean(axis=0)
     rows = [global_vec]
     if chunks > 0:
-        positions = np.linspace(0.0, 1.0, n) if n > 1 else np.array([0.5])
+        if positions is None:
+            positions = np.linspace(0.0, 1.0, n) if n > 1 else np.array([0.5])
         centres = (np.arange(chunks) + 0.5) / chunks
         weights = np.exp(-((positions[None, :] - centres[:, None]) ** 2) / (2 * sigma**2))
         weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)

@@ -1,89 +1,375 @@
-"""Stage 3: embed the templates' compatible-document descriptions into a FAISS inner-product index."""
+"""Stage 3: embed the templates' compatible-document descriptions into a FAISS inner-product index.
+
+The index kind is a FAISS factory string: `Flat` (exact) up to about a million templates, and beyond that
+`IVF{nlist},PQ{m}` (compressed, trained on a sample), `IVF{nlist},Flat` or `HNSW{M}`; `auto` picks one
+from the bank's size. The templates themselves sit next to the vectors in an uncompressed Arrow file
+that is memory-mapped, so a bank of millions costs the pages a search touches, not its size. A bank
+too large for one machine is split into shards whose results are merged by score.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import math
 import shutil
 import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
-import pyarrow.parquet as pq
+import pyarrow as pa
 
 from fineinstructions.backends.embeddings import Embedder
 from fineinstructions.records import Template
 
+log = logging.getLogger(__name__)
+
 INDEX_FILE = "templates.faiss"
 META_FILE = "index.json"
-TEMPLATES_FILE = "templates.parquet"
+TEMPLATES_FILE = "templates.arrow"
+EXACT_LIMIT = 1_000_000  # `auto` stays exact up to this many templates
 
 
 class IndexMismatch(ValueError):
     """The index was built with another embedding model than the one asked to query it."""
 
 
-@dataclass
-class TemplateIndex:
-    """Unit vectors of template descriptions in an exact FAISS index, with the templates themselves."""
+def resolve_spec(spec: str, n: int, dim: int) -> str:
+    """The FAISS factory string for `spec` and a bank of `n` vectors ('auto' decides by size)."""
+    if spec != "auto":
+        return spec
+    if n <= EXACT_LIMIT:
+        return "Flat"
+    nlist = 1 << int(round(math.log2(4 * math.sqrt(n))))  # ~4 sqrt(n) lists, a power of two
+    m = max(m for m in (16, 24, 32, 48, 64, 96) if dim % m == 0 and m <= dim // 4)
+    return f"IVF{nlist},PQ{m}"
 
-    index: faiss.Index
-    templates: list[Template]
-    embedder_id: str
-    embedder_fingerprint: str
-    duplicates_removed: int = 0
+
+def new_faiss_index(spec: str, dim: int, training: np.ndarray | None) -> faiss.Index:
+    """An empty inner-product index of kind `spec`, trained on `training` when the kind needs it."""
+    try:
+        index = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as err:
+        raise ValueError(f"{spec!r} is not a FAISS index factory string ({err})") from err
+    if not index.is_trained:
+        if training is None or len(training) == 0:
+            raise ValueError(f"a {spec} index must be trained, and no training vectors were given")
+        index.train(np.ascontiguousarray(training, dtype=np.float32))
+    return index
+
+
+def set_search_params(index: faiss.Index, nprobe: int | None = None, ef_search: int | None = None) -> None:
+    """Set nprobe (IVF) and efSearch (HNSW) where the index has them; other kinds ignore them."""
+    params = faiss.ParameterSpace()
+    for name, value in (("nprobe", nprobe), ("efSearch", ef_search)):
+        if value is None:
+            continue
+        with contextlib.suppress(RuntimeError):  # the parameter does not apply to this index kind
+            params.set_index_parameter(index, name, int(value))
+
+
+def _is_fast_scan(index: faiss.Index) -> bool:
+    with contextlib.suppress(RuntimeError):
+        index = faiss.downcast_index(faiss.extract_index_ivf(index))
+    return "FastScan" in type(faiss.downcast_index(index)).__name__
+
+
+def _read_faiss(path: Path, mmap: bool) -> faiss.Index:
+    index = faiss.read_index(str(path))  # fast-scan codes are small and cannot be memory-mapped safely
+    if mmap and not _is_fast_scan(index):
+        del index
+        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
+    return index
+
+
+@contextlib.contextmanager
+def _atomic_dir(directory: Path) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it replaces `directory` in one rename."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if directory.exists():
+        shutil.rmtree(directory)
+    tmp.rename(directory)
+
+
+def _read_meta(directory: Path, embedder: Embedder | None) -> dict[str, Any]:
+    meta_path = directory / META_FILE
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{directory} is not a template index (no {META_FILE})")
+    meta = json.loads(meta_path.read_text())
+    if embedder is not None and meta["embedder_fingerprint"] != embedder.fingerprint:
+        raise IndexMismatch(
+            f"index {directory} was built with embedding model {meta['embedder']!r} "
+            f"(fingerprint {meta['embedder_fingerprint']}), not {embedder.model_id!r} "
+            f"({embedder.fingerprint}); rebuild it or query it with the same model"
+        )
+    return meta
+
+
+class TemplateIndex:
+    """Template vectors in one FAISS index, with the templates (an Arrow table) in the same row order."""
+
+    def __init__(self, index: faiss.Index, table: pa.Table, embedder_id: str, embedder_fingerprint: str,
+                 spec: str = "Flat", duplicates_removed: int = 0):
+        if index.ntotal != table.num_rows:
+            raise ValueError(f"index holds {index.ntotal} vectors but {table.num_rows} templates")
+        self.index = index
+        self.table = table
+        self.embedder_id = embedder_id
+        self.embedder_fingerprint = embedder_fingerprint
+        self.spec = spec
+        self.duplicates_removed = duplicates_removed
+        self._direct_map = False
+
+    # -- building -----------------------------------------------------------------------------------
 
     @classmethod
-    def build(cls, templates: Sequence[Template], embedder: Embedder) -> TemplateIndex:
-        """Exact-deduplicate templates by id (first kept) and index their document descriptions."""
+    def build(cls, templates: Sequence[Template], embedder: Embedder, spec: str = "auto",
+              train_size: int = 100_000, batch_size: int = 10_000, seed: int = 0) -> TemplateIndex:
+        """Exact-deduplicate templates by id (first kept), embed their descriptions and index them.
+
+        Kinds that need training are trained on an evenly spread sample of `train_size` descriptions;
+        vectors are added `batch_size` at a time, so memory holds one batch of vectors, not the bank.
+        """
         unique: dict[str, Template] = {}
         for template in templates:
             unique.setdefault(template.template_id, template)
         kept = list(unique.values())
-        vectors = embedder.encode([t.compatible_document_description for t in kept])
-        index = faiss.IndexFlatIP(embedder.dimension)
-        if len(vectors):
-            index.add(np.ascontiguousarray(vectors))
-        return cls(index, kept, embedder.model_id, embedder.fingerprint, len(templates) - len(kept))
+        descriptions = [t.compatible_document_description for t in kept]
+        kind = resolve_spec(spec, len(kept), embedder.dimension)
+        probe = faiss.index_factory(embedder.dimension, kind, faiss.METRIC_INNER_PRODUCT)
+        training = None
+        if not probe.is_trained:
+            rng = np.random.default_rng(seed)
+            picks = np.sort(rng.choice(len(kept), min(train_size, len(kept)), replace=False))
+            training = embedder.encode([descriptions[i] for i in picks])
+        index = new_faiss_index(kind, embedder.dimension, training)
+        for start in range(0, len(descriptions), batch_size):
+            index.add(np.ascontiguousarray(embedder.encode(descriptions[start : start + batch_size])))
+        return cls(index, Template.to_table(kept), embedder.model_id, embedder.fingerprint, kind,
+                   len(templates) - len(kept))
+
+    @classmethod
+    def from_vectors(cls, vectors: np.ndarray, table: pa.Table, embedder_id: str, embedder_fingerprint: str,
+                     spec: str = "auto", train_size: int = 100_000, seed: int = 0) -> TemplateIndex:
+        """Index ready-made unit vectors (row i describes table row i)."""
+        kind = resolve_spec(spec, len(vectors), vectors.shape[1])
+        rng = np.random.default_rng(seed)
+        training = vectors[np.sort(rng.choice(len(vectors), min(train_size, len(vectors)), replace=False))]
+        index = new_faiss_index(kind, vectors.shape[1], training)
+        index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        return cls(index, table, embedder_id, embedder_fingerprint, kind)
+
+    # -- querying -----------------------------------------------------------------------------------
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def templates(self) -> list[Template]:
+        """Every template as a record (materialises the whole bank: for small banks and tests)."""
+        return Template.from_table(self.table)
+
+    def configure(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
+        set_search_params(self.index, nprobe, ef_search)
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        k = min(k, self.index.ntotal)
+        """Top-k (scores, row ids) per query vector; missing neighbours have id -1."""
+        k = min(k, self.ntotal)
         if k == 0 or len(vectors) == 0:
             return np.zeros((len(vectors), 0), np.float32), np.zeros((len(vectors), 0), np.int64)
         return self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
 
+    def templates_at(self, ids: Sequence[int]) -> list[Template]:
+        """The templates at these row ids, in order (reads only those rows)."""
+        if len(ids) == 0:
+            return []
+        return Template.from_table(self.table.take(pa.array(np.asarray(ids, dtype=np.int64))))
+
+    def template_ids_at(self, ids: Sequence[int]) -> list[str]:
+        return self.table.column("template_id").take(pa.array(np.asarray(ids, dtype=np.int64))).to_pylist()
+
+    def popularity_at(self, ids: Sequence[int]) -> np.ndarray:
+        column = self.table.column("popularity").take(pa.array(np.asarray(ids, dtype=np.int64)))
+        return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float64)
+
+    def vectors_at(self, ids: Sequence[int]) -> np.ndarray | None:
+        """The stored (for compressed kinds, decoded) vectors of these rows; None where FAISS cannot."""
+        if _is_fast_scan(self.index):
+            return None
+        if not self._direct_map:
+            with contextlib.suppress(RuntimeError):  # only IVF kinds need (and have) a direct map
+                faiss.extract_index_ivf(self.index).make_direct_map()
+            self._direct_map = True
+        try:
+            return self.index.reconstruct_batch(np.asarray(ids, dtype=np.int64))
+        except RuntimeError:
+            return None
+
+    # -- persistence --------------------------------------------------------------------------------
+
+    def meta(self) -> dict[str, Any]:
+        return {"kind": self.spec, "embedder": self.embedder_id, "embedder_fingerprint": self.embedder_fingerprint,
+                "templates": self.ntotal, "dimension": self.index.d, "duplicates_removed": self.duplicates_removed}
+
     def save(self, directory: str | Path) -> None:
-        """Write index, templates and metadata to a temporary folder, then rename it into place."""
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-        faiss.write_index(self.index, str(tmp / INDEX_FILE))
-        pq.write_table(Template.to_table(self.templates), tmp / TEMPLATES_FILE)
-        meta = {"embedder": self.embedder_id, "embedder_fingerprint": self.embedder_fingerprint,
-                "templates": len(self.templates), "dimension": self.index.d, "kind": "IndexFlatIP",
-                "duplicates_removed": self.duplicates_removed}
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
-        if directory.exists():
-            shutil.rmtree(directory)
-        tmp.rename(directory)
+        """Write index, templates and metadata into a temporary folder, then rename it into place."""
+        with _atomic_dir(Path(directory)) as tmp:
+            self._write(tmp)
+
+    def _write(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        faiss.write_index(self.index, str(folder / INDEX_FILE))
+        with pa.OSFile(str(folder / TEMPLATES_FILE), "wb") as sink, \
+                pa.ipc.new_file(sink, self.table.schema) as writer:
+            writer.write_table(self.table, max_chunksize=65_536)
+        (folder / META_FILE).write_text(json.dumps(self.meta(), indent=2))
 
     @classmethod
-    def load(cls, directory: str | Path, embedder: Embedder | None = None) -> TemplateIndex:
-        """Load a saved index; refuse it when `embedder` is not the model that built it."""
+    def load(cls, directory: str | Path, embedder: Embedder | None = None, mmap: bool = True,
+             nprobe: int | None = None, ef_search: int | None = None) -> TemplateIndex | ShardedTemplateIndex:
+        """Load a saved index (one or sharded); refuse it when `embedder` is not the model that built it.
+
+        With `mmap`, FAISS maps the vector codes and Arrow maps the templates instead of reading them in.
+        """
         directory = Path(directory)
-        meta_path = directory / META_FILE
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{directory} is not a template index (no {META_FILE})")
-        meta = json.loads(meta_path.read_text())
-        if embedder is not None and meta["embedder_fingerprint"] != embedder.fingerprint:
-            raise IndexMismatch(
-                f"index {directory} was built with embedding model {meta['embedder']!r} "
-                f"(fingerprint {meta['embedder_fingerprint']}), not {embedder.model_id!r} "
-                f"({embedder.fingerprint}); rebuild it or query it with the same model"
-            )
-        index = faiss.read_index(str(directory / INDEX_FILE))
-        templates = Template.from_table(pq.read_table(directory / TEMPLATES_FILE))
-        return cls(index, templates, meta["embedder"], meta["embedder_fingerprint"],
-                   meta.get("duplicates_removed", 0))
+        meta = _read_meta(directory, embedder)
+        if meta["kind"] == "sharded":
+            shards = [cls.load(directory / name, embedder, mmap, nprobe, ef_search) for name in meta["shards"]]
+            return ShardedTemplateIndex(shards)  # type: ignore[arg-type]
+        index = _read_faiss(directory / INDEX_FILE, mmap)
+        source = pa.memory_map(str(directory / TEMPLATES_FILE)) if mmap else pa.OSFile(str(directory / TEMPLATES_FILE))
+        table = pa.ipc.open_file(source).read_all()
+        loaded = cls(index, table, meta["embedder"], meta["embedder_fingerprint"], meta["kind"],
+                     meta.get("duplicates_removed", 0))
+        loaded.configure(nprobe, ef_search)
+        return loaded
+
+
+class ShardedTemplateIndex:
+    """Several TemplateIndex shards searched as one bank: per-shard top-k merged by score.
+
+    Row ids are global: shard s holds rows offsets[s] .. offsets[s + 1] - 1. Each shard is a complete
+    index folder, so shards can be built, copied and served separately.
+    """
+
+    def __init__(self, shards: Sequence[TemplateIndex]):
+        if not shards:
+            raise ValueError("a sharded index needs at least one shard")
+        fingerprints = {s.embedder_fingerprint for s in shards}
+        if len(fingerprints) > 1:
+            raise IndexMismatch(f"shards were built with different embedding models: {sorted(fingerprints)}")
+        self.shards = list(shards)
+        self.offsets = np.cumsum([0] + [s.ntotal for s in shards])
+        self.embedder_id = shards[0].embedder_id
+        self.embedder_fingerprint = shards[0].embedder_fingerprint
+        self.spec = "sharded"
+        self.duplicates_removed = sum(s.duplicates_removed for s in shards)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def templates(self) -> list[Template]:
+        return [t for shard in self.shards for t in shard.templates]
+
+    def configure(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
+        for shard in self.shards:
+            shard.configure(nprobe, ef_search)
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        k = min(k, self.ntotal)
+        if k == 0 or len(vectors) == 0:
+            return np.zeros((len(vectors), 0), np.float32), np.zeros((len(vectors), 0), np.int64)
+        with ThreadPoolExecutor(max_workers=len(self.shards)) as pool:  # FAISS releases the GIL
+            results = list(pool.map(lambda s: s.search(vectors, k), self.shards))
+        return merge_search_results([(scores, np.where(ids >= 0, ids + offset, -1))
+                                     for (scores, ids), offset in zip(results, self.offsets, strict=False)], k)
+
+    def _locate(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.asarray(ids, dtype=np.int64)
+        shard = np.searchsorted(self.offsets, ids, side="right") - 1
+        return shard, ids - self.offsets[shard]
+
+    def _per_shard(self, ids: Sequence[int], fetch: Callable[[TemplateIndex, np.ndarray], Any]) -> list[Any] | None:
+        """Answer `fetch` per shard for these global ids, in their order (None if any shard answers None)."""
+        shard, local = self._locate(ids)
+        out: list[Any] = [None] * len(shard)
+        for s in np.unique(shard):
+            rows = np.flatnonzero(shard == s)
+            values = fetch(self.shards[s], local[rows])
+            if values is None:
+                return None
+            for row, value in zip(rows, values, strict=True):
+                out[row] = value
+        return out
+
+    def templates_at(self, ids: Sequence[int]) -> list[Template]:
+        return self._per_shard(ids, TemplateIndex.templates_at) or []
+
+    def template_ids_at(self, ids: Sequence[int]) -> list[str]:
+        return self._per_shard(ids, TemplateIndex.template_ids_at) or []
+
+    def popularity_at(self, ids: Sequence[int]) -> np.ndarray:
+        return np.asarray(self._per_shard(ids, TemplateIndex.popularity_at) or [], dtype=np.float64)
+
+    def vectors_at(self, ids: Sequence[int]) -> np.ndarray | None:
+        rows = self._per_shard(ids, TemplateIndex.vectors_at)
+        return None if rows is None else np.stack(rows) if rows else np.zeros((0, 0), np.float32)
+
+    def meta(self) -> dict[str, Any]:
+        return {"kind": "sharded", "embedder": self.embedder_id, "embedder_fingerprint": self.embedder_fingerprint,
+                "templates": self.ntotal, "duplicates_removed": self.duplicates_removed,
+                "shards": [f"shard-{i:05d}" for i in range(len(self.shards))],
+                "shard_kinds": [s.spec for s in self.shards]}
+
+    def save(self, directory: str | Path) -> None:
+        meta = self.meta()
+        with _atomic_dir(Path(directory)) as tmp:
+            for name, shard in zip(meta["shards"], self.shards, strict=True):
+                shard._write(tmp / name)
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+
+
+def merge_search_results(results: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge per-shard (scores, ids) of the same queries into the overall top-k by score."""
+    scores = np.concatenate([s for s, _ in results], axis=1)
+    ids = np.concatenate([i for _, i in results], axis=1)
+    scores = np.where(ids >= 0, scores, -np.inf)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    top_scores = np.take_along_axis(scores, order, axis=1)
+    top_ids = np.take_along_axis(ids, order, axis=1)
+    top_ids = np.where(np.isfinite(top_scores), top_ids, -1)
+    return np.where(np.isfinite(top_scores), top_scores, 0.0).astype(np.float32), top_ids
+
+
+def build_index(templates: Sequence[Template], embedder: Embedder, spec: str = "auto", shards: int = 1,
+                train_size: int = 100_000, nprobe: int | None = None,
+                ef_search: int | None = None) -> TemplateIndex | ShardedTemplateIndex:
+    """Build a one-piece index, or `shards` contiguous shards each indexed with its own `spec`."""
+    unique: dict[str, Template] = {}
+    for template in templates:
+        unique.setdefault(template.template_id, template)
+    kept = list(unique.values())
+    duplicates = len(templates) - len(kept)
+    if shards <= 1:
+        built: TemplateIndex | ShardedTemplateIndex = TemplateIndex.build(kept, embedder, spec, train_size)
+    else:
+        bounds = np.linspace(0, len(kept), shards + 1).round().astype(int)
+        built = ShardedTemplateIndex([TemplateIndex.build(kept[a:b], embedder, spec, train_size)
+                                      for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a])
+    built.duplicates_removed = duplicates
+    built.configure(nprobe, ef_search)
+    return built

@@ -35,3 +35,12 @@ def looks_binary(text: str) -> bool:
     sample = text[:2000]
     bad = sum(1 for ch in sample if unicodedata.category(ch) in _CONTROL and ch not in "\n\t\r")
     return bool(sample) and bad / len(sample) > 0.1
+
+
+_MARKUP = re.compile(r"<[^>]*>|&[#\w]+;|\{\{.*?\}\}|\[\[|\]\]", re.DOTALL)
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def visible_word_count(text: str) -> int:
+    """Words left once HTML/XML tags, entities and wiki braces are removed."""
+    return len(_WORD.findall(_MARKUP.sub(" ", text)))
