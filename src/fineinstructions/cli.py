@@ -219,6 +219,8 @@ def match(
     max_template_uses: Annotated[int | None, typer.Option(help="Corpus-wide cap per template.")] = 1000,
     popularity_weight: Annotated[float, typer.Option(help="Score bonus per ln(popularity).")] = 0.0,
     nprobe: Annotated[int, typer.Option(help="IVF lists searched per query.")] = 150,
+    ef_search: Annotated[int, typer.Option(help="HNSW search breadth.")] = 128,
+    refine_k_factor: Annotated[int, typer.Option(help="Refine kinds re-score top-k x this many.")] = 16,
     embedder: Annotated[str, typer.Option(help="Must be the model that built the index.")] = "all-minilm-l6-v2",
     batch_size: BatchOpt = 32,
     quiet: QuietOpt = False,
@@ -231,7 +233,7 @@ def match(
     records = _read_typed(documents, Document, text_field, id_field, limit)
     model = Embedder(embedder)
     try:
-        loaded = TemplateIndex.load(index, model, nprobe=nprobe)
+        loaded = TemplateIndex.load(index, model, nprobe=nprobe, ef_search=ef_search, refine_k_factor=refine_k_factor)
     except (IndexMismatch, FileNotFoundError) as err:
         raise _fail(str(err)) from err
     _run_stage("match", lambda: MatchStage(

@@ -110,6 +110,7 @@ class MatchConfig(Section):
     train_size: int = Field(default=100_000, ge=1)  # vectors that train IVF/PQ kinds
     nprobe: int = Field(default=150, ge=1)  # IVF lists searched per query (published default)
     ef_search: int = Field(default=128, ge=1)  # HNSW search breadth
+    refine_k_factor: int = Field(default=16, ge=1)  # Refine/RFlat kinds re-score top_k x this candidates
 
 
 class InstantiateConfig(Section):

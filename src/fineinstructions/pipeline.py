@@ -199,10 +199,11 @@ class Pipeline:
         want = hashlib.sha256(key.encode()).hexdigest()
         if stamp.is_file() and stamp.read_text().strip() == want and index_dir.is_dir():
             index = TemplateIndex.load(index_dir, embedder)
-            index.configure(mc.nprobe, mc.ef_search)
+            index.configure(mc.nprobe, mc.ef_search, mc.refine_k_factor)
             return index
         self.console.log(f"indexing {len(templates)} templates with {embedder.model_id} ({mc.index})")
-        built = build_index(templates, embedder, mc.index, mc.index_shards, mc.train_size, mc.nprobe, mc.ef_search)
+        built = build_index(templates, embedder, mc.index, mc.index_shards, mc.train_size)
+        built.configure(mc.nprobe, mc.ef_search, mc.refine_k_factor)
         built.save(index_dir)
         write_text_atomic(stamp, want + "\n")
         return built

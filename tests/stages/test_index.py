@@ -33,9 +33,11 @@ def bank(n: int, seed: int = 0) -> tuple[np.ndarray, pa.Table]:
     return vectors, Template.to_table(templates)
 
 
-def test_auto_is_exact_up_to_a_million_then_compressed():
-    assert resolve_spec("auto", 1_000_000, 384) == "Flat"
-    assert resolve_spec("auto", 18_000_000, 384) == "IVF16384,PQ96"
+def test_auto_is_exact_for_small_banks_then_fast_scan_with_re_scoring():
+    assert resolve_spec("auto", 50_000, 384) == "Flat"
+    assert resolve_spec("auto", 1_000_000, 384) == "IVF4096,PQ32x4fs,RFlat"
+    assert resolve_spec("auto", 18_000_000, 384) == "IVF4096,PQ32x4fs,Refine(PQ64)"
+    assert resolve_spec("auto", 200_000, 768) == "IVF2048,PQ64x4fs,RFlat"
     assert resolve_spec("HNSW32", 10, 384) == "HNSW32"
 
 
@@ -46,11 +48,12 @@ def test_a_bad_factory_string_is_a_clear_error():
 
 
 @pytest.mark.parametrize("spec,recall_floor", [("Flat", 1.0), ("IVF8,Flat", 0.95), ("IVF8,PQ16", 0.5),
-                                               ("HNSW16", 0.95), ("IVF8,PQ16x4fs", 0.15)])
+                                               ("HNSW16", 0.95), ("IVF8,PQ16x4fs", 0.15),
+                                               ("IVF8,PQ16x4fs,RFlat", 0.95)])
 def test_every_kind_round_trips_memory_mapped_and_finds_neighbours(spec, recall_floor, tmp_path):
     vectors, table = bank(3000)
     index = TemplateIndex.from_vectors(vectors, table, "model", "f" * 16, spec, train_size=3000)
-    index.configure(nprobe=8, ef_search=64)
+    index.configure(nprobe=8, ef_search=64, refine_k_factor=16)
     queries = vectors[:50] + 0.05 * np.random.default_rng(1).normal(size=(50, DIM)).astype(np.float32)
     scores, ids = index.search(queries, 10)
     exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
@@ -59,7 +62,7 @@ def test_every_kind_round_trips_memory_mapped_and_finds_neighbours(spec, recall_
     assert np.all(np.diff(scores, axis=1) <= 1e-5)  # best first
 
     index.save(tmp_path / "idx")
-    loaded = TemplateIndex.load(tmp_path / "idx", mmap=True, nprobe=8, ef_search=64)
+    loaded = TemplateIndex.load(tmp_path / "idx", mmap=True, nprobe=8, ef_search=64, refine_k_factor=16)
     assert loaded.spec == spec and loaded.ntotal == 3000
     again_scores, again_ids = loaded.search(queries, 10)
     assert np.array_equal(again_ids, ids) and np.allclose(again_scores, scores, atol=1e-5)

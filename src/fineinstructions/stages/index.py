@@ -1,10 +1,11 @@
 """Stage 3: embed the templates' compatible-document descriptions into a FAISS inner-product index.
 
-The index kind is a FAISS factory string: `Flat` (exact) up to about a million templates, and beyond that
-`IVF{nlist},PQ{m}` (compressed, trained on a sample), `IVF{nlist},Flat` or `HNSW{M}`; `auto` picks one
-from the bank's size. The templates themselves sit next to the vectors in an uncompressed Arrow file
-that is memory-mapped, so a bank of millions costs the pages a search touches, not its size. A bank
-too large for one machine is split into shards whose results are merged by score.
+The index kind is a FAISS factory string: `Flat` (exact), `IVF{nlist},Flat`, `IVF{nlist},PQ{m}` (compressed,
+trained on a sample), fast-scan `IVF{nlist},PQ{m}x4fs` with re-scoring (`,RFlat` or `,Refine(PQ{m})`),
+or `HNSW{M}`; `auto` picks one from the bank's size (see `resolve_spec`). The templates themselves sit
+next to the vectors in an uncompressed Arrow file that is memory-mapped, so a bank of millions costs the
+pages a search touches, not its size. A bank too large for one machine is split into shards whose results
+are merged by score.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ log = logging.getLogger(__name__)
 INDEX_FILE = "templates.faiss"
 META_FILE = "index.json"
 TEMPLATES_FILE = "templates.arrow"
-EXACT_LIMIT = 1_000_000  # `auto` stays exact up to this many templates
+AUTO_EXACT_LIMIT = 50_000  # `auto` stays exact up to this many templates
+AUTO_FULL_VECTORS_LIMIT = 2_000_000  # and re-scores with full vectors up to this many
 
 
 class IndexMismatch(ValueError):
@@ -40,14 +42,21 @@ class IndexMismatch(ValueError):
 
 
 def resolve_spec(spec: str, n: int, dim: int) -> str:
-    """The FAISS factory string for `spec` and a bank of `n` vectors ('auto' decides by size)."""
+    """The FAISS factory string for `spec` and a bank of `n` vectors of `dim` ('auto' decides by size).
+
+    auto: exact `Flat` up to 50k templates; then IVF with ~4 sqrt(n) lists (at most 4096, so training
+    stays minutes on a laptop) over 4-bit fast-scan PQ codes, whose candidates are re-scored with the
+    full vectors (`RFlat`) up to 2M templates, and with 8-bit PQ codes of twice the size beyond
+    (`Refine(PQ...)`), which keeps 18M templates of 384 dimensions under 2 GB.
+    """
     if spec != "auto":
         return spec
-    if n <= EXACT_LIMIT:
+    if n <= AUTO_EXACT_LIMIT:
         return "Flat"
-    nlist = 1 << int(round(math.log2(4 * math.sqrt(n))))  # ~4 sqrt(n) lists, a power of two
-    m = max(m for m in (16, 24, 32, 48, 64, 96) if dim % m == 0 and m <= dim // 4)
-    return f"IVF{nlist},PQ{m}"
+    nlist = min(4096, 1 << int(round(math.log2(4 * math.sqrt(n)))))
+    m = next((m for m in (dim // 12, dim // 8, dim // 4, dim // 2) if m % 2 == 0 and m and dim % m == 0), dim)
+    refine = "RFlat" if n <= AUTO_FULL_VECTORS_LIMIT else f"Refine(PQ{2 * m})"
+    return f"IVF{nlist},PQ{m}x4fs,{refine}"
 
 
 def new_faiss_index(spec: str, dim: int, training: np.ndarray | None) -> faiss.Index:
@@ -63,10 +72,12 @@ def new_faiss_index(spec: str, dim: int, training: np.ndarray | None) -> faiss.I
     return index
 
 
-def set_search_params(index: faiss.Index, nprobe: int | None = None, ef_search: int | None = None) -> None:
-    """Set nprobe (IVF) and efSearch (HNSW) where the index has them; other kinds ignore them."""
+def set_search_params(index: faiss.Index, nprobe: int | None = None, ef_search: int | None = None,
+                      refine_k_factor: int | None = None) -> None:
+    """Set nprobe (IVF), efSearch (HNSW) and the re-ranking depth of `,Refine(...)`/`,RFlat` kinds (k x
+    factor candidates re-scored) where the index has them; other kinds ignore them."""
     params = faiss.ParameterSpace()
-    for name, value in (("nprobe", nprobe), ("efSearch", ef_search)):
+    for name, value in (("nprobe", nprobe), ("efSearch", ef_search), ("k_factor_rf", refine_k_factor)):
         if value is None:
             continue
         with contextlib.suppress(RuntimeError):  # the parameter does not apply to this index kind
@@ -181,8 +192,9 @@ class TemplateIndex:
         """Every template as a record (materialises the whole bank: for small banks and tests)."""
         return Template.from_table(self.table)
 
-    def configure(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
-        set_search_params(self.index, nprobe, ef_search)
+    def configure(self, nprobe: int | None = None, ef_search: int | None = None,
+                  refine_k_factor: int | None = None) -> None:
+        set_search_params(self.index, nprobe, ef_search, refine_k_factor)
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, row ids) per query vector; missing neighbours have id -1."""
@@ -238,7 +250,8 @@ class TemplateIndex:
 
     @classmethod
     def load(cls, directory: str | Path, embedder: Embedder | None = None, mmap: bool = True,
-             nprobe: int | None = None, ef_search: int | None = None) -> TemplateIndex | ShardedTemplateIndex:
+             nprobe: int | None = None, ef_search: int | None = None,
+             refine_k_factor: int | None = 16) -> TemplateIndex | ShardedTemplateIndex:
         """Load a saved index (one or sharded); refuse it when `embedder` is not the model that built it.
 
         With `mmap`, FAISS maps the vector codes and Arrow maps the templates instead of reading them in.
@@ -246,14 +259,15 @@ class TemplateIndex:
         directory = Path(directory)
         meta = _read_meta(directory, embedder)
         if meta["kind"] == "sharded":
-            shards = [cls.load(directory / name, embedder, mmap, nprobe, ef_search) for name in meta["shards"]]
+            shards = [cls.load(directory / name, embedder, mmap, nprobe, ef_search, refine_k_factor)
+                      for name in meta["shards"]]
             return ShardedTemplateIndex(shards)  # type: ignore[arg-type]
         index = _read_faiss(directory / INDEX_FILE, mmap)
         source = pa.memory_map(str(directory / TEMPLATES_FILE)) if mmap else pa.OSFile(str(directory / TEMPLATES_FILE))
         table = pa.ipc.open_file(source).read_all()
         loaded = cls(index, table, meta["embedder"], meta["embedder_fingerprint"], meta["kind"],
                      meta.get("duplicates_removed", 0))
-        loaded.configure(nprobe, ef_search)
+        loaded.configure(nprobe, ef_search, refine_k_factor)
         return loaded
 
 
@@ -285,9 +299,10 @@ class ShardedTemplateIndex:
     def templates(self) -> list[Template]:
         return [t for shard in self.shards for t in shard.templates]
 
-    def configure(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
+    def configure(self, nprobe: int | None = None, ef_search: int | None = None,
+                  refine_k_factor: int | None = None) -> None:
         for shard in self.shards:
-            shard.configure(nprobe, ef_search)
+            shard.configure(nprobe, ef_search, refine_k_factor)
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         k = min(k, self.ntotal)
@@ -356,8 +371,7 @@ def merge_search_results(results: Sequence[tuple[np.ndarray, np.ndarray]], k: in
 
 
 def build_index(templates: Sequence[Template], embedder: Embedder, spec: str = "auto", shards: int = 1,
-                train_size: int = 100_000, nprobe: int | None = None,
-                ef_search: int | None = None) -> TemplateIndex | ShardedTemplateIndex:
+                train_size: int = 100_000) -> TemplateIndex | ShardedTemplateIndex:
     """Build a one-piece index, or `shards` contiguous shards each indexed with its own `spec`."""
     unique: dict[str, Template] = {}
     for template in templates:
@@ -371,5 +385,4 @@ def build_index(templates: Sequence[Template], embedder: Embedder, spec: str = "
         built = ShardedTemplateIndex([TemplateIndex.build(kept[a:b], embedder, spec, train_size)
                                       for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a])
     built.duplicates_removed = duplicates
-    built.configure(nprobe, ef_search)
     return built
