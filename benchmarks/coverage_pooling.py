@@ -40,7 +40,7 @@ def main() -> None:
     short = [d.text for d in demo_documents(args.documents, seed=2, min_chars=300, max_chars=1200)]
     long = [" ".join(short[i : i + 4]) for i in range(0, len(short) - 3, 4)]
     embedder.encode(short[:8])  # warm up
-    tokens = embedder.model.tokenizer(long, add_special_tokens=False)["input_ids"]
+    tokens = embedder.model.tokenizer(long, add_special_tokens=False, verbose=False)["input_ids"]
     mean_long = sum(map(len, tokens)) / len(tokens)
 
     times = {key: 0.0 for key in ("plain", "coverage", "plain_long", "global_long", "coverage_long")}

@@ -95,7 +95,7 @@ def main() -> None:
     multi_targets = [{p.document_id for p in picks[i::args.documents]} for i in range(args.documents)]
     single = [Document(document_id=p.document_id, text=p.text) for p in picks[: args.documents]]
     single_targets = [{p.document_id} for p in picks[: args.documents]]
-    tokens = embedder.model.tokenizer([d.text for d in multi], add_special_tokens=False)["input_ids"]
+    tokens = embedder.model.tokenizer([d.text for d in multi], add_special_tokens=False, verbose=False)["input_ids"]
     print(f"{len(multi)} documents of {args.topics} topics (mean {np.mean([len(t) for t in tokens]):.0f} tokens), "
           f"{len(single)} single-topic; recall@{TOP_K} of the right templates")
 

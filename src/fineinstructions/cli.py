@@ -218,7 +218,7 @@ def match(
     mmr_lambda: Annotated[float, typer.Option(help="Relevance vs diversity (1: relevance only).")] = 0.7,
     max_template_uses: Annotated[int | None, typer.Option(help="Corpus-wide cap per template.")] = 1000,
     popularity_weight: Annotated[float, typer.Option(help="Score bonus per ln(popularity).")] = 0.0,
-    nprobe: Annotated[int, typer.Option(help="IVF lists searched per query.")] = 150,
+    nprobe: Annotated[int, typer.Option(help="IVF lists searched per query.")] = 32,
     ef_search: Annotated[int, typer.Option(help="HNSW search breadth.")] = 128,
     refine_k_factor: Annotated[int, typer.Option(help="Refine kinds re-score top-k x this many.")] = 16,
     embedder: Annotated[str, typer.Option(help="Must be the model that built the index.")] = "all-minilm-l6-v2",

@@ -108,7 +108,7 @@ class MatchConfig(Section):
     index: str = "auto"  # FAISS factory string: Flat, IVF4096,PQ64, IVF1024,Flat, HNSW32; auto by size
     index_shards: int = Field(default=1, ge=1)
     train_size: int = Field(default=100_000, ge=1)  # vectors that train IVF/PQ kinds
-    nprobe: int = Field(default=150, ge=1)  # IVF lists searched per query (published default)
+    nprobe: int = Field(default=32, ge=1)  # IVF lists searched per query (of <= 4096 lists by auto)
     ef_search: int = Field(default=128, ge=1)  # HNSW search breadth
     refine_k_factor: int = Field(default=16, ge=1)  # Refine/RFlat kinds re-score top_k x this candidates
 
