@@ -69,7 +69,7 @@ def test_every_kind_round_trips_memory_mapped_and_finds_neighbours(spec, recall_
     assert [t.template_id for t in loaded.templates_at([5, 0, 2999])] == ["t5", "t0", "t2999"]
     assert loaded.template_ids_at([7]) == ["t7"] and loaded.popularity_at([7]).tolist() == [3.0]
     decoded = loaded.vectors_at([0, 1])
-    if "fs" in spec:
+    if spec.endswith("fs"):
         assert decoded is None  # FAISS cannot decode fast-scan codes of a loaded index
     else:
         assert decoded.shape == (2, DIM) and float(decoded[0] @ vectors[0]) > 0.8

@@ -90,6 +90,14 @@ def _is_fast_scan(index: faiss.Index) -> bool:
     return "FastScan" in type(faiss.downcast_index(index)).__name__
 
 
+def _decoder(index: faiss.Index) -> faiss.Index:
+    """The part of an index that can decode vectors: the re-scoring store of Refine kinds, else itself."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexRefine):
+        return faiss.downcast_index(index.refine_index)
+    return index
+
+
 def _read_faiss(path: Path, mmap: bool) -> faiss.Index:
     index = faiss.read_index(str(path))  # fast-scan codes are small and cannot be memory-mapped safely
     if mmap and not _is_fast_scan(index):
@@ -218,14 +226,15 @@ class TemplateIndex:
 
     def vectors_at(self, ids: Sequence[int]) -> np.ndarray | None:
         """The stored (for compressed kinds, decoded) vectors of these rows; None where FAISS cannot."""
-        if _is_fast_scan(self.index):
+        decoder = _decoder(self.index)
+        if _is_fast_scan(decoder):
             return None
         if not self._direct_map:
             with contextlib.suppress(RuntimeError):  # only IVF kinds need (and have) a direct map
-                faiss.extract_index_ivf(self.index).make_direct_map()
+                faiss.extract_index_ivf(decoder).make_direct_map()
             self._direct_map = True
         try:
-            return self.index.reconstruct_batch(np.asarray(ids, dtype=np.int64))
+            return decoder.reconstruct_batch(np.asarray(ids, dtype=np.int64))
         except RuntimeError:
             return None
 
