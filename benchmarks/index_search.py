@@ -36,7 +36,7 @@ import numpy as np
 from fineinstructions.backends.embeddings import Embedder
 from fineinstructions.backends.models import cache_dir
 from fineinstructions.io.sources import demo_documents, sharegpt_queries, wikipedia_documents
-from fineinstructions.stages.index import new_faiss_index, set_search_params
+from fineinstructions.stages.index import empty_faiss_index, new_faiss_index, set_search_params
 
 CHUNK = 250_000
 
@@ -109,7 +109,7 @@ def build(bank: SimulatedBank, kind: str, train_size: int) -> tuple[faiss.Index,
     start = time.perf_counter()
     rss_before = rss_mb()
     training = None
-    probe = faiss.index_factory(bank.base.shape[1], kind, faiss.METRIC_INNER_PRODUCT)
+    probe = empty_faiss_index(kind, bank.base.shape[1])
     if not probe.is_trained:
         training = bank.chunk(0, min(train_size, bank.size))  # the first chunk is as random as any
     index = new_faiss_index(kind, bank.base.shape[1], training)

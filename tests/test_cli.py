@@ -69,6 +69,34 @@ def test_index_and_match_chain_through_parquet(tmp_path):
     assert matches[0].score > matches[1].score and matches[0].text.startswith("Rain is liquid")
 
 
+def test_index_shards_and_kinds_from_the_command_line(tmp_path):
+    from fineinstructions.io.writers import write_records
+
+    templates = [Template(template_id=f"t{i}", template=f"What is <fi>thing {i}</fi>?",
+                          compatible_document_description=text)
+                 for i, text in enumerate(["A recipe for bread.", "A biography of a painter.",
+                                           "A bicycle repair guide."])]
+    write_records(tmp_path / "templates" / "shard-00000.parquet", templates, Template)
+    result = runner.invoke(app, ["index", str(tmp_path / "templates"), "--output", str(tmp_path / "idx"),
+                                 "--shards", "2", "--kind", "Flat"])
+    assert result.exit_code == 0, result.output
+    assert "index (sharded): 3 templates" in result.output
+    assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == ["index.json", "shard-00000", "shard-00001"]
+    result = runner.invoke(app, ["index", str(tmp_path / "templates"), "--output", str(tmp_path / "bad"),
+                                 "--kind", "NoSuchIndex7"])
+    assert result.exit_code != 0 and "not a FAISS index factory string" in result.output
+    assert not (tmp_path / "bad").exists()
+    for shard in ("shard-00000", "shard-00001"):
+        shard_meta = tmp_path / "idx" / shard / "index.json"
+        data = json.loads(shard_meta.read_text())
+        shard_meta.write_text(json.dumps(data | {"embedder_fingerprint": "0" * 16}))
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text(json.dumps({"id": "d1", "text": "Bread is baked from flour and water. " * 5}) + "\n")
+    result = runner.invoke(app, ["match", str(docs), "--index", str(tmp_path / "idx"), "--output",
+                                 str(tmp_path / "m"), "--quiet"])
+    assert result.exit_code != 0 and "rebuild it or query it with the same model" in " ".join(result.output.split())
+
+
 @pytest.mark.model
 def test_templatize_subcommand_with_the_real_model(tmp_path):
     queries = tmp_path / "q.jsonl"

@@ -59,12 +59,18 @@ def resolve_spec(spec: str, n: int, dim: int) -> str:
     return f"IVF{nlist},PQ{m}x4fs,{refine}"
 
 
+def empty_faiss_index(spec: str, dim: int) -> faiss.Index:
+    """An empty inner-product index of kind `spec` (a clear error for a string FAISS cannot parse)."""
+    try:
+        return faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as err:
+        reason = str(err).strip().splitlines()[-1]
+        raise ValueError(f"{spec!r} is not a FAISS index factory string ({reason})") from err
+
+
 def new_faiss_index(spec: str, dim: int, training: np.ndarray | None) -> faiss.Index:
     """An empty inner-product index of kind `spec`, trained on `training` when the kind needs it."""
-    try:
-        index = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as err:
-        raise ValueError(f"{spec!r} is not a FAISS index factory string ({err})") from err
+    index = empty_faiss_index(spec, dim)
     if not index.is_trained:
         if training is None or len(training) == 0:
             raise ValueError(f"a {spec} index must be trained, and no training vectors were given")
@@ -166,7 +172,7 @@ class TemplateIndex:
         kept = list(unique.values())
         descriptions = [t.compatible_document_description for t in kept]
         kind = resolve_spec(spec, len(kept), embedder.dimension)
-        probe = faiss.index_factory(embedder.dimension, kind, faiss.METRIC_INNER_PRODUCT)
+        probe = empty_faiss_index(kind, embedder.dimension)  # an unparseable kind fails before any embedding
         training = None
         if not probe.is_trained:
             rng = np.random.default_rng(seed)
