@@ -145,7 +145,7 @@ def main() -> None:
     parser.add_argument("--exact-queries", type=int, default=400, help="query vectors with exact ground truth")
     parser.add_argument("--base", type=int, default=100_000, help="real embeddings the bank grows from")
     parser.add_argument("--ef-search", type=int, default=128, help="HNSW search breadth")
-    parser.add_argument("--k-factor", type=int, default=16, help="re-ranking depth of Refine kinds")
+    parser.add_argument("--k-factor", default="16", help="re-ranking depths of Refine kinds to try")
     parser.add_argument("--train-size", type=int, default=200_000)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--repeats", type=int, default=3)
@@ -164,7 +164,7 @@ def main() -> None:
     print(f"bank: {args.templates:,} simulated templates from {len(base):,} real embeddings; "
           f"{len(documents)} documents x {per_doc} vectors; exact top-10 of {len(sample)} vectors in "
           f"{time.perf_counter() - start:.0f} s; {args.threads} threads", flush=True)
-    print(f"{'kind':<28}{'nprobe':>7}{'build s':>9}{'index MB':>10}{'RSS+ MB':>9}{'docs/s':>9}{'R@10':>7}"
+    print(f"{'kind':<28}{'nprobe':>7}{'k_rf':>5}{'build s':>9}{'index MB':>10}{'RSS+ MB':>9}{'docs/s':>9}{'R@10':>7}"
           f"{'10-R@10':>9}", flush=True)
     reference_rate = None
     for kind in [k for k in args.kinds.split(";") if k]:
@@ -172,18 +172,20 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             faiss.write_index(index, str(Path(tmp) / "i.faiss"))
             size_mb = (Path(tmp) / "i.faiss").stat().st_size / 2**20
-        settings = [int(n) for n in args.nprobe.split(",")] if kind.startswith("IVF") else [0]
-        for nprobe in settings:
-            set_search_params(index, nprobe=nprobe or None, ef_search=args.ef_search,
-                              refine_k_factor=args.k_factor)
-            rate, _ = measure(index, queries, per_doc, 10, args.repeats)
-            found = index.search(queries[sample], 10)[1]
-            r10, ten10 = recalls(found, truth)
-            if kind == "Flat":
-                reference_rate = rate
-            ratio = f"  {rate / reference_rate:6.1f}x exact" if reference_rate else ""
-            print(f"{kind:<28}{nprobe or '-':>7}{seconds:>9.0f}{size_mb:>10.0f}{rss_growth:>9.0f}{rate:>9,.0f}"
-                  f"{r10:>7.3f}{ten10:>9.3f}{ratio}", flush=True)
+        probes = [int(n) for n in args.nprobe.split(",")] if kind.startswith("IVF") else [0]
+        factors = [int(f) for f in args.k_factor.split(",")] if "Refine" in kind or "RFlat" in kind else [0]
+        for nprobe in probes:
+            for factor in factors:
+                set_search_params(index, nprobe=nprobe or None, ef_search=args.ef_search,
+                                  refine_k_factor=factor or None)
+                rate, _ = measure(index, queries, per_doc, 10, args.repeats)
+                found = index.search(queries[sample], 10)[1]
+                r10, ten10 = recalls(found, truth)
+                if kind == "Flat":
+                    reference_rate = rate
+                ratio = f"  {rate / reference_rate:6.1f}x exact" if reference_rate else ""
+                print(f"{kind:<28}{nprobe or '-':>7}{factor or '-':>5}{seconds:>9.0f}{size_mb:>10.0f}{rss_growth:>9.0f}"
+                      f"{rate:>9,.0f}{r10:>7.3f}{ten10:>9.3f}{ratio}", flush=True)
         del index
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
     print(f"peak RSS of the whole benchmark: {peak:,.0f} MB")
