@@ -104,12 +104,10 @@ def _decoder(index: faiss.Index) -> faiss.Index:
     return index
 
 
-def _read_faiss(path: Path, mmap: bool) -> faiss.Index:
-    index = faiss.read_index(str(path))  # fast-scan codes are small and cannot be memory-mapped safely
-    if mmap and not _is_fast_scan(index):
-        del index
-        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
-    return index
+def _read_faiss(path: Path, spec: str, mmap: bool) -> faiss.Index:
+    # Fast-scan kinds (`PQ32x4fs`) are read into memory: FAISS crashes decoding memory-mapped fast-scan codes.
+    fast_scan = any(part.endswith(("fs", "fsr")) for part in spec.split(","))
+    return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC if mmap and not fast_scan else 0)
 
 
 @contextlib.contextmanager
@@ -166,10 +164,7 @@ class TemplateIndex:
         Kinds that need training are trained on an evenly spread sample of `train_size` descriptions;
         vectors are added `batch_size` at a time, so memory holds one batch of vectors, not the bank.
         """
-        unique: dict[str, Template] = {}
-        for template in templates:
-            unique.setdefault(template.template_id, template)
-        kept = list(unique.values())
+        kept = unique_templates(templates)
         descriptions = [t.compatible_document_description for t in kept]
         kind = resolve_spec(spec, len(kept), embedder.dimension)
         probe = empty_faiss_index(kind, embedder.dimension)  # an unparseable kind fails before any embedding
@@ -277,7 +272,7 @@ class TemplateIndex:
             shards = [cls.load(directory / name, embedder, mmap, nprobe, ef_search, refine_k_factor)
                       for name in meta["shards"]]
             return ShardedTemplateIndex(shards)  # type: ignore[arg-type]
-        index = _read_faiss(directory / INDEX_FILE, mmap)
+        index = _read_faiss(directory / INDEX_FILE, meta["kind"], mmap)
         source = pa.memory_map(str(directory / TEMPLATES_FILE)) if mmap else pa.OSFile(str(directory / TEMPLATES_FILE))
         table = pa.ipc.open_file(source).read_all()
         loaded = cls(index, table, meta["embedder"], meta["embedder_fingerprint"], meta["kind"],
@@ -385,13 +380,18 @@ def merge_search_results(results: Sequence[tuple[np.ndarray, np.ndarray]], k: in
     return np.where(np.isfinite(top_scores), top_scores, 0.0).astype(np.float32), top_ids
 
 
-def build_index(templates: Sequence[Template], embedder: Embedder, spec: str = "auto", shards: int = 1,
-                train_size: int = 100_000) -> TemplateIndex | ShardedTemplateIndex:
-    """Build a one-piece index, or `shards` contiguous shards each indexed with its own `spec`."""
+def unique_templates(templates: Sequence[Template]) -> list[Template]:
+    """Templates with distinct ids, the first of each kept, in order."""
     unique: dict[str, Template] = {}
     for template in templates:
         unique.setdefault(template.template_id, template)
-    kept = list(unique.values())
+    return list(unique.values())
+
+
+def build_index(templates: Sequence[Template], embedder: Embedder, spec: str = "auto", shards: int = 1,
+                train_size: int = 100_000) -> TemplateIndex | ShardedTemplateIndex:
+    """Build a one-piece index, or `shards` contiguous shards each indexed with its own `spec`."""
+    kept = unique_templates(templates)
     duplicates = len(templates) - len(kept)
     if shards <= 1:
         built: TemplateIndex | ShardedTemplateIndex = TemplateIndex.build(kept, embedder, spec, train_size)
