@@ -198,9 +198,8 @@ class Pipeline:
         stamp = self.root / "index.sha"
         want = hashlib.sha256(key.encode()).hexdigest()
         if stamp.is_file() and stamp.read_text().strip() == want and index_dir.is_dir():
-            index = TemplateIndex.load(index_dir, embedder)
-            index.configure(mc.nprobe, mc.ef_search, mc.refine_k_factor)
-            return index
+            return TemplateIndex.load(index_dir, embedder, nprobe=mc.nprobe, ef_search=mc.ef_search,
+                                      refine_k_factor=mc.refine_k_factor)
         self.console.log(f"indexing {len(templates)} templates with {embedder.model_id} ({mc.index})")
         built = build_index(templates, embedder, mc.index, mc.index_shards, mc.train_size)
         built.configure(mc.nprobe, mc.ef_search, mc.refine_k_factor)

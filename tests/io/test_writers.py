@@ -3,7 +3,7 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
-from fineinstructions.io.atomic import atomic_path
+from fineinstructions.io.atomic import atomic_dir, atomic_path
 from fineinstructions.io.writers import read_records, write_records, write_rows
 from fineinstructions.records import Pair, Query
 
@@ -44,3 +44,14 @@ def test_pair_schema_keeps_released_columns():
     assert {"template_id", "text", "instantiated_instruction", "answer", "synthetic_token_count",
             "token_count", "document_id", "judge_score", "judge_feedback", "excerpt_coverage",
             "instantiator_model", "judge_model", "instantiate_prompt_version", "config_fingerprint"} <= names
+
+
+def test_atomic_dir_replaces_the_folder_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "index"
+    with atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("first")
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("half")
+        raise RuntimeError("died mid-write")
+    assert (target / "a.txt").read_text() == "first"
+    assert [p.name for p in tmp_path.iterdir()] == ["index"]  # no temporary folder left behind

@@ -14,9 +14,7 @@ import contextlib
 import json
 import logging
 import math
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from fineinstructions.backends.embeddings import Embedder
+from fineinstructions.io.atomic import atomic_dir
 from fineinstructions.records import Template
 
 log = logging.getLogger(__name__)
@@ -110,19 +109,9 @@ def _read_faiss(path: Path, spec: str, mmap: bool) -> faiss.Index:
     return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC if mmap and not fast_scan else 0)
 
 
-@contextlib.contextmanager
-def _atomic_dir(directory: Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces `directory` in one rename."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if directory.exists():
-        shutil.rmtree(directory)
-    tmp.rename(directory)
+def _sample_rows(n: int, size: int, seed: int) -> np.ndarray:
+    """A seeded, sorted sample of min(size, n) row numbers out of n (the vectors that train IVF/PQ)."""
+    return np.sort(np.random.default_rng(seed).choice(n, min(size, n), replace=False))
 
 
 def _read_meta(directory: Path, embedder: Embedder | None) -> dict[str, Any]:
@@ -170,9 +159,7 @@ class TemplateIndex:
         probe = empty_faiss_index(kind, embedder.dimension)  # an unparseable kind fails before any embedding
         training = None
         if not probe.is_trained:
-            rng = np.random.default_rng(seed)
-            picks = np.sort(rng.choice(len(kept), min(train_size, len(kept)), replace=False))
-            training = embedder.encode([descriptions[i] for i in picks])
+            training = embedder.encode([descriptions[i] for i in _sample_rows(len(kept), train_size, seed)])
         index = new_faiss_index(kind, embedder.dimension, training)
         for start in range(0, len(descriptions), batch_size):
             index.add(np.ascontiguousarray(embedder.encode(descriptions[start : start + batch_size])))
@@ -184,8 +171,7 @@ class TemplateIndex:
                      spec: str = "auto", train_size: int = 100_000, seed: int = 0) -> TemplateIndex:
         """Index ready-made unit vectors (row i describes table row i)."""
         kind = resolve_spec(spec, len(vectors), vectors.shape[1])
-        rng = np.random.default_rng(seed)
-        training = vectors[np.sort(rng.choice(len(vectors), min(train_size, len(vectors)), replace=False))]
+        training = vectors[_sample_rows(len(vectors), train_size, seed)]
         index = new_faiss_index(kind, vectors.shape[1], training)
         index.add(np.ascontiguousarray(vectors, dtype=np.float32))
         return cls(index, table, embedder_id, embedder_fingerprint, kind)
@@ -247,7 +233,7 @@ class TemplateIndex:
 
     def save(self, directory: str | Path) -> None:
         """Write index, templates and metadata into a temporary folder, then rename it into place."""
-        with _atomic_dir(Path(directory)) as tmp:
+        with atomic_dir(directory) as tmp:
             self._write(tmp)
 
     def _write(self, folder: Path) -> None:
@@ -362,7 +348,7 @@ class ShardedTemplateIndex:
 
     def save(self, directory: str | Path) -> None:
         meta = self.meta()
-        with _atomic_dir(Path(directory)) as tmp:
+        with atomic_dir(directory) as tmp:
             for name, shard in zip(meta["shards"], self.shards, strict=True):
                 shard._write(tmp / name)
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2))

@@ -74,7 +74,7 @@ class MatchStage(Stage):
             error = self.document_error(doc)
             if error:
                 row = doc.model_dump()
-                if len(doc.text) > self.max_document_chars:
+                if error.startswith("document_too_long"):
                     row["text"] = doc.text[:1000]  # the reject log keeps a preview, not 10 MB
                 rejected.append(Rejected(row, error))
             else:
