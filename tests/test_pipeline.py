@@ -44,7 +44,7 @@ def scripted(conversation) -> str:
         words = query.rstrip("?.").split()
         return json.dumps({"template": " ".join(words[:-1]) + f" <fi>{words[-1]} or similar topic</fi>?",
                            "compatible_document_description": f"An encyclopedia article about {words[-1]}."})
-    if system.startswith("You write one instruction"):
+    if system.startswith(("You write one instruction", "You turn an instruction TEMPLATE")):
         document = user.split("DOCUMENT:\n", 1)[1].split("\n\nTEMPLATE:", 1)[0]
         template = user.split("TEMPLATE:\n", 1)[1]
         sentence = re.split(r"(?<=\.)\s", document)[0].split()
@@ -103,7 +103,7 @@ def test_end_to_end_schema_invariants_and_summary(tmp_path):
         assert expanded.resolved and expanded.text == pair.answer
         assert pair.excerpt_coverage >= 0.8 and pair.judge_score >= 4
         assert pair.config_fingerprint == cfg.fingerprint()
-        assert pair.instantiator_model == "scripted" and pair.judge_prompt_version == "judge-v1"
+        assert pair.instantiator_model == "scripted" and pair.judge_prompt_version == "judge-v2"
     by_doc: dict[str, list[Pair]] = {}
     for pair in pairs:
         by_doc.setdefault(pair.document_id, []).append(pair)

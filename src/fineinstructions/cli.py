@@ -249,7 +249,10 @@ def instantiate(
     model: ModelOpt = "qwen2.5-coder-1.5b-instruct",
     url: UrlOpt = None,
     min_coverage: Annotated[float, typer.Option(help="Reject answers with less excerpt coverage.")] = 0.8,
-    prompt_version: Annotated[str, typer.Option(help="Prompt file version.")] = "v1",
+    min_copy_words: Annotated[int, typer.Option(help="Written-out copies of at least this many words count "
+                                                     "as excerpt coverage (0: markers only).")] = 6,
+    prompt_version: Annotated[str, typer.Option(help="Prompt file version (v2, v1, template_instantiator).")] = "v2",
+    prompt_lookup_tokens: Annotated[int, typer.Option(help="llama.cpp prompt-lookup draft tokens (0: off).")] = 0,
     batch_size: BatchOpt = 8,
     quiet: QuietOpt = False,
 ) -> None:
@@ -258,8 +261,9 @@ def instantiate(
     from fineinstructions.stages.instantiate import InstantiateStage
 
     records = _read_typed(matches, Match)
-    _run_stage("instantiate", lambda: InstantiateStage(create_backend(_backend_config(model, url)), prompt_version,
-                                                      min_coverage=min_coverage),
+    backend = _backend_config(model, url).model_copy(update={"prompt_lookup_tokens": prompt_lookup_tokens})
+    _run_stage("instantiate", lambda: InstantiateStage(create_backend(backend), prompt_version,
+                                                      min_coverage=min_coverage, min_copy_words=min_copy_words),
                records, output, Pair, batch_size, quiet)
 
 
@@ -269,7 +273,7 @@ def judge(
     output: Annotated[Path, typer.Option(help="Output folder of judged Pair Parquet shards.")],
     model: ModelOpt = "qwen2.5-coder-1.5b-instruct",
     url: UrlOpt = None,
-    prompt_version: Annotated[str, typer.Option(help="Prompt file version.")] = "v1",
+    prompt_version: Annotated[str, typer.Option(help="Prompt file version (v2, v1).")] = "v2",
     batch_size: BatchOpt = 8,
     quiet: QuietOpt = False,
 ) -> None:
@@ -289,14 +293,18 @@ def filter_(
     min_score: Annotated[int, typer.Option(help="Keep judge scores at or above this.")] = 4,
     min_coverage: Annotated[float, typer.Option(help="Keep excerpt coverage at or above this.")] = 0.8,
     token_budget: Annotated[bool, typer.Option(help="Generated tokens per document <= its tokens.")] = True,
+    near_duplicate_threshold: Annotated[float | None, typer.Option(
+        help="MinHash Jaccard of instruction+answer for near-duplicate pairs (exact duplicates always go).")] = 0.8,
     quiet: QuietOpt = False,
 ) -> None:
-    """Judged pairs -> the final dataset (score, coverage and per-document token budget)."""
+    """Judged pairs -> the final dataset (score, coverage, per-document token budget, pair dedup)."""
     from fineinstructions.stages.filter import FilterStage
+    from fineinstructions.stages.pair_dedup import PairDeduplicator
 
     records = _read_typed(pairs, Pair)
-    _run_stage("filter", lambda: FilterStage(min_score, min_coverage, token_budget), records, output, Pair,
-               len(records), quiet, whole_shard=True)
+    _run_stage("filter", lambda: FilterStage(min_score, min_coverage, token_budget,
+                                             deduplicator=PairDeduplicator(near_duplicate_threshold)),
+               records, output, Pair, len(records), quiet, whole_shard=True)
 
 
 @app.command()

@@ -114,22 +114,29 @@ class MatchConfig(Section):
 
 
 class InstantiateConfig(Section):
-    prompt_version: str = "v1"
+    """Template instantiation with excerpt answers, and the gates each pair must pass."""
+
+    prompt_version: str = "v2"  # v2, v1, template_instantiator (the released model's JSON contract)
     max_tokens: int = 400
     temperature: float = 0.0
     min_coverage: float = Field(default=0.8, ge=0, le=1)
+    min_copy_words: int = Field(default=6, ge=0)  # written-out copies of >= this many words count as excerpts
+    min_answer_words: int = Field(default=3, ge=1)
+    max_answer_chars: int = Field(default=6000, ge=1)
+    max_prompt_document_chars: int = Field(default=8000, ge=100)  # longer documents are cut in the prompt
 
 
 class JudgeConfig(Section):
-    prompt_version: str = "v1"
+    prompt_version: str = "v2"
     max_tokens: int = 160
     temperature: float = 0.0
     min_score: int = Field(default=4, ge=1, le=5)
 
 
 class FilterConfig(Section):
-    token_budget: bool = True
+    token_budget: bool = True  # generated pair tokens per document <= the document's tokens
     max_pairs_per_document: int | None = None
+    near_duplicate_threshold: float | None = Field(default=0.8, gt=0, le=1)  # pair dedup; None: exact only
 
 
 class RunConfig(Section):

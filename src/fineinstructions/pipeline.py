@@ -41,6 +41,7 @@ from fineinstructions.stages.index import ShardedTemplateIndex, TemplateIndex, b
 from fineinstructions.stages.instantiate import InstantiateStage
 from fineinstructions.stages.judge import JudgeStage
 from fineinstructions.stages.match import MatchStage
+from fineinstructions.stages.pair_dedup import PairDeduplicator
 from fineinstructions.stages.query_filter import QueryFilterStage, load_eval_texts
 from fineinstructions.stages.template_dedup import TemplateDedupStage
 from fineinstructions.stages.templatize import TemplatizeStage
@@ -221,6 +222,7 @@ class Pipeline:
         ex.expect("match", len(documents))
         mc = cfg.match
         uses: Counter[str] = Counter()  # template uses in earlier shards: the corpus-wide cap resumes exactly
+        deduplicator = PairDeduplicator(cfg.filter.near_duplicate_threshold)  # pairs kept in earlier shards
         for shard, records in enumerate(shards):
             matches = ex.run("match", lambda: MatchStage(
                 index, self.embedder, mc.top_k, mc.coverage_chunks, mc.sigma, mc.alpha, mc.min_score,
@@ -230,8 +232,9 @@ class Pipeline:
             ex.expect("instantiate", len(matches))
             pairs = ex.run("instantiate", lambda: InstantiateStage(
                 self.backends.get(cfg.generator), cfg.instantiate.prompt_version, cfg.instantiate.max_tokens,
-                cfg.instantiate.temperature, cfg.run.seed, cfg.instantiate.min_coverage, self.fingerprint),
-                shard, matches, Pair)
+                cfg.instantiate.temperature, cfg.run.seed, cfg.instantiate.min_coverage, self.fingerprint,
+                cfg.instantiate.min_copy_words, cfg.instantiate.min_answer_words, cfg.instantiate.max_answer_chars,
+                cfg.instantiate.max_prompt_document_chars), shard, matches, Pair)
             ex.expect("judge", len(pairs))
             judged = ex.run("judge", lambda: JudgeStage(
                 self.backends.get(judge_backend), cfg.judge.prompt_version, cfg.judge.max_tokens,
@@ -240,7 +243,8 @@ class Pipeline:
             # A document's pairs must meet in one filter batch, so the filter sees the whole shard.
             kept = ex.run("filter", lambda: FilterStage(
                 cfg.judge.min_score, cfg.instantiate.min_coverage, cfg.filter.token_budget,
-                cfg.filter.max_pairs_per_document), shard, judged, Pair, whole_shard=True)
+                cfg.filter.max_pairs_per_document, deduplicator), shard, judged, Pair, whole_shard=True)
+            deduplicator.remember(kept)  # type: ignore[arg-type]  # idempotent; rebuilds the state on resume
             part = self.dataset_dir / f"part-{shard:05d}.parquet"
             if not part.is_file():
                 write_records(part, kept, Pair)

@@ -3,7 +3,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fineinstructions.contracts.excerpts import expand_excerpts
+from fineinstructions.contracts.excerpts import expand_excerpts, verbatim_copy_chars
 
 DOC = (
     "The Hoover Dam is a concrete arch-gravity dam in the Black Canyon of the Colorado River.\n"
@@ -75,6 +75,26 @@ def test_unicode_ellipsis_is_accepted():
     assert out.resolved
 
 
+def test_verbatim_copies_of_enough_words_count_as_coverage():
+    written_out = "It was constructed between 1931 and 1936 during the Great Depression."
+    out = expand_excerpts(written_out, DOC)
+    assert out.excerpts == 0 and out.copied_chars == len(written_out) and out.coverage == 1.0
+    assert expand_excerpts(written_out, DOC, min_copy_words=0).coverage == 0.0
+    # A paraphrase shares no 6-word run with the document.
+    assert expand_excerpts("They built it from 1931 to 1936, in the Great Depression.", DOC).coverage == 0.0
+
+
+def test_copies_and_markers_add_up_and_short_copies_do_not_count():
+    answer = "<excerpt>The Hoover Dam<...>Colorado River.</excerpt> Also, the Great Depression."
+    out = expand_excerpts(answer, DOC)
+    assert out.copied_chars == 0  # "the Great Depression." is 3 words, under 6
+    assert out.excerpt_chars == len("The Hoover Dam is a concrete arch-gravity dam in the Black Canyon of the Colorado River.")
+    mixed = expand_excerpts("Yes. It was constructed between 1931 and 1936, then it impounded Lake Mead.", DOC)
+    assert mixed.copied_chars == len("It was constructed between 1931 and")  # "1936," is not "1936": the run ends
+    run = expand_excerpts("Yes: constructed between 1931 and 1936 during the Great Depression, it was.", DOC)
+    assert run.copied_chars == len("constructed between 1931 and 1936 during the Great")  # "Depression," differs
+
+
 def test_no_markers_means_zero_coverage():
     out = expand_excerpts("  A plain answer.  ", DOC)
     assert out.resolved and out.coverage == 0.0 and out.text == "A plain answer."
@@ -134,3 +154,23 @@ def test_case_blind_retry_only_when_exact_match_fails():
     assert exact.resolved and exact.text == "Precipitation is rain."
     assert expand_excerpts("<excerpt>PRECIPITATION IS<...>rain.</excerpt>", doc).unresolved[0][1] == \
         "excerpt_ambiguous"
+
+
+@given(document_and_span(), st.integers(2, 6), st.lists(st.sampled_from(["alpha", "beta", "x1", "y2"]), max_size=5))
+def test_written_out_span_counts_fully_and_foreign_words_never(case, min_words, noise):
+    doc, words, i, j, _ = case
+    copy = " ".join(words[i:j])
+    answer = " ".join([*noise, copy, *noise])
+    copied = verbatim_copy_chars(answer, doc, min_words)
+    assert copied == (len(copy) if j - i >= min_words else 0)
+    assert verbatim_copy_chars(" ".join(noise), doc, min_words) == 0
+
+
+@given(document_and_span(), SEPARATORS)
+def test_whitespace_inside_a_marker_never_changes_its_span(case, sep):
+    doc, words, i, j, k = case
+    first = sep.join(words[i : min(i + k, j)])
+    last = sep.join(words[max(j - k, i) : j])
+    plain = expand_excerpts(f"<excerpt>{first.split()[0]}<...>{words[j - 1]}</excerpt>", doc)
+    spaced = expand_excerpts(f"<excerpt>{sep}{first}{sep}<...>{sep}{last}</excerpt>", doc)
+    assert plain.spans == spaced.spans

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from fineinstructions.contracts.excerpts import expand_excerpts
@@ -18,8 +20,9 @@ def test_templatize_examples_are_valid_templates():
         assert not isinstance(parse_templatizer_output(output), str), output
 
 
-def test_instantiate_examples_resolve_with_full_coverage_or_are_null():
-    prompt = load_prompt("instantiate")
+@pytest.mark.parametrize("version", ["v1", "v2", "written.v1"])
+def test_instantiate_examples_resolve_with_full_coverage_or_are_null(version):
+    prompt = load_prompt("instantiate", version)
     outcomes = []
     for example_input, output in prompt.examples:
         parsed = parse_instantiation(output)
@@ -34,9 +37,31 @@ def test_instantiate_examples_resolve_with_full_coverage_or_are_null():
     assert set(outcomes) == {"null", "pair"}  # the prompt shows both behaviours
 
 
-def test_judge_examples_parse():
-    prompt = load_prompt("judge")
-    assert [parse_judgement(output)[0] for _, output in prompt.examples] == [4, 1]
+@pytest.mark.parametrize(("version", "scores"), [("v1", [4, 1]), ("v2", [5, 3, 1])])
+def test_judge_examples_parse(version, scores):
+    prompt = load_prompt("judge", version)
+    assert [parse_judgement(output)[0] for _, output in prompt.examples] == scores
+
+
+def test_instantiate_v2_marks_excerpts_and_compresses():
+    """v2's examples point to passages: far fewer characters written than delivered."""
+    prompt = load_prompt("instantiate", "v2")
+    written = delivered = 0
+    for example_input, output in prompt.examples:
+        parsed = parse_instantiation(output)
+        if parsed == "null":
+            continue
+        expanded = expand_excerpts(parsed.answer, example_input["document"], min_copy_words=0)
+        assert expanded.excerpts >= 1 and expanded.coverage >= 0.8
+        written, delivered = written + len(parsed.answer), delivered + len(expanded.text)
+    assert delivered >= 2 * written
+
+
+def test_template_instantiator_preset_renders_the_released_json_contract():
+    prompt = load_prompt("instantiate", "template_instantiator")
+    conversation = prompt.conversation(document='A "quoted" doc.', template="What is <fi>x</fi>?")
+    assert conversation == [{"role": "user", "content": json.dumps(
+        {"instruction_template": "What is <fi>x</fi>?", "document": 'A "quoted" doc.'})}]
 
 
 def test_document_comes_before_template_so_prefixes_are_shared():

@@ -2,11 +2,14 @@ from __future__ import annotations
 
 from fineinstructions.records import Pair
 from fineinstructions.stages.filter import FilterStage
+from fineinstructions.stages.pair_dedup import PairDeduplicator
 
 
-def pair(doc: str, tid: str, score: int | None, coverage: float = 0.9, tokens: int = 40, doc_tokens: int = 100):
-    return Pair(document_id=doc, template_id=tid, text="d", template="t", instantiated_instruction="q", answer="a",
-                judge_score=score, excerpt_coverage=coverage, synthetic_token_count=tokens, token_count=doc_tokens)
+def pair(doc: str, tid: str, score: int | None, coverage: float = 0.9, tokens: int = 40, doc_tokens: int = 100,
+         instruction: str = "q", answer: str = "a"):
+    return Pair(document_id=doc, template_id=tid, text="d", template="t", instantiated_instruction=instruction,
+                answer=answer, judge_score=score, excerpt_coverage=coverage, synthetic_token_count=tokens,
+                token_count=doc_tokens)
 
 
 def test_filter_applies_score_coverage_and_token_budget_best_first():
@@ -36,3 +39,44 @@ def test_filter_without_budget_and_with_pair_cap():
     assert len(FilterStage(token_budget=False).process(batch).records) == 4
     capped = FilterStage(token_budget=False, max_pairs_per_document=2).process(batch)
     assert len(capped.records) == 2 and {r.reason for r in capped.rejected} == {"max_pairs_per_document"}
+
+
+ANSWER = ("The okapi is a giraffid artiodactyl mammal native to the northeast of the Democratic Republic of the "
+          "Congo in central Africa, where it lives in dense forest.")
+
+
+def test_duplicates_are_dropped_across_shards_and_only_kept_pairs_are_remembered():
+    dedup = PairDeduplicator(0.8)
+    shard_1 = [
+        pair("a", "t1", 5, instruction="What is an okapi?", answer=ANSWER),
+        pair("b", "t2", 4, instruction="what is an OKAPI", answer=ANSWER),  # exact after normalisation
+        pair("c", "t3", 5, instruction="What is an okapi?", answer=ANSWER + " It eats leaves."),  # near
+        pair("d", "t4", 5, instruction="What is an okapi?", answer="A forest animal of the Congo with striped legs."),
+        pair("e", "big", 5, tokens=500, instruction="Where do okapis live?", answer=ANSWER[:90]),  # over budget
+    ]
+    first = FilterStage(deduplicator=dedup).process(shard_1)
+    assert {p.template_id for p in first.records} == {"t1", "t4"}
+    reasons = {r.row["template_id"]: (r.reason, r.row.get("duplicate_of")) for r in first.rejected}
+    assert reasons == {"t2": ("duplicate_pair", "a/t1"), "t3": ("near_duplicate_pair", "a/t1"),
+                       "big": ("token_budget", None)}
+    # The over-budget pair never entered the dataset, so a later copy of it is kept.
+    second = FilterStage(deduplicator=dedup).process(
+        [pair("f", "t5", 4, instruction="Where do okapis live?", answer=ANSWER[:90]),
+         pair("g", "t6", 4, instruction="What is an okapi?", answer=ANSWER)])
+    assert [p.template_id for p in second.records] == ["t5"]
+    # Resuming: a fresh deduplicator that remembers the committed shards decides the same way.
+    resumed = PairDeduplicator(0.8)
+    resumed.remember(first.records)
+    resumed.remember(first.records)  # idempotent
+    again = FilterStage(deduplicator=resumed).process(
+        [pair("f", "t5", 4, instruction="Where do okapis live?", answer=ANSWER[:90]),
+         pair("g", "t6", 4, instruction="What is an okapi?", answer=ANSWER)])
+    assert [p.template_id for p in again.records] == ["t5"]
+
+
+def test_same_instruction_with_different_answers_is_not_a_duplicate():
+    dedup = PairDeduplicator(0.8)
+    batch = [pair(d, "t", 5, instruction="Who founded the city?", answer=f"It was founded by {name} long ago "
+                  f"according to the records of {place}.")
+             for d, name, place in [("a", "Romulus", "Livy"), ("b", "Alexander the Great", "Arrian of Nicomedia")]]
+    assert len(FilterStage(deduplicator=dedup).process(batch).records) == 2

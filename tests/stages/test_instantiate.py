@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from fineinstructions.backends.fake import FakeBackend
 from fineinstructions.records import Match
+from fineinstructions.stages.base import StageStats
 from fineinstructions.stages.instantiate import InstantiateStage, parse_instantiation
 
 DOC_A = ("Acid rain is rain or any other form of precipitation that is unusually acidic. It can have harmful "
@@ -63,7 +66,7 @@ def test_instantiate_gates_with_named_reasons_and_document_major_order():
     assert pair.excerpt_coverage >= 0.8
     assert pair.token_count == len(DOC_A.split())
     assert pair.synthetic_token_count == len(pair.instantiated_instruction.split()) + len(pair.answer.split())
-    assert pair.config_fingerprint == "abc" and pair.instantiate_prompt_version == "instantiate-v1"
+    assert pair.config_fingerprint == "abc" and pair.instantiate_prompt_version == "instantiate-v2"
     reasons = sorted(r.reason for r in result.rejected)
     assert reasons == ["leftover_fi", "low_coverage", "null", "unparseable_output",
                        "unresolved_excerpt: excerpt_not_found"]
@@ -81,6 +84,9 @@ def test_instantiate_gates_with_named_reasons_and_document_major_order():
     ('{"instantiated_instruction": "Q?", "answer": "A"}', ("Q?", "A")),
     ("<instruction>Q?</instruction><answer>cut off", ("Q?", "cut off")),
     ("no tags here", "unparseable_output"),
+    ("<values>x = y</values>\n<instruction>Q?</instruction>\n<answer>A</answer>", ("Q?", "A")),
+    ("<values>country = none</values>\nnull", "null"),
+    ("<instruction>Q?<answer>A</answer>", "unparseable_output"),  # broken instruction tag
 ])
 def test_parse_instantiation(text, expected):
     parsed = parse_instantiation(text)
@@ -102,3 +108,82 @@ def test_instruction_gates(instruction, reason):
                  "level": "Explain the <fi>level of organization</fi> of the <fi>industry or field</fi>."}
     template = templates["level"] if "level" in instruction else templates["personality"]
     assert InstantiateStage._instruction_error(instruction, template) == reason
+
+
+TABLE_DOC = ("Planet | Moons | Day length\n--- | --- | ---\nMars | 2 | 24.6 hours\nJupiter | 95 | 9.9 hours\n"
+             "Jupiter has the shortest day of all the planets in the Solar System, about ten hours long.")
+CODE_DOC = ("To reverse a list in Python, call its reverse method:\n\n    items = [1, 2, 3]\n    items.reverse()\n"
+            "    print(items)  # [3, 2, 1]\n\nThe method changes the list in place and returns None.")
+HTML_DOC = ("<p>The <b>okapi</b> is a giraffid native to the Democratic Republic of the Congo.</p> <p>It has "
+            "striped legs like a zebra but is most closely related to the giraffe.</p>")
+
+
+def test_bad_inputs_each_get_a_named_reason():
+    """Markup, tables, code, long documents, templates without variables, broken or thin outputs."""
+    long_doc = "It starts here. " + ("Filler sentence number one about nothing. " * 400) + "The final sentence names the okapi."
+    outputs = {
+        "table": "<instruction>Which planet has the shortest day?</instruction><answer>"
+                 "<excerpt>Jupiter has the shortest<...>about ten hours long.</excerpt></answer>",
+        "code": "<instruction>How do I reverse a list in Python?</instruction><answer><excerpt>To reverse a list"
+                "<...>print(items)  # [3, 2, 1]</excerpt> <excerpt>The method changes<...>returns None.</excerpt>"
+                "</answer>",
+        "html": "<instruction>What is the okapi related to?</instruction><answer><excerpt>It has striped legs"
+                "<...>related to the giraffe.</excerpt></answer>",
+        "long": "<instruction>Which animal is named at the end?</instruction><answer>"
+                "<excerpt>The final sentence names the okapi.</excerpt></answer>",
+        "short": "<instruction>Which planet has the most moons?</instruction><answer>Jupiter.</answer>",
+        "broken": "<instruction>How many moons has Mars?</instruction><answer><excerpt>Mars | 2 | 24.6"
+                  "</answer>",
+        "huge": "<instruction>Tell me about the filler sentences please.</instruction><answer>"
+                "<excerpt>It starts here.<...>names the okapi.</excerpt></answer>",
+    }
+
+    def respond(conversation):
+        return outputs[conversation[-1]["content"].split("TEMPLATE:")[1].split()[0]]
+
+    backend = FakeBackend(respond)
+    stage = InstantiateStage(backend, max_prompt_document_chars=2000, max_answer_chars=5000)
+    batch = [match("t", TABLE_DOC, "table <fi>planet</fi>", 0), match("c", CODE_DOC, "code <fi>language</fi>", 0),
+             match("h", HTML_DOC, "html <fi>animal</fi>", 0), match("l", long_doc, "long <fi>animal</fi>", 0),
+             match("t", TABLE_DOC, "short <fi>planet</fi>", 1), match("t", TABLE_DOC, "broken <fi>planet</fi>", 2),
+             match("l", long_doc, "huge <fi>topic</fi>", 1), match("t", TABLE_DOC, "What is a planet?", 3)]
+    stats = StageStats()
+    result = stage.run_batch(batch, stats)
+    kept = {p.document_id: p for p in result.records}
+    assert set(kept) == {"t", "c", "h", "l"}
+    assert "items.reverse()" in kept["c"].answer and kept["c"].excerpt_coverage > 0.95
+    assert kept["h"].answer == "It has striped legs like a zebra but is most closely related to the giraffe."
+    assert kept["l"].answer == "The final sentence names the okapi."  # resolved beyond the prompt's cut
+    assert dict(stats.dropped) == {"answer_too_short": 1, "unresolved_excerpt": 1, "answer_too_long": 1,
+                                   "template_without_variables": 1}
+    assert len(backend.calls) == 7  # no call for the template without variables
+    prompt_of_long = next(c for c in backend.calls if "long <fi>" in c[-1]["content"])[-1]["content"]
+    assert "names the okapi" not in prompt_of_long and len(prompt_of_long) < 2100
+    assert stats.metrics["documents_cut_for_prompt"] == 1
+
+
+def test_written_out_answer_counts_as_covered_and_template_instantiator_preset_speaks_json():
+    written = ("<instruction>What causes acid rain?</instruction><answer>Acid rain is caused by emissions of "
+               "sulfur dioxide and nitrogen oxide, which react with the water molecules in the atmosphere to "
+               "produce acids.</answer>")
+    stage = InstantiateStage(FakeBackend(lambda c: written))
+    pair = stage.process([match("a", DOC_A, "What <fi>causes</fi> acid rain?", 0)]).records[0]
+    assert pair.excerpt_count == 0 and pair.excerpt_coverage == 1.0
+    markers_only = InstantiateStage(FakeBackend(lambda c: written), min_copy_words=0)
+    assert markers_only.process([match("a", DOC_A, "What <fi>causes</fi> acid rain?", 0)]).rejected[0].reason \
+        == "low_coverage"
+
+    seen = []
+
+    def released_model(conversation):
+        seen.append(conversation)
+        return json.dumps({"instantiated_instruction": "What causes acid rain?",
+                           "answer": "<excerpt>Acid rain is caused<...>to produce acids.</excerpt>"})
+
+    preset = InstantiateStage(FakeBackend(released_model), "template_instantiator")
+    pair = preset.process([match("a", DOC_A, "What <fi>causes</fi> acid rain?", 0)]).records[0]
+    assert pair.instantiate_prompt_version == "instantiate-template_instantiator"
+    assert [m["role"] for m in seen[0]] == ["user"]
+    assert json.loads(seen[0][0]["content"]) == {"instruction_template": "What <fi>causes</fi> acid rain?",
+                                                  "document": DOC_A}
+    assert pair.answer.startswith("Acid rain is caused by emissions") and pair.excerpt_coverage == 1.0

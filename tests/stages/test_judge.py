@@ -30,5 +30,14 @@ def test_judge_stores_score_feedback_and_never_drops():
     assert [p.judge_score for p in result.records] == [5, None]
     assert result.records[0].judge_feedback == "Grounded and complete."
     assert result.records[1].judge_feedback.startswith("unparseable judgement")
-    assert all(p.judge_model == "judge-model" and p.judge_prompt_version == "judge-v1" for p in result.records)
+    assert all(p.judge_model == "judge-model" and p.judge_prompt_version == "judge-v2" for p in result.records)
     assert stage.metrics(result) == {"score_5": 1, "score_none": 1}
+
+
+def test_judge_calls_are_document_major():
+    backend = FakeBackend(lambda conv: "<feedback>ok</feedback><score>4</score>")
+    pairs = [Pair(document_id=d, template_id=f"t{i}", text=f"document {d}", template="t",
+                  instantiated_instruction="q", answer="a") for i, d in enumerate("abab")]
+    result = JudgeStage(backend).process(pairs)
+    assert [p.document_id for p in result.records] == ["a", "a", "b", "b"]
+    assert ["document a" in c[-1]["content"] for c in backend.calls] == [True, True, False, False]

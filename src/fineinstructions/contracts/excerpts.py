@@ -1,9 +1,12 @@
 """`<excerpt>first words<...>last words</excerpt>` markers: strict expansion and excerpt coverage.
 
 A marker stands for the one document span that starts with "first words" and ends with the nearest
-following "last words", both matched as whole words. Matching tolerates differences in whitespace
-only. A marker that matches no span, or spans with different text, is unresolved: it is reported,
-never guessed.
+following "last words" (in document order), both matched as whole words. Matching tolerates differences
+in whitespace only (and case, only when the exact match finds nothing). A marker that matches no span, or
+spans with different text, is unresolved: it is reported, never guessed.
+
+Excerpt coverage counts the characters of marker spans plus verbatim copies: runs of at least
+`min_copy_words` consecutive words that the model wrote out and that appear word for word in the document.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from dataclasses import dataclass, field
 EXCERPT = re.compile(r"<excerpt>(.*?)</excerpt>", re.S)
 ELLIPSIS = re.compile(r"<\s*(?:\.\.\.|…)\s*>")
 _WS = re.compile(r"\s+")
+_TOKEN = re.compile(r"\S+")
+DEFAULT_MIN_COPY_WORDS = 6
 
 
 @dataclass
@@ -23,6 +28,8 @@ class ExpandedAnswer:
     excerpts: int
     spans: list[tuple[int, int]] = field(default_factory=list)
     unresolved: list[tuple[str, str]] = field(default_factory=list)
+    excerpt_chars: int = 0  # characters the markers expanded to
+    copied_chars: int = 0  # characters written out verbatim (runs of >= min_copy_words words)
 
     @property
     def resolved(self) -> bool:
@@ -135,17 +142,23 @@ def _locate(doc: NormalizedText, first: str, last: str | None) -> tuple[int, int
     return doc.original_span(start, end)
 
 
-def expand_excerpts(answer: str, document: str | NormalizedText) -> ExpandedAnswer:
-    """Replace every excerpt marker with its document span and measure excerpt coverage."""
+def expand_excerpts(answer: str, document: str | NormalizedText,
+                    min_copy_words: int = DEFAULT_MIN_COPY_WORDS) -> ExpandedAnswer:
+    """Replace every excerpt marker with its document span and measure excerpt coverage.
+
+    `min_copy_words` <= 0 counts marker spans only.
+    """
     doc = document if isinstance(document, NormalizedText) else NormalizedText(document)
     pieces: list[str] = []
-    copied = 0
+    free_pieces: list[int] = []  # indexes of the model's own text among `pieces`
+    excerpt_chars = 0
     cursor = 0
     spans: list[tuple[int, int]] = []
     unresolved: list[tuple[str, str]] = []
     count = 0
     for marker in EXCERPT.finditer(answer):
         count += 1
+        free_pieces.append(len(pieces))
         pieces.append(answer[cursor : marker.start()])
         cursor = marker.end()
         located = resolve_marker(doc, marker.group(1))
@@ -156,10 +169,43 @@ def expand_excerpts(answer: str, document: str | NormalizedText) -> ExpandedAnsw
         span_text = doc.original[located[0] : located[1]]
         spans.append(located)
         pieces.append(span_text)
-        copied += len(span_text)
+        excerpt_chars += len(span_text)
+    free_pieces.append(len(pieces))
     pieces.append(answer[cursor:])
-    text = "".join(pieces).strip()
     if answer.count("<excerpt>") != count or answer.count("</excerpt>") != count:
         unresolved.append(("<excerpt>", "excerpt_broken_tags"))
-    coverage = copied / len(text) if text else 0.0
-    return ExpandedAnswer(text, min(coverage, 1.0), count, spans, unresolved)
+    copied_chars = 0
+    if min_copy_words > 0:
+        copied_chars = sum(verbatim_copy_chars(pieces[i], doc, min_copy_words) for i in free_pieces)
+    # Coverage is measured on the stripped text; strip the pieces' outer whitespace the same way.
+    joined = "".join(pieces)
+    text = joined.strip()
+    coverage = (excerpt_chars + copied_chars) / len(text) if text else 0.0
+    return ExpandedAnswer(text, min(coverage, 1.0), count, spans, unresolved, excerpt_chars, copied_chars)
+
+
+def verbatim_copy_chars(text: str, document: str | NormalizedText, min_words: int = DEFAULT_MIN_COPY_WORDS) -> int:
+    """Characters of `text` inside runs of >= `min_words` consecutive words found word for word in the document.
+
+    Words are whitespace-separated tokens compared exactly (punctuation included), at word boundaries of
+    the document; whitespace between them may differ. A run is a chain of overlapping `min_words`-word
+    windows that each occur in the document.
+    """
+    if min_words <= 0:
+        return 0
+    doc = document if isinstance(document, NormalizedText) else NormalizedText(document)
+    tokens = [(m.start(), m.end(), m.group()) for m in _TOKEN.finditer(text)]
+    covered = [False] * len(tokens)
+    for i in range(len(tokens) - min_words + 1):
+        window = " ".join(t for _, _, t in tokens[i : i + min_words])
+        if doc.find_all(window, end_boundary=True):
+            for j in range(i, i + min_words):
+                covered[j] = True
+    chars, run_start = 0, None
+    for i, is_covered in enumerate([*covered, False]):
+        if is_covered and run_start is None:
+            run_start = i
+        elif not is_covered and run_start is not None:
+            chars += tokens[i - 1][1] - tokens[run_start][0]
+            run_start = None
+    return chars

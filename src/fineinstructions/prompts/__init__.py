@@ -7,24 +7,33 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+import json
+
 import yaml
 
 from fineinstructions.backends.base import Conversation
 
-DEFAULT_VERSIONS = {"templatize": "v2", "instantiate": "v1", "judge": "v1"}
+DEFAULT_VERSIONS = {"templatize": "v2", "instantiate": "v2", "judge": "v2"}
 
 
 @dataclass(frozen=True)
 class Prompt:
-    """A system message, a user-message pattern with `{field}` slots, and few-shot examples."""
+    """A system message, a user-message pattern with `{field}` slots, and few-shot examples.
+
+    A prompt with `user_json` (JSON key -> field name) renders the user message as that JSON object
+    instead, the input contract of the released FineInstructions models.
+    """
 
     name: str
     version: str
     system: str
     user: str
     examples: tuple[tuple[dict[str, str], str], ...] = field(default_factory=tuple)
+    user_json: tuple[tuple[str, str], ...] = ()
 
     def render_user(self, **fields: str) -> str:
+        if self.user_json:
+            return json.dumps({key: fields[name] for key, name in self.user_json}, ensure_ascii=False)
         return self.user.format(**fields).strip()
 
     def conversation(self, **fields: str) -> Conversation:
@@ -50,4 +59,5 @@ def load_prompt(name: str, version: str | None = None) -> Prompt:
         raise FileNotFoundError(f"no prompt file {name}.{version}.yaml")
     raw: dict[str, Any] = yaml.safe_load(resource.read_text(encoding="utf-8"))
     examples = tuple((dict(e["input"]), str(e["output"])) for e in raw.get("examples") or [])
-    return Prompt(raw["name"], raw["version"], raw["system"], raw["user"], examples)
+    user_json = tuple((str(k), str(v)) for k, v in (raw.get("user_json") or {}).items())
+    return Prompt(raw["name"], raw["version"], raw["system"] or "", raw.get("user") or "", examples, user_json)

@@ -30,6 +30,7 @@ class Rejected:
 class StageResult:
     records: list[Record]
     rejected: list[Rejected] = field(default_factory=list)
+    counters: dict[str, float] = field(default_factory=dict)  # stage-specific counts, summed into metrics
 
 
 @dataclass
@@ -121,7 +122,7 @@ class Stage(ABC):
         stats.add_result(len(batch), result, time.perf_counter() - start)
         if self.backend is not None and before is not None:
             stats.add_backend_delta(before, self.backend.stats)
-        for key, value in self.metrics(result).items():
+        for key, value in (self.metrics(result) | result.counters).items():
             stats.metrics[key] = stats.metrics.get(key, 0.0) + value
         return result
 

@@ -1,4 +1,5 @@
-"""Stage 7: keep pairs that pass the judge and the coverage gate, within each document's token budget."""
+"""Stage 7: keep pairs that pass the judge and the coverage gate, within each document's token budget,
+and not duplicates of pairs already in the dataset."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Sequence
 
 from fineinstructions.records import Pair
 from fineinstructions.stages.base import Rejected, Stage, StageResult
+from fineinstructions.stages.pair_dedup import PairDeduplicator
 
 
 class FilterStage(Stage):
@@ -20,11 +22,12 @@ class FilterStage(Stage):
     output_type = Pair
 
     def __init__(self, min_score: int = 4, min_coverage: float = 0.8, token_budget: bool = True,
-                 max_pairs_per_document: int | None = None):
+                 max_pairs_per_document: int | None = None, deduplicator: PairDeduplicator | None = None):
         self.min_score = min_score
         self.min_coverage = min_coverage
         self.token_budget = token_budget
         self.max_pairs_per_document = max_pairs_per_document
+        self.deduplicator = deduplicator  # shared across shards: dedup over the whole dataset
 
     def process(self, batch: Sequence[Pair]) -> StageResult:  # type: ignore[override]
         rejected: list[Rejected] = []
@@ -40,14 +43,21 @@ class FilterStage(Stage):
                 by_document[pair.document_id].append(pair)
         kept: list[Pair] = []
         for pairs in by_document.values():
+            start = len(kept)
             pairs.sort(key=lambda p: (-(p.judge_score or 0), -p.excerpt_coverage, -p.match_score))
             spent = 0
-            for n, pair in enumerate(pairs):
-                if self.max_pairs_per_document is not None and n >= self.max_pairs_per_document:
+            for pair in pairs:
+                duplicate = self.deduplicator.duplicate_of(pair) if self.deduplicator else None
+                n_kept = len(kept) - start
+                if duplicate is not None:
+                    rejected.append(Rejected(pair.model_dump() | {"duplicate_of": duplicate[1]}, duplicate[0]))
+                elif self.max_pairs_per_document is not None and n_kept >= self.max_pairs_per_document:
                     rejected.append(Rejected(pair.model_dump(), "max_pairs_per_document"))
                 elif self.token_budget and spent + pair.synthetic_token_count > pair.token_count:
                     rejected.append(Rejected(pair.model_dump(), "token_budget"))
                 else:
                     spent += pair.synthetic_token_count
                     kept.append(pair)
+                    if self.deduplicator:
+                        self.deduplicator.add(pair)
         return StageResult(kept, rejected)  # type: ignore[arg-type]

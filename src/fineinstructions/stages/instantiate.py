@@ -6,8 +6,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fineinstructions.backends.base import Backend, SamplingParams
-from fineinstructions.contracts.excerpts import NormalizedText, expand_excerpts
+from fineinstructions.backends.base import Backend, Generation, SamplingParams
+from fineinstructions.contracts.excerpts import ExpandedAnswer, NormalizedText, expand_excerpts
 from fineinstructions.contracts.templates import (
     FI_SPAN,
     first_json_object,
@@ -21,8 +21,10 @@ from fineinstructions.stages.base import Rejected, Stage, StageResult
 
 _INSTRUCTION = re.compile(r"<instruction>(.*?)</instruction>", re.S | re.I)
 _ANSWER = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.S | re.I)
+_VALUES = re.compile(r"<values>.*?(?:</values>|$)", re.S | re.I)
 MIN_INSTRUCTION_WORDS = 3
 MAX_INSTRUCTION_CHARS = 2000
+_CUT = re.compile(r"[.!?]\s|\n")
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,7 @@ class ParsedInstantiation:
 
 def parse_instantiation(text: str) -> ParsedInstantiation | str:
     """Parse `<instruction>..</instruction><answer>..</answer>` (or a JSON object); a reason on failure."""
-    cleaned = strip_fences(text)
+    cleaned = _VALUES.sub("", strip_fences(text), count=1)
     if cleaned.strip().strip('"').lower() in ("null", "none", ""):
         return "null" if cleaned.strip() else "empty_output"
     instruction = _INSTRUCTION.search(cleaned)
@@ -51,6 +53,15 @@ def parse_instantiation(text: str) -> ParsedInstantiation | str:
     return "unparseable_output"
 
 
+def document_major(matches: Sequence[Match]) -> list[Match]:
+    """All candidates of one document back to back (documents in first-seen order, then by rank), so the
+    engine reuses the document's prompt prefix across its templates."""
+    first_seen: dict[str, int] = {}
+    for i, m in enumerate(matches):
+        first_seen.setdefault(m.document_id, i)
+    return sorted(matches, key=lambda m: (first_seen[m.document_id], m.rank))
+
+
 class InstantiateStage(Stage):
     """Generate document-major (all templates of one document back to back) and gate each pair."""
 
@@ -60,76 +71,101 @@ class InstantiateStage(Stage):
 
     def __init__(self, backend: Backend, prompt_version: str | None = None, max_tokens: int = 400,
                  temperature: float = 0.0, seed: int = 0, min_coverage: float = 0.8,
-                 config_fingerprint: str = ""):
+                 config_fingerprint: str = "", min_copy_words: int = 6, min_answer_words: int = 3,
+                 max_answer_chars: int = 6000, max_prompt_document_chars: int = 8000):
         self.backend = backend
         self.prompt = load_prompt("instantiate", prompt_version)
         self.sampling = SamplingParams(temperature=temperature, max_tokens=max_tokens, seed=seed)
         self.min_coverage = min_coverage
         self.config_fingerprint = config_fingerprint
+        self.min_copy_words = min_copy_words
+        self.min_answer_words = min_answer_words
+        self.max_answer_chars = max_answer_chars
+        self.max_prompt_document_chars = max_prompt_document_chars
 
     def process(self, batch: Sequence[Match]) -> StageResult:  # type: ignore[override]
-        # Stable sort keeps each document's candidates adjacent, so the engine reuses the document prefix.
-        first_seen: dict[str, int] = {}
-        for i, m in enumerate(batch):
-            first_seen.setdefault(m.document_id, i)
-        matches = sorted(batch, key=lambda m: (first_seen[m.document_id], m.rank))
-        conversations = [self.prompt.conversation(document=m.text, template=m.template) for m in matches]
+        rejected: list[Rejected] = []
+        # A template without variables has nothing to instantiate from the document: no call is made.
+        usable = []
+        for m in batch:
+            if template_variables(m.template):
+                usable.append(m)
+            else:
+                rejected.append(Rejected(m.model_dump(exclude={"text"}), "template_without_variables"))
+        matches = document_major(usable)
+        conversations = [self.prompt.conversation(document=self.prompt_document(m.text), template=m.template)
+                         for m in matches]
         generations = self.backend.generate(conversations, self.sampling)
         normalized: dict[str, NormalizedText] = {}
-        passed: list[tuple[Match, ParsedInstantiation, str, float, int, int]] = []
-        rejected: list[Rejected] = []
+        passed: list[tuple[Match, ParsedInstantiation, ExpandedAnswer, int]] = []
         for match, generation in zip(matches, generations, strict=True):
             row = match.model_dump(exclude={"text"}) | {"output": generation.text}
-            if not generation.ok:
-                rejected.append(Rejected(row, f"backend_error: {generation.error}"))
-                continue
-            if generation.finish_reason == "length":
-                rejected.append(Rejected(row, "truncated_output"))
-                continue
-            parsed = parse_instantiation(generation.text)
-            if isinstance(parsed, str):
-                rejected.append(Rejected(row, parsed))
-                continue
-            reason = self._instruction_error(parsed.instruction, match.template)
-            if reason:
-                rejected.append(Rejected(row, reason))
-                continue
             doc = normalized.setdefault(match.document_id, NormalizedText(match.text))
-            expanded = expand_excerpts(parsed.answer, doc)
-            if not expanded.text:
-                rejected.append(Rejected(row, "empty_answer"))
-                continue
-            if not expanded.resolved:
-                rejected.append(Rejected(row, "unresolved_excerpt: " + expanded.unresolved[0][1]))
-                continue
-            if has_fi_tags(expanded.text):
-                rejected.append(Rejected(row, "leftover_fi"))
-                continue
-            if expanded.coverage < self.min_coverage:
-                rejected.append(Rejected(row | {"excerpt_coverage": expanded.coverage}, "low_coverage"))
-                continue
-            passed.append((match, parsed, expanded.text, expanded.coverage, expanded.excerpts,
-                           generation.completion_tokens))
-        return StageResult(self._pairs(passed), rejected)  # type: ignore[arg-type]
+            outcome = self.gate(match, generation, doc)
+            if isinstance(outcome, Rejected):
+                rejected.append(Rejected(row | outcome.row, outcome.reason))
+            else:
+                passed.append((match, outcome[0], outcome[1], generation.completion_tokens))
+        truncated = len({m.document_id for m in matches if len(m.text) > self.max_prompt_document_chars})
+        return StageResult(self._pairs(passed), rejected, {"documents_cut_for_prompt": truncated})  # type: ignore[arg-type]
 
-    def _pairs(self, passed: list[tuple[Match, ParsedInstantiation, str, float, int, int]]) -> list[Pair]:
+    def prompt_document(self, text: str) -> str:
+        """The document as the prompt shows it: cut at a sentence end before `max_prompt_document_chars`.
+
+        Excerpts still resolve against the whole document.
+        """
+        if len(text) <= self.max_prompt_document_chars:
+            return text
+        head = text[: self.max_prompt_document_chars]
+        cuts = [m.end() for m in _CUT.finditer(head)]
+        return head[: cuts[-1]].rstrip() if cuts and cuts[-1] > len(head) // 2 else head.rstrip()
+
+    def gate(self, match: Match, generation: Generation,
+             doc: NormalizedText) -> tuple[ParsedInstantiation, ExpandedAnswer] | Rejected:
+        """Parse, expand and check one generation; a Rejected (extra row fields + named reason) on failure."""
+        if not generation.ok:
+            return Rejected({}, f"backend_error: {generation.error}")
+        if generation.finish_reason == "length":
+            return Rejected({}, "truncated_output")
+        parsed = parse_instantiation(generation.text)
+        if isinstance(parsed, str):
+            return Rejected({}, parsed)
+        reason = self._instruction_error(parsed.instruction, match.template)
+        if reason:
+            return Rejected({}, reason)
+        expanded = expand_excerpts(parsed.answer, doc, self.min_copy_words)
+        if not expanded.text:
+            return Rejected({}, "empty_answer")
+        if not expanded.resolved:
+            return Rejected({}, "unresolved_excerpt: " + expanded.unresolved[0][1])
+        if has_fi_tags(expanded.text):
+            return Rejected({}, "leftover_fi")
+        if len(expanded.text.split()) < self.min_answer_words:
+            return Rejected({}, "answer_too_short")
+        if len(expanded.text) > self.max_answer_chars:
+            return Rejected({}, "answer_too_long")
+        if expanded.coverage < self.min_coverage:
+            return Rejected({"excerpt_coverage": expanded.coverage}, "low_coverage")
+        return parsed, expanded
+
+    def _pairs(self, passed: list[tuple[Match, ParsedInstantiation, ExpandedAnswer, int]]) -> list[Pair]:
         """Pairs with their token counts, counted in one backend call for the whole batch."""
         documents = {m.document_id: m.text for m, *_ in passed}
-        texts = list(documents.values()) + [t for _, p, answer, *_ in passed for t in (p.instruction, answer)]
+        texts = list(documents.values()) + [t for _, p, e, _ in passed for t in (p.instruction, e.text)]
         counts = self.backend.count_tokens(texts)
         doc_tokens = dict(zip(documents, counts[: len(documents)], strict=True))
         synthetic = counts[len(documents):]
         return [
             Pair(
                 document_id=match.document_id, template_id=match.template_id, text=match.text,
-                template=match.template, instantiated_instruction=parsed.instruction, answer=answer,
-                answer_with_markers=parsed.answer, excerpt_coverage=round(coverage, 4), excerpt_count=excerpts,
-                synthetic_token_count=synthetic[2 * i] + synthetic[2 * i + 1],
+                template=match.template, instantiated_instruction=parsed.instruction, answer=expanded.text,
+                answer_with_markers=parsed.answer, excerpt_coverage=round(expanded.coverage, 4),
+                excerpt_count=expanded.excerpts, synthetic_token_count=synthetic[2 * i] + synthetic[2 * i + 1],
                 token_count=doc_tokens[match.document_id], completion_tokens=completion_tokens,
                 match_score=match.score, match_part=match.part, instantiator_model=self.backend.model_id,
                 instantiate_prompt_version=self.prompt.version, config_fingerprint=self.config_fingerprint,
             )
-            for i, (match, parsed, answer, coverage, excerpts, completion_tokens) in enumerate(passed)
+            for i, (match, parsed, expanded, completion_tokens) in enumerate(passed)
         ]
 
     @staticmethod

@@ -47,6 +47,11 @@ class JudgeStage(Stage):
         self.sampling = SamplingParams(temperature=temperature, max_tokens=max_tokens, seed=seed)
 
     def process(self, batch: Sequence[Pair]) -> StageResult:  # type: ignore[override]
+        first_seen: dict[str, int] = {}
+        for i, p in enumerate(batch):
+            first_seen.setdefault(p.document_id, i)
+        # Pairs of one document back to back: the engine reuses the prefix up to the end of the document.
+        batch = sorted(batch, key=lambda p: first_seen[p.document_id])
         conversations = [self.prompt.conversation(document=p.text, instruction=p.instantiated_instruction,
                                                   answer=p.answer) for p in batch]
         generations = self.backend.generate(conversations, self.sampling)
