@@ -120,7 +120,8 @@ HTML_DOC = ("<p>The <b>okapi</b> is a giraffid native to the Democratic Republic
 
 def test_bad_inputs_each_get_a_named_reason():
     """Markup, tables, code, long documents, templates without variables, broken or thin outputs."""
-    long_doc = "It starts here. " + ("Filler sentence number one about nothing. " * 400) + "The final sentence names the okapi."
+    filler = "Filler sentence number one about nothing. " * 400
+    long_doc = "It starts here. " + filler + "The final sentence names the okapi."
     outputs = {
         "table": "<instruction>Which planet has the shortest day?</instruction><answer>"
                  "<excerpt>Jupiter has the shortest<...>about ten hours long.</excerpt></answer>",
