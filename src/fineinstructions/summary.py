@@ -30,6 +30,7 @@ def quality(stage_stats: dict[str, StageStats], dataset: list[Pair]) -> dict[str
     instantiate = stage_stats.get("instantiate", StageStats())
     judge = stage_stats.get("judge", StageStats())
     match = stage_stats.get("match", StageStats())
+    filter_ = stage_stats.get("filter", StageStats())
     histogram = {str(s): int(judge.metrics.get(f"score_{s}", 0)) for s in (1, 2, 3, 4, 5)}
     histogram["unparsed"] = int(judge.metrics.get("score_none", 0))
     template_uses = Counter(p.template_id for p in dataset)
@@ -44,6 +45,10 @@ def quality(stage_stats: dict[str, StageStats], dataset: list[Pair]) -> dict[str
         "mean_excerpt_coverage_instantiated": _ratio(instantiate.metrics.get("coverage_sum", 0.0),
                                                      instantiate.rows_out),
         "mean_excerpt_coverage_kept": _ratio(sum(p.excerpt_coverage for p in dataset), len(dataset)),
+        "kept_with_coverage_at_least_0_8": _ratio(sum(p.excerpt_coverage >= 0.8 for p in dataset), len(dataset)),
+        "kept_with_unresolved_markers": sum("<excerpt>" in p.answer or "</excerpt>" in p.answer for p in dataset),
+        "duplicate_pairs_removed": int(filter_.dropped.get("duplicate_pair", 0)
+                                       + filter_.dropped.get("near_duplicate_pair", 0)),
         "answer_chars_per_generated_token": _ratio(generated_chars, generated_tokens),
         "judge_score_histogram": histogram,
         "judge_pass_rate": _ratio(sum(v for k, v in histogram.items() if k in ("4", "5")), judge.rows_out),
@@ -113,6 +118,9 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
         ("instantiated (not null, gates passed)", pct(q["instantiated_rate"])),
         ("mean excerpt coverage, instantiated", pct(q["mean_excerpt_coverage_instantiated"])),
         ("mean excerpt coverage, kept", pct(q["mean_excerpt_coverage_kept"])),
+        ("kept answers with coverage >= 0.8", pct(q.get("kept_with_coverage_at_least_0_8"))),
+        ("kept answers with unresolved markers", str(q.get("kept_with_unresolved_markers", "-"))),
+        ("duplicate pairs removed", str(q.get("duplicate_pairs_removed", "-"))),
         ("answer chars per generated token", "-" if q["answer_chars_per_generated_token"] is None
          else f"{q['answer_chars_per_generated_token']:.2f}"),
         ("judge pass rate (score >= 4)", pct(q["judge_pass_rate"])),
