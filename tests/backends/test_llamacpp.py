@@ -39,3 +39,22 @@ def test_prompt_too_long_for_context_is_a_counted_error_not_a_crash(test_gguf):
         assert small.stats.failures == 1
     finally:
         small.close()
+
+
+def test_prompt_lookup_handles_prompts_longer_than_a_batch_and_keeps_greedy_output(test_gguf, llama_backend):
+    """llama-cpp-python's draft path fails on prompts over one batch (512 tokens) unless its logits buffer
+    is sized for it; greedy speculative decoding must then give exactly the plain output."""
+    from fineinstructions.backends.llamacpp import LlamaCppBackend
+
+    text = " ".join(f"Sentence {i} says that the river number {i} flows into the sea." for i in range(60))
+    conversation = [{"role": "user", "content": f"{text}\n\nCopy the first two sentences exactly."}]
+    lookup = LlamaCppBackend(str(test_gguf), prompt_lookup_tokens=4)
+    try:
+        sampling = SamplingParams(max_tokens=40)
+        drafted = lookup.generate([conversation, conversation], sampling)
+        plain = llama_backend.generate([conversation], sampling)[0]
+        assert drafted[0].prompt_tokens > 512
+        assert all(g.ok for g in drafted), drafted[0].error
+        assert drafted[0].text == drafted[1].text == plain.text
+    finally:
+        lookup.close()

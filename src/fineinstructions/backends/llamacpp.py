@@ -45,8 +45,13 @@ class LlamaCppBackend:
             n_threads=n_threads or os.cpu_count() or 1,
             seed=seed,
             draft_model=draft,
+            # With a draft model llama-cpp-python evaluates with all logits but sizes its logits buffer by
+            # this flag: without it a prompt longer than one batch fails to broadcast into the buffer.
+            logits_all=draft is not None,
             verbose=False,
         )
+        if draft is not None:
+            _lean_prompt_logits(self.llm, prompt_lookup_tokens)
         self.n_ctx = n_ctx
         self.stats = BackendStats()
 
@@ -90,3 +95,24 @@ class LlamaCppBackend:
         if llm is not None:
             llm.close()
             self.llm = None  # type: ignore[assignment]
+
+
+def _lean_prompt_logits(llm: object, draft_tokens: int) -> None:
+    """Compute every position's logits only for draft-verification batches, not for whole prompts.
+
+    Speculative decoding needs the logits of each drafted position, and llama-cpp-python then asks for
+    all logits of every evaluation, prompts included: the output layer over a 1,500-token prompt costs
+    seconds on a CPU. A batch of at most `draft_tokens + 1` tokens is a verification (or a short prompt
+    suffix, where full logits are cheap); a longer one is a prompt and needs only its last position,
+    which the sampler reads from the context either way.
+    """
+    evaluate = llm.eval  # type: ignore[attr-defined]
+
+    def eval_tokens(tokens: Sequence[int]) -> None:
+        llm._logits_all = len(tokens) <= draft_tokens + 1  # type: ignore[attr-defined]
+        try:
+            evaluate(tokens)
+        finally:
+            llm._logits_all = True  # type: ignore[attr-defined]
+
+    llm.eval = eval_tokens  # type: ignore[attr-defined]

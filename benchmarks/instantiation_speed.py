@@ -1,0 +1,142 @@
+"""Instantiation speed tricks, each measured side by side on the same prompts in one run.
+
+    .venv/bin/python benchmarks/instantiation_speed.py --model qwen2.5-coder-1.5b-instruct --documents 8
+
+Inputs: `--documents` real Wikipedia leads, each with the same 3 generic templates (every lead can fill
+them), so each document has 3 requests that share the document prefix. Greedy decoding throughout.
+
+1. Excerpt compression: the instantiate stage with the excerpt prompt (v2) vs a prompt that writes the
+   answer out (written.v1, same instructions and examples otherwise). Figure: delivered answer
+   characters (after expansion) per generated token, over the answers that passed the stage's gates.
+2. Prefix reuse: prefill-only requests (max_tokens=1) in document-major order vs shuffled so that no two
+   consecutive requests share a document. Figure: seconds of prefill per pair. Both orders start with
+   the shared system prompt and examples already cached.
+3. Prompt-lookup decoding: the same excerpt-prompt requests on an engine with llama-cpp-python's
+   `LlamaPromptLookupDecoding` vs without. Figure: decode tokens/s, where decode time = request time minus
+   the prefill time measured in 2 for the same request in the same order; plus how many outputs are
+   identical (greedy speculative decoding should not change them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import time
+from collections import Counter
+
+from fineinstructions.backends.base import Conversation, SamplingParams
+from fineinstructions.backends.llamacpp import LlamaCppBackend
+from fineinstructions.io.sources import demo_documents
+from fineinstructions.prompts import load_prompt
+from fineinstructions.records import Match
+from fineinstructions.stages.base import StageStats
+from fineinstructions.stages.instantiate import InstantiateStage, document_major
+
+TEMPLATES = (
+    "What is <fi>name of a topic, thing, place or person</fi>?",
+    "Can you give me a short overview of <fi>subject</fi> and why it matters?",
+    "What is <fi>name of a subject</fi> best known for, and where does it come from?",
+)
+
+
+def shuffled_apart(items: list[Match], seed: int) -> list[Match]:
+    """A random order in which no two neighbours share a document (retrying seeds until one is found)."""
+    rng = random.Random(seed)
+    for _ in range(10_000):
+        order = items[:]
+        rng.shuffle(order)
+        if all(a.document_id != b.document_id for a, b in zip(order, order[1:], strict=False)):
+            return order
+    raise RuntimeError("no order without adjacent documents; use more documents")
+
+
+def timed(backend: LlamaCppBackend, conversations: list[Conversation], sampling: SamplingParams) -> list:
+    return [backend.generate([c], sampling)[0] for c in conversations]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="qwen2.5-coder-1.5b-instruct")
+    parser.add_argument("--documents", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-tokens", type=int, default=400)
+    parser.add_argument("--lookup-tokens", type=int, default=10, help="prompt-lookup draft length")
+    parser.add_argument("--skip", default="", help="comma list of parts to skip: compression,prefix,lookup")
+    args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+
+    documents = demo_documents(args.documents, seed=args.seed)
+    matches = [Match(document_id=d.document_id, template_id=f"t{r}", score=1.0, rank=r, text=d.text, template=t)
+               for d in documents for r, t in enumerate(TEMPLATES)]
+    threads = os.cpu_count() or 1
+    backend = LlamaCppBackend(args.model, n_threads=threads)
+    print(f"model {args.model}, {len(documents)} documents x {len(TEMPLATES)} templates = {len(matches)} "
+          f"requests, {threads} threads, mean document {sum(len(d.text) for d in documents) / len(documents):.0f} "
+          "chars")
+
+    if "compression" not in skip:
+        print("\n1. excerpt compression (instantiate stage, gates on)")
+        rates = {}
+        for version in ("v2", "written.v1"):
+            stage = InstantiateStage(backend, version, max_tokens=args.max_tokens)
+            stats = StageStats()
+            result = stage.run_batch(matches, stats)
+            delivered = sum(len(p.answer) for p in result.records)
+            generated = sum(p.completion_tokens for p in result.records)
+            rates[version] = delivered / generated if generated else 0.0
+            coverage = sum(p.excerpt_coverage for p in result.records) / max(1, len(result.records))
+            print(f"  {version:10s}: {len(result.records):3d}/{len(matches)} pairs, {delivered:6d} answer chars / "
+                  f"{generated:5d} generated tokens = {rates[version]:5.2f} chars/token, mean coverage "
+                  f"{coverage:.2f}, {stats.seconds:6.1f} s, dropped {dict(stats.dropped)}")
+        if rates["written.v1"]:
+            print(f"  excerpt / written-out chars per generated token: {rates['v2'] / rates['written.v1']:.2f}x "
+                  "(goal >= 3x)")
+
+    prompt = load_prompt("instantiate", "v2")
+    major = document_major(matches)
+    shuffled = shuffled_apart(matches, args.seed)
+    warm = prompt.conversation(document="A short warm-up document.", template="What is <fi>thing</fi>?")
+    prefill: dict[tuple[str, str], float] = {}
+    if "prefix" not in skip or "lookup" not in skip:
+        print("\n2. prefix reuse (prefill only, max_tokens=1)")
+        one = SamplingParams(max_tokens=1)
+        per_order = {}
+        for name, order in (("shuffled", shuffled), ("document-major", major)):
+            timed(backend, [warm], one)  # the shared system prompt and examples are cached for both orders
+            generations = timed(backend, [prompt.conversation(document=m.text, template=m.template) for m in order],
+                                one)
+            per_order[name] = sum(g.seconds for g in generations) / len(order)
+            if name == "document-major":
+                prefill = {(m.document_id, m.template_id): g.seconds for m, g in zip(order, generations, strict=True)}
+            print(f"  {name:15s}: {per_order[name]:.3f} s prefill per pair")
+        print(f"  document-major / shuffled: {per_order['document-major'] / per_order['shuffled']:.2f}x "
+              "(goal <= 0.5x)")
+
+    if "lookup" not in skip:
+        print(f"\n3. prompt-lookup decoding (num_pred_tokens={args.lookup_tokens}), document-major, excerpt prompt")
+        lookup = LlamaCppBackend(args.model, n_threads=threads, prompt_lookup_tokens=args.lookup_tokens)
+        sampling = SamplingParams(max_tokens=args.max_tokens)
+        conversations = [prompt.conversation(document=m.text, template=m.template) for m in major]
+        outputs = {}
+        for name, engine in (("plain", backend), ("prompt-lookup", lookup)):
+            timed(engine, [warm], SamplingParams(max_tokens=1))
+            start = time.perf_counter()
+            generations = timed(engine, conversations, sampling)
+            wall = time.perf_counter() - start
+            tokens = sum(g.completion_tokens for g in generations)
+            decode = sum(max(1e-6, g.seconds - prefill[(m.document_id, m.template_id)])
+                         for m, g in zip(major, generations, strict=True))
+            outputs[name] = [g.text for g in generations]
+            print(f"  {name:13s}: {tokens:5d} tokens, {wall:6.1f} s wall = {tokens / wall:5.1f} tok/s; "
+                  f"decode only {tokens / decode:5.1f} tok/s")
+            outputs[name + "_rate"] = tokens / decode  # type: ignore[assignment]
+        same = Counter(a == b for a, b in zip(outputs["plain"], outputs["prompt-lookup"], strict=True))
+        print(f"  decode speed-up: {outputs['prompt-lookup_rate'] / outputs['plain_rate']:.2f}x (goal >= 1.3x); "  # type: ignore[operator]
+              f"identical outputs {same[True]}/{len(conversations)}")
+        lookup.close()
+    backend.close()
+
+
+if __name__ == "__main__":
+    main()
