@@ -61,7 +61,8 @@ def main() -> None:
     parser.add_argument("--documents", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-tokens", type=int, default=400)
-    parser.add_argument("--lookup-tokens", type=int, default=10, help="prompt-lookup draft length")
+    parser.add_argument("--lookup-tokens", default="10,4", help="prompt-lookup draft lengths to compare")
+    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--skip", default="", help="comma list of parts to skip: compression,prefix,lookup")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -69,7 +70,7 @@ def main() -> None:
     documents = demo_documents(args.documents, seed=args.seed)
     matches = [Match(document_id=d.document_id, template_id=f"t{r}", score=1.0, rank=r, text=d.text, template=t)
                for d in documents for r, t in enumerate(TEMPLATES)]
-    threads = os.cpu_count() or 1
+    threads = args.threads or os.cpu_count() or 1
     backend = LlamaCppBackend(args.model, n_threads=threads)
     print(f"model {args.model}, {len(documents)} documents x {len(TEMPLATES)} templates = {len(matches)} "
           f"requests, {threads} threads, mean document {sum(len(d.text) for d in documents) / len(documents):.0f} "
@@ -114,12 +115,15 @@ def main() -> None:
               "(goal <= 0.5x)")
 
     if "lookup" not in skip:
-        print(f"\n3. prompt-lookup decoding (num_pred_tokens={args.lookup_tokens}), document-major, excerpt prompt")
-        lookup = LlamaCppBackend(args.model, n_threads=threads, prompt_lookup_tokens=args.lookup_tokens)
+        print("\n3. prompt-lookup decoding, document-major order, excerpt prompt")
         sampling = SamplingParams(max_tokens=args.max_tokens)
         conversations = [prompt.conversation(document=m.text, template=m.template) for m in major]
-        outputs = {}
-        for name, engine in (("plain", backend), ("prompt-lookup", lookup)):
+        engines = [("plain", 0)] + [(f"lookup {k}", int(k)) for k in args.lookup_tokens.split(",")]
+        texts: dict[str, list[str]] = {}
+        rates: dict[str, float] = {}
+        for name, draft in engines:
+            engine = backend if draft == 0 else LlamaCppBackend(args.model, n_threads=threads,
+                                                                   prompt_lookup_tokens=draft)
             timed(engine, [warm], SamplingParams(max_tokens=1))
             start = time.perf_counter()
             generations = timed(engine, conversations, sampling)
@@ -127,14 +131,13 @@ def main() -> None:
             tokens = sum(g.completion_tokens for g in generations)
             decode = sum(max(1e-6, g.seconds - prefill[(m.document_id, m.template_id)])
                          for m, g in zip(major, generations, strict=True))
-            outputs[name] = [g.text for g in generations]
-            print(f"  {name:13s}: {tokens:5d} tokens, {wall:6.1f} s wall = {tokens / wall:5.1f} tok/s; "
-                  f"decode only {tokens / decode:5.1f} tok/s")
-            outputs[name + "_rate"] = tokens / decode  # type: ignore[assignment]
-        same = Counter(a == b for a, b in zip(outputs["plain"], outputs["prompt-lookup"], strict=True))
-        print(f"  decode speed-up: {outputs['prompt-lookup_rate'] / outputs['plain_rate']:.2f}x (goal >= 1.3x); "  # type: ignore[operator]
-              f"identical outputs {same[True]}/{len(conversations)}")
-        lookup.close()
+            texts[name], rates[name] = [g.text for g in generations], tokens / decode
+            same = Counter(a == b for a, b in zip(texts["plain"], texts[name], strict=True))[True]
+            print(f"  {name:10s}: {tokens:5d} tokens, {wall:6.1f} s wall = {tokens / wall:5.1f} tok/s; decode only "
+                  f"{rates[name]:5.1f} tok/s = {rates[name] / rates['plain']:.2f}x plain (goal >= 1.3x); "
+                  f"outputs identical to plain {same}/{len(conversations)}")
+            if engine is not backend:
+                engine.close()
     backend.close()
 
 
