@@ -24,6 +24,10 @@ def test_parquet_file_and_folder(tmp_path):
     pq.write_table(pa.table({"text": ["z"], "id": [3]}), tmp_path / "b.parquet")
     assert [r["text"] for r in read_rows(str(tmp_path / "a.parquet"))] == ["x", "y"]
     assert [r["text"] for r in read_rows(str(tmp_path))] == ["x", "y", "z"]
+    # A stage's output folder: its rejects/ are dropped rows, not input.
+    (tmp_path / "rejects").mkdir()
+    pq.write_table(pa.table({"reason": ["null"]}), tmp_path / "rejects" / "shard-00000.parquet")
+    assert [r["text"] for r in read_rows(str(tmp_path))] == ["x", "y", "z"]
 
 
 def test_text_folder_skips_binary_and_non_utf8(tmp_path):

@@ -50,7 +50,8 @@ def read_rows(source: str, split: str = "train", stats: ReadStats | None = None,
     if not path.exists():
         raise InputError(f"input not found: {path} (for a Hugging Face dataset use hf:NAME)")
     if path.is_dir():
-        parquet_files = sorted(path.rglob("*.parquet"))
+        # A stage's output folder keeps its dropped rows under rejects/: they are not input.
+        parquet_files = sorted(p for p in path.rglob("*.parquet") if "rejects" not in p.relative_to(path).parts)
         if parquet_files:
             for file in parquet_files:
                 yield from _read_parquet(file, stats)
