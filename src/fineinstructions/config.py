@@ -124,6 +124,7 @@ class InstantiateConfig(Section):
     min_answer_words: int = Field(default=3, ge=1)
     max_answer_chars: int = Field(default=6000, ge=1)
     max_prompt_document_chars: int = Field(default=8000, ge=100)  # longer documents are cut in the prompt
+    constrained: bool = False  # llama.cpp: decode under the prompt's grammar (excerpt ends <= 5 words)
 
 
 class JudgeConfig(Section):

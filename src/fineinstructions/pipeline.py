@@ -234,7 +234,7 @@ class Pipeline:
                 self.backends.get(cfg.generator), cfg.instantiate.prompt_version, cfg.instantiate.max_tokens,
                 cfg.instantiate.temperature, cfg.run.seed, cfg.instantiate.min_coverage, self.fingerprint,
                 cfg.instantiate.min_copy_words, cfg.instantiate.min_answer_words, cfg.instantiate.max_answer_chars,
-                cfg.instantiate.max_prompt_document_chars), shard, matches, Pair)
+                cfg.instantiate.max_prompt_document_chars, cfg.instantiate.constrained), shard, matches, Pair)
             ex.expect("judge", len(pairs))
             judged = ex.run("judge", lambda: JudgeStage(
                 self.backends.get(judge_backend), cfg.judge.prompt_version, cfg.judge.max_tokens,

@@ -58,3 +58,18 @@ def test_prompt_lookup_handles_prompts_longer_than_a_batch_and_keeps_greedy_outp
         assert drafted[0].text == drafted[1].text == plain.text
     finally:
         lookup.close()
+
+
+def test_grammar_constrains_excerpt_ends_to_five_words(llama_backend):
+    import re
+
+    from fineinstructions.prompts import load_prompt
+
+    prompt = load_prompt("instantiate", "v2")
+    document = ("The okapi is a giraffid native to the Democratic Republic of the Congo. It has striped legs like "
+                "a zebra, but it is most closely related to the giraffe. It eats leaves, fruit and fungi.")
+    conversation = prompt.conversation(document=document, template="What is <fi>name of an animal</fi>?")
+    text = llama_backend.generate([conversation], SamplingParams(max_tokens=80, grammar=prompt.grammar))[0].text
+    assert text == "null" or text.startswith("<values>")
+    for body in re.findall(r"<excerpt>(.*?)</excerpt>", text, re.S):
+        assert all(len(end.split()) <= 5 for end in body.split("<...>")), body

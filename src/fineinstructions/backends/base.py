@@ -21,6 +21,7 @@ class SamplingParams:
     max_tokens: int = 512
     seed: int = 0
     stop: tuple[str, ...] = ()
+    grammar: str | None = None  # GBNF the output must follow (llama.cpp); other backends ignore it
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]

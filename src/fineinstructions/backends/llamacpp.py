@@ -54,6 +54,7 @@ class LlamaCppBackend:
             _lean_prompt_logits(self.llm, prompt_lookup_tokens)
         self.n_ctx = n_ctx
         self.stats = BackendStats()
+        self._grammars: dict[str, object] = {}
 
     def generate(self, conversations: Sequence[Conversation], sampling: SamplingParams) -> list[Generation]:
         out: list[Generation] = []
@@ -73,6 +74,7 @@ class LlamaCppBackend:
                 max_tokens=sampling.max_tokens,
                 seed=sampling.seed,
                 stop=list(sampling.stop) or None,
+                grammar=self._grammar(sampling.grammar),  # type: ignore[arg-type]
             )
         except ValueError as err:  # e.g. the prompt does not fit the context window
             log.warning("llama.cpp request failed: %s", err)
@@ -86,6 +88,16 @@ class LlamaCppBackend:
             finish_reason=choice.get("finish_reason") or "stop",
             seconds=time.perf_counter() - start,
         )
+
+    def _grammar(self, text: str | None) -> object | None:
+        """The compiled GBNF grammar (compiled once per text)."""
+        if not text:
+            return None
+        if text not in self._grammars:
+            from llama_cpp import LlamaGrammar
+
+            self._grammars[text] = LlamaGrammar.from_string(text, verbose=False)
+        return self._grammars[text]
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return [len(self.llm.tokenize(t.encode("utf-8"), add_bos=False, special=False)) if t else 0 for t in texts]

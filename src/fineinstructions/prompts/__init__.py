@@ -29,6 +29,7 @@ class Prompt:
     user: str
     examples: tuple[tuple[dict[str, str], str], ...] = field(default_factory=tuple)
     user_json: tuple[tuple[str, str], ...] = ()
+    grammar: str | None = None  # optional GBNF of the reply, for constrained decoding
 
     def render_user(self, **fields: str) -> str:
         if self.user_json:
@@ -59,4 +60,5 @@ def load_prompt(name: str, version: str | None = None) -> Prompt:
     raw: dict[str, Any] = yaml.safe_load(resource.read_text(encoding="utf-8"))
     examples = tuple((dict(e["input"]), str(e["output"])) for e in raw.get("examples") or [])
     user_json = tuple((str(k), str(v)) for k, v in (raw.get("user_json") or {}).items())
-    return Prompt(raw["name"], raw["version"], raw["system"] or "", raw.get("user") or "", examples, user_json)
+    return Prompt(raw["name"], raw["version"], raw["system"] or "", raw.get("user") or "", examples, user_json,
+                  raw.get("grammar"))

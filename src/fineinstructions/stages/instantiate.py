@@ -72,10 +72,13 @@ class InstantiateStage(Stage):
     def __init__(self, backend: Backend, prompt_version: str | None = None, max_tokens: int = 400,
                  temperature: float = 0.0, seed: int = 0, min_coverage: float = 0.8,
                  config_fingerprint: str = "", min_copy_words: int = 6, min_answer_words: int = 3,
-                 max_answer_chars: int = 6000, max_prompt_document_chars: int = 8000):
+                 max_answer_chars: int = 6000, max_prompt_document_chars: int = 8000, constrained: bool = False):
         self.backend = backend
         self.prompt = load_prompt("instantiate", prompt_version)
-        self.sampling = SamplingParams(temperature=temperature, max_tokens=max_tokens, seed=seed)
+        if constrained and not self.prompt.grammar:
+            raise ValueError(f"prompt {self.prompt.version} has no grammar for constrained decoding")
+        self.sampling = SamplingParams(temperature=temperature, max_tokens=max_tokens, seed=seed,
+                                       grammar=self.prompt.grammar if constrained else None)
         self.min_coverage = min_coverage
         self.config_fingerprint = config_fingerprint
         self.min_copy_words = min_copy_words
