@@ -11,10 +11,10 @@ them), so each document has 3 requests that share the document prefix. Greedy de
 2. Prefix reuse: prefill-only requests (max_tokens=1) in document-major order vs shuffled so that no two
    consecutive requests share a document. Figure: seconds of prefill per pair. Both orders start with
    the shared system prompt and examples already cached.
-3. Prompt-lookup decoding: the same excerpt-prompt requests on an engine with llama-cpp-python's
-   `LlamaPromptLookupDecoding` vs without. Figure: decode tokens/s, where decode time = request time minus
-   the prefill time measured in 2 for the same request in the same order; plus how many outputs are
-   identical (greedy speculative decoding should not change them).
+3. Prompt-lookup decoding: the same requests (excerpt prompt and written-out prompt) on an engine with
+   llama-cpp-python's `LlamaPromptLookupDecoding` vs without. Figure: decode tokens/s, where decode time =
+   request time minus the same request's prefill measured alone (max_tokens=1, same order, same engine);
+   plus how many outputs are identical (greedy speculative decoding should not change them).
 """
 
 from __future__ import annotations
@@ -60,6 +60,9 @@ def main() -> None:
     parser.add_argument("--model", default="qwen2.5-coder-1.5b-instruct")
     parser.add_argument("--documents", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min-chars", type=int, default=500, help="document length bounds (Wikipedia leads)")
+    parser.add_argument("--max-chars", type=int, default=1500)
+    parser.add_argument("--lookup-prompts", default="v2,written.v1", help="prompts the lookup part runs")
     parser.add_argument("--max-tokens", type=int, default=400)
     parser.add_argument("--lookup-tokens", default="10,4", help="prompt-lookup draft lengths to compare")
     parser.add_argument("--threads", type=int, default=None)
@@ -67,7 +70,7 @@ def main() -> None:
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
 
-    documents = demo_documents(args.documents, seed=args.seed)
+    documents = demo_documents(args.documents, seed=args.seed, min_chars=args.min_chars, max_chars=args.max_chars)
     matches = [Match(document_id=d.document_id, template_id=f"t{r}", score=1.0, rank=r, text=d.text, template=t)
                for d in documents for r, t in enumerate(TEMPLATES)]
     threads = args.threads or os.cpu_count() or 1
@@ -98,8 +101,7 @@ def main() -> None:
     major = document_major(matches)
     shuffled = shuffled_apart(matches, args.seed)
     warm = prompt.conversation(document="A short warm-up document.", template="What is <fi>thing</fi>?")
-    prefill: dict[tuple[str, str], float] = {}
-    if "prefix" not in skip or "lookup" not in skip:
+    if "prefix" not in skip:
         print("\n2. prefix reuse (prefill only, max_tokens=1)")
         one = SamplingParams(max_tokens=1)
         per_order = {}
@@ -108,35 +110,41 @@ def main() -> None:
             generations = timed(backend, [prompt.conversation(document=m.text, template=m.template) for m in order],
                                 one)
             per_order[name] = sum(g.seconds for g in generations) / len(order)
-            if name == "document-major":
-                prefill = {(m.document_id, m.template_id): g.seconds for m, g in zip(order, generations, strict=True)}
             print(f"  {name:15s}: {per_order[name]:.3f} s prefill per pair")
         print(f"  document-major / shuffled: {per_order['document-major'] / per_order['shuffled']:.2f}x "
               "(goal <= 0.5x)")
 
     if "lookup" not in skip:
-        print("\n3. prompt-lookup decoding, document-major order, excerpt prompt")
+        print("\n3. prompt-lookup decoding, document-major order")
         sampling = SamplingParams(max_tokens=args.max_tokens)
-        conversations = [prompt.conversation(document=m.text, template=m.template) for m in major]
         engines = [("plain", 0)] + [(f"lookup {k}", int(k)) for k in args.lookup_tokens.split(",")]
-        texts: dict[str, list[str]] = {}
-        rates: dict[str, float] = {}
-        for name, draft in engines:
-            engine = backend if draft == 0 else LlamaCppBackend(args.model, n_threads=threads,
-                                                                   prompt_lookup_tokens=draft)
-            timed(engine, [warm], SamplingParams(max_tokens=1))
-            start = time.perf_counter()
-            generations = timed(engine, conversations, sampling)
-            wall = time.perf_counter() - start
-            tokens = sum(g.completion_tokens for g in generations)
-            decode = sum(max(1e-6, g.seconds - prefill[(m.document_id, m.template_id)])
-                         for m, g in zip(major, generations, strict=True))
-            texts[name], rates[name] = [g.text for g in generations], tokens / decode
-            same = Counter(a == b for a, b in zip(texts["plain"], texts[name], strict=True))[True]
-            print(f"  {name:10s}: {tokens:5d} tokens, {wall:6.1f} s wall = {tokens / wall:5.1f} tok/s; decode only "
-                  f"{rates[name]:5.1f} tok/s = {rates[name] / rates['plain']:.2f}x plain (goal >= 1.3x); "
-                  f"outputs identical to plain {same}/{len(conversations)}")
-            if engine is not backend:
+        loaded = {draft: backend if draft == 0 else LlamaCppBackend(args.model, n_threads=threads,
+                                                                       prompt_lookup_tokens=draft)
+                  for _, draft in engines}
+        for version in args.lookup_prompts.split(","):
+            lookup_prompt = load_prompt("instantiate", version)
+            conversations = [lookup_prompt.conversation(document=m.text, template=m.template) for m in major]
+            warm_up = lookup_prompt.conversation(document="A short warm-up document.", template="What is <fi>x</fi>?")
+            texts: dict[str, list[str]] = {}
+            rates: dict[str, float] = {}
+            for name, draft in engines:
+                engine = loaded[draft]
+                timed(engine, [warm_up], SamplingParams(max_tokens=1))
+                start = time.perf_counter()
+                generations = timed(engine, conversations, sampling)
+                wall = time.perf_counter() - start
+                tokens = sum(g.completion_tokens for g in generations)
+                # Decode time: the request minus its prefill, measured alone (max_tokens=1) in the same order.
+                timed(engine, [warm_up], SamplingParams(max_tokens=1))
+                prefills = timed(engine, conversations, SamplingParams(max_tokens=1))
+                decode = sum(max(1e-6, g.seconds - p.seconds) for g, p in zip(generations, prefills, strict=True))
+                texts[name], rates[name] = [g.text for g in generations], tokens / decode
+                same = Counter(a == b for a, b in zip(texts["plain"], texts[name], strict=True))[True]
+                print(f"  {version:10s} {name:10s}: {tokens:5d} tokens, {wall:6.1f} s wall = {tokens / wall:5.1f} "
+                      f"tok/s; decode only {rates[name]:5.1f} tok/s = {rates[name] / rates['plain']:.2f}x plain "
+                      f"(goal >= 1.3x); outputs identical to plain {same}/{len(conversations)}")
+        for draft, engine in loaded.items():
+            if draft:
                 engine.close()
     backend.close()
 
