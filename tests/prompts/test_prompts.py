@@ -37,7 +37,7 @@ def test_instantiate_examples_resolve_with_full_coverage_or_are_null(version):
     assert set(outcomes) == {"null", "pair"}  # the prompt shows both behaviours
 
 
-@pytest.mark.parametrize(("version", "scores"), [("v1", [4, 1]), ("v2", [5, 3, 1])])
+@pytest.mark.parametrize(("version", "scores"), [("v1", [4, 1]), ("v2", [3, 1, 5])])
 def test_judge_examples_parse(version, scores):
     prompt = load_prompt("judge", version)
     assert [parse_judgement(output)[0] for _, output in prompt.examples] == scores

@@ -188,3 +188,14 @@ def test_written_out_answer_counts_as_covered_and_template_instantiator_preset_s
     assert json.loads(seen[0][0]["content"]) == {"instruction_template": "What <fi>causes</fi> acid rain?",
                                                   "document": DOC_A}
     assert pair.answer.startswith("Acid rain is caused by emissions") and pair.excerpt_coverage == 1.0
+
+
+def test_names_copied_from_the_few_shot_examples_are_rejected():
+    leaked = ("<instruction>What is the main theme of the song Bossa nova by Marta Vell?</instruction><answer>"
+              "<excerpt>Acid rain is caused<...>to produce acids.</excerpt></answer>")
+    stage = InstantiateStage(FakeBackend(lambda c: leaked))
+    result = stage.process([match("a", DOC_A, "What is the theme of <fi>song</fi>?", 0)])
+    assert [r.reason for r in result.rejected] == ["copied_from_example"]
+    # The same name is fine when the document itself mentions it.
+    own = stage.process([match("m", DOC_A + " Marta Vell studied it.", "What is the theme of <fi>song</fi>?", 0)])
+    assert len(own.records) == 1

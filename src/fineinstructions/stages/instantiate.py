@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 from fineinstructions.backends.base import Backend, Generation, SamplingParams
 from fineinstructions.contracts.excerpts import ExpandedAnswer, NormalizedText, expand_excerpts
@@ -25,6 +26,9 @@ _VALUES = re.compile(r"<values>.*?(?:</values>|$)", re.S | re.I)
 MIN_INSTRUCTION_WORDS = 3
 MAX_INSTRUCTION_CHARS = 2000
 _CUT = re.compile(r"[.!?]\s|\n")
+_FUNCTION_WORDS = frozenset({"The", "This", "That", "These", "Those", "Its", "Her", "His", "She", "They", "Then",
+                             "There", "When", "Where", "What", "Which", "Who", "Before", "After", "During", "And",
+                             "But", "For", "In", "On", "At", "As"})
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,18 @@ class InstantiateStage(Stage):
         truncated = len({m.document_id for m in matches if len(m.text) > self.max_prompt_document_chars})
         return StageResult(self._pairs(passed), rejected, {"documents_cut_for_prompt": truncated})  # type: ignore[arg-type]
 
+    @cached_property
+    def _example_names(self) -> frozenset[str]:
+        """Capitalised words of the prompt's example documents (names such as "Kessler" or "Marta")."""
+        words = {w for example_input, _ in self.prompt.examples
+                 for w in re.findall(r"\b[A-Z][a-z]{2,}\b", example_input.get("document", ""))}
+        return frozenset(words - _FUNCTION_WORDS)
+
+    def _copies_example(self, text: str, document: str) -> bool:
+        """True when the output names something from a few-shot example that its own document never mentions
+        (small models copy example names into unrelated pairs)."""
+        return any(name in text and name not in document for name in self._example_names)
+
     def prompt_document(self, text: str) -> str:
         """The document as the prompt shows it: cut at a sentence end before `max_prompt_document_chars`.
 
@@ -136,6 +152,8 @@ class InstantiateStage(Stage):
         reason = self._instruction_error(parsed.instruction, match.template)
         if reason:
             return Rejected({}, reason)
+        if self._copies_example(parsed.instruction + " " + parsed.answer, doc.text):
+            return Rejected({}, "copied_from_example")
         expanded = expand_excerpts(parsed.answer, doc, self.min_copy_words)
         if not expanded.text:
             return Rejected({}, "empty_answer")
