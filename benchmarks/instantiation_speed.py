@@ -31,8 +31,8 @@ from fineinstructions.backends.llamacpp import LlamaCppBackend
 from fineinstructions.io.sources import demo_documents
 from fineinstructions.prompts import load_prompt
 from fineinstructions.records import Match
-from fineinstructions.stages.base import StageStats
-from fineinstructions.stages.instantiate import InstantiateStage, document_major
+from fineinstructions.stages.base import StageStats, document_major
+from fineinstructions.stages.instantiate import InstantiateStage
 
 TEMPLATES = (
     "What is <fi>name of a topic, thing, place or person</fi>?",

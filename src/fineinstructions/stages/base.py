@@ -127,5 +127,14 @@ class Stage(ABC):
         return result
 
 
+def document_major(records: Sequence[Any]) -> list[Any]:
+    """Records of one document back to back: documents in first-seen order, within one by `rank` when the
+    records have it. An engine then reuses each document's prompt prefix across its requests."""
+    first_seen: dict[str, int] = {}
+    for i, record in enumerate(records):
+        first_seen.setdefault(record.document_id, i)
+    return sorted(records, key=lambda r: (first_seen[r.document_id], getattr(r, "rank", 0)))
+
+
 def _copy_backend_stats(backend: Backend | None) -> BackendStats | None:
     return None if backend is None else dataclasses.replace(backend.stats, extra=dict(backend.stats.extra))

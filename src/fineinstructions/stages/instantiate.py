@@ -18,7 +18,7 @@ from fineinstructions.contracts.templates import (
 )
 from fineinstructions.prompts import load_prompt
 from fineinstructions.records import Match, Pair
-from fineinstructions.stages.base import Rejected, Stage, StageResult
+from fineinstructions.stages.base import Rejected, Stage, StageResult, document_major
 
 _INSTRUCTION = re.compile(r"<instruction>(.*?)</instruction>", re.S | re.I)
 _ANSWER = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.S | re.I)
@@ -55,15 +55,6 @@ def parse_instantiation(text: str) -> ParsedInstantiation | str:
     if re.match(r"^\s*null\b", cleaned, re.I):
         return "null"
     return "unparseable_output"
-
-
-def document_major(matches: Sequence[Match]) -> list[Match]:
-    """All candidates of one document back to back (documents in first-seen order, then by rank), so the
-    engine reuses the document's prompt prefix across its templates."""
-    first_seen: dict[str, int] = {}
-    for i, m in enumerate(matches):
-        first_seen.setdefault(m.document_id, i)
-    return sorted(matches, key=lambda m: (first_seen[m.document_id], m.rank))
 
 
 class InstantiateStage(Stage):

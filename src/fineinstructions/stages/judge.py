@@ -9,7 +9,7 @@ from fineinstructions.backends.base import Backend, SamplingParams
 from fineinstructions.contracts.templates import first_json_object
 from fineinstructions.prompts import load_prompt
 from fineinstructions.records import Pair
-from fineinstructions.stages.base import Stage, StageResult
+from fineinstructions.stages.base import Stage, StageResult, document_major
 
 _SCORE_TAG = re.compile(r"<score>\s*([1-5])(?:\.0+)?\s*(?:/\s*5)?\s*</score>", re.I)
 _SCORE_LOOSE = re.compile(r"score\W{0,5}([1-5])\b", re.I)
@@ -47,11 +47,7 @@ class JudgeStage(Stage):
         self.sampling = SamplingParams(temperature=temperature, max_tokens=max_tokens, seed=seed)
 
     def process(self, batch: Sequence[Pair]) -> StageResult:  # type: ignore[override]
-        first_seen: dict[str, int] = {}
-        for i, p in enumerate(batch):
-            first_seen.setdefault(p.document_id, i)
-        # Pairs of one document back to back: the engine reuses the prefix up to the end of the document.
-        batch = sorted(batch, key=lambda p: first_seen[p.document_id])
+        batch = document_major(batch)  # the engine reuses the prefix up to the end of each document
         conversations = [self.prompt.conversation(document=p.text, instruction=p.instantiated_instruction,
                                                   answer=p.answer) for p in batch]
         generations = self.backend.generate(conversations, self.sampling)

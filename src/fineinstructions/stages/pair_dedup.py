@@ -23,6 +23,11 @@ def pair_id(pair: Pair) -> str:
     return f"{pair.document_id}/{pair.template_id}"
 
 
+def pair_key(pair: Pair) -> str:
+    """Exact-duplicate key: instruction and answer with case, spacing and punctuation normalised."""
+    return dedup_key(pair.instantiated_instruction) + "\n" + dedup_key(pair.answer)
+
+
 def pair_text(pair: Pair) -> str:
     return f"{pair.instantiated_instruction}\n{pair.answer}"
 
@@ -37,7 +42,7 @@ class PairDeduplicator:
 
     def duplicate_of(self, pair: Pair) -> tuple[str, str] | None:
         """(reason, id of the earlier kept pair) when `pair` repeats one, else None."""
-        key = dedup_key(pair.instantiated_instruction) + "\n" + dedup_key(pair.answer)
+        key = pair_key(pair)
         original = self.exact.get(key)
         if original is not None:
             return None if original == pair_id(pair) else ("duplicate_pair", original)
@@ -51,9 +56,7 @@ class PairDeduplicator:
 
     def add(self, pair: Pair) -> None:
         """Remember a pair that entered the dataset."""
-        key, signature = self._pending.pop(pair_id(pair), (None, None))
-        if key is None:
-            key = dedup_key(pair.instantiated_instruction) + "\n" + dedup_key(pair.answer)
+        key, signature = self._pending.pop(pair_id(pair), (pair_key(pair), None))
         self.exact[key] = pair_id(pair)
         if self.near is not None:
             self.near.add(pair_id(pair), signature or self.near.signature(pair_text(pair)))
