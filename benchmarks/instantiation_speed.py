@@ -82,7 +82,8 @@ def main() -> None:
 
     if "compression" not in skip:
         print("\n1. excerpt compression (instantiate stage, gates on)")
-        rates = {}
+        rates: dict[str, float] = {}
+        answer_rates: dict[str, float] = {}
         variants = [("v2", False), ("v2", True), ("written.v1", False)]
         for version, constrained in variants:
             stage = InstantiateStage(backend, version, max_tokens=args.max_tokens, constrained=constrained)
@@ -91,15 +92,19 @@ def main() -> None:
             result = stage.run_batch(matches, stats)
             delivered = sum(len(p.answer) for p in result.records)
             generated = sum(p.completion_tokens for p in result.records)
+            # The answer part alone: the tokens of what the model wrote between <answer> tags.
+            answer_tokens = sum(backend.count_tokens([p.answer_with_markers for p in result.records]))
             rates[version] = delivered / generated if generated else 0.0
+            answer_rates[version] = delivered / answer_tokens if answer_tokens else 0.0
             coverage = sum(p.excerpt_coverage for p in result.records) / max(1, len(result.records))
             print(f"  {version:12s}: {len(result.records):3d}/{len(matches)} pairs, {delivered:6d} answer chars / "
-                  f"{generated:5d} generated tokens = {rates[version]:5.2f} chars/token, mean coverage "
-                  f"{coverage:.2f}, {stats.seconds:6.1f} s, dropped {dict(stats.dropped)}")
+                  f"{generated:5d} generated tokens = {rates[version]:5.2f} chars/token ({answer_rates[version]:5.2f} "
+                  f"per answer token), mean coverage {coverage:.2f}, {stats.seconds:6.1f} s, "
+                  f"dropped {dict(stats.dropped)}")
         if rates["written.v1"]:
             for name in ("v2", "v2 +grammar"):
                 print(f"  {name} / written-out chars per generated token: {rates[name] / rates['written.v1']:.2f}x "
-                      "(goal >= 3x)")
+                      f"(goal >= 3x); per answer token: {answer_rates[name] / answer_rates['written.v1']:.2f}x")
 
     prompt = load_prompt("instantiate", "v2")
     major = document_major(matches)
