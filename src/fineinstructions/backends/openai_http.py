@@ -59,6 +59,9 @@ class OpenAICompatibleBackend:
         self._rng = random.Random(0)
 
     def generate(self, conversations: Sequence[Conversation], sampling: SamplingParams) -> list[Generation]:
+        if sampling.grammar and not getattr(self, "_warned_grammar", False):
+            log.warning("%s: the OpenAI API has no GBNF grammar field; decoding is unconstrained", self.base_url)
+            self._warned_grammar = True
         start = time.perf_counter()
         out = _run_sync(self._generate_all(list(conversations), sampling))
         self.stats.add(out, time.perf_counter() - start)
