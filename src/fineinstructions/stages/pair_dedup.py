@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from datasketch import MinHash
-
 from fineinstructions.records import Pair
 from fineinstructions.text.dedup import NearDuplicateIndex
 from fineinstructions.text.normalize import dedup_key
@@ -38,28 +36,23 @@ class PairDeduplicator:
     def __init__(self, near_duplicate_threshold: float | None = 0.8):
         self.exact: dict[str, str] = {}
         self.near = NearDuplicateIndex(near_duplicate_threshold) if near_duplicate_threshold else None
-        self._pending: dict[str, tuple[str, MinHash | None]] = {}
 
     def duplicate_of(self, pair: Pair) -> tuple[str, str] | None:
         """(reason, id of the earlier kept pair) when `pair` repeats one, else None."""
-        key = pair_key(pair)
-        original = self.exact.get(key)
+        original = self.exact.get(pair_key(pair))
         if original is not None:
             return None if original == pair_id(pair) else ("duplicate_pair", original)
-        signature = None
         if self.near is not None:
-            duplicate, signature = self.near.find(pair_text(pair))
+            duplicate, _ = self.near.find(pair_text(pair))
             if duplicate is not None and duplicate != pair_id(pair):
                 return "near_duplicate_pair", duplicate
-        self._pending[pair_id(pair)] = (key, signature)
         return None
 
     def add(self, pair: Pair) -> None:
-        """Remember a pair that entered the dataset."""
-        key, signature = self._pending.pop(pair_id(pair), (pair_key(pair), None))
-        self.exact[key] = pair_id(pair)
+        """Remember a pair that entered the dataset (idempotent)."""
+        self.exact[pair_key(pair)] = pair_id(pair)
         if self.near is not None:
-            self.near.add(pair_id(pair), signature or self.near.signature(pair_text(pair)))
+            self.near.add(pair_id(pair), self.near.signature(pair_text(pair)))
 
     def remember(self, pairs: Iterable[Pair]) -> None:
         """Add the pairs of committed dataset shards (on resume)."""
