@@ -141,10 +141,27 @@ class FilterConfig(Section):
 
 
 class RunConfig(Section):
+    """Where the run goes and how it is executed.
+
+    The execution fields (EXECUTION_FIELDS) change where and how fast the work runs, never its output, so
+    they stay out of the fingerprint: a run started locally may be resumed on a Ray cluster.
+    """
+
     output_dir: str = "runs/latest"
     shard_size: int = Field(default=64, ge=1)
     batch_size: int = Field(default=8, ge=1)
     seed: int = 0
+    executor: Literal["local", "ray"] = "local"
+    workers: int = Field(default=1, ge=1)  # ray: actors per model stage (each holds its own engine)
+    cpus_per_worker: float = Field(default=1.0, gt=0)  # ray: fractional CPUs are fine
+    gpus_per_worker: float = Field(default=0.0, ge=0)  # ray: give GPU stages their GPUs (vLLM)
+    ray_address: str | None = None  # ray: an existing cluster ("auto", "ray://host:10001"); None starts one
+    shards_in_flight: int | None = Field(default=None, ge=1)  # document shards per window; None: 2 x workers
+    request_cache: bool = True  # keep every finished model call in <output_dir>/cache/requests.sqlite
+
+
+EXECUTION_FIELDS = ("output_dir", "executor", "workers", "cpus_per_worker", "gpus_per_worker", "ray_address",
+                    "shards_in_flight", "request_cache")
 
 
 class PipelineConfig(Section):
@@ -164,7 +181,8 @@ class PipelineConfig(Section):
     def fingerprint(self) -> str:
         """Hash of everything that changes the output (the output folder itself does not)."""
         data = self.model_dump(mode="json")
-        data["run"].pop("output_dir", None)
+        for name in EXECUTION_FIELDS:
+            data["run"].pop(name, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod

@@ -10,22 +10,25 @@ instantiate, judge and filter together, so a document's pairs always meet in one
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
 import shutil
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator, Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console
 
+from fineinstructions.backends.cache import RequestCache
 from fineinstructions.backends.embeddings import Embedder
 from fineinstructions.backends.factory import BackendPool
 from fineinstructions.config import PipelineConfig, SourceConfig
 from fineinstructions.executors.local import LocalExecutor, chunked
-from fineinstructions.io.atomic import write_json_atomic, write_text_atomic
+from fineinstructions.io.atomic import remove_stale_temporaries, write_json_atomic, write_text_atomic
 from fineinstructions.io.readers import ReadStats, read_rows, rows_to_records, rows_to_templates
 from fineinstructions.io.sources import (
     demo_documents,
@@ -35,20 +38,19 @@ from fineinstructions.io.sources import (
     topical_demo_sample,
 )
 from fineinstructions.io.writers import read_records, write_records
+from fineinstructions.recipes import ModelStage, StageRecipe, request_cache_path
 from fineinstructions.records import Document, Match, Pair, Query, Template
 from fineinstructions.stages.filter import FilterStage
 from fineinstructions.stages.index import ShardedTemplateIndex, TemplateIndex, build_index
-from fineinstructions.stages.instantiate import InstantiateStage
-from fineinstructions.stages.judge import JudgeStage
 from fineinstructions.stages.match import MatchStage
 from fineinstructions.stages.pair_dedup import PairDeduplicator
 from fineinstructions.stages.query_filter import QueryFilterStage, load_eval_texts
 from fineinstructions.stages.template_dedup import TemplateDedupStage
-from fineinstructions.stages.templatize import TemplatizeStage
 from fineinstructions.summary import build_summary
 from fineinstructions.text.decontaminate import Decontaminator
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class ConfigChanged(RuntimeError):
@@ -67,14 +69,15 @@ def load_queries(source: SourceConfig, stats: ReadStats) -> list[Query]:
                                 source=_source_name(source), stats=stats, limit=source.limit))  # type: ignore[arg-type]
 
 
-def load_documents(source: SourceConfig, stats: ReadStats) -> list[Document]:
+def load_documents(source: SourceConfig, stats: ReadStats) -> Iterable[Document]:
+    """The documents of a source; files, folders and `hf:` datasets are streamed, never held whole."""
     if source.kind == "wikipedia":
         return demo_documents(source.limit or 10**9, source.seed)
     if source.kind == "sharegpt":
         raise ValueError("the sharegpt source holds queries, not documents")
     rows = read_rows(source.path or "", source.split, stats, source.hf_config)
-    return list(rows_to_records(rows, Document, source.text_field, source.id_field, source.title_field,
-                                source=_source_name(source), stats=stats, limit=source.limit))  # type: ignore[arg-type]
+    return rows_to_records(rows, Document, source.text_field, source.id_field, source.title_field,  # type: ignore[return-value]
+                           source=_source_name(source), stats=stats, limit=source.limit)
 
 
 def _source_name(source: SourceConfig) -> str:
@@ -94,7 +97,7 @@ class Pipeline:
         self.show_progress = show_progress
         self.force = force
         self.fingerprint = config.fingerprint()
-        self.backends = BackendPool()
+        self.backends = BackendPool()  # gets the run's request cache once the folder is claimed
 
     def _claim_folder(self) -> None:
         marker = self.root / "fingerprint"
@@ -106,8 +109,13 @@ class Pipeline:
             shutil.rmtree(self.work, ignore_errors=True)
             shutil.rmtree(self.dataset_dir, ignore_errors=True)
         self.root.mkdir(parents=True, exist_ok=True)
+        removed = remove_stale_temporaries(self.root)
+        if removed:
+            log.info("removed %d temporary files left by a killed run", removed)
         write_text_atomic(self.root / "config.yaml", self.config.to_yaml())
         write_text_atomic(marker, self.fingerprint + "\n")
+        if self.config.run.request_cache and self.backends.cache is None:
+            self.backends.cache = RequestCache(request_cache_path(self.root))
 
     def run(self) -> dict[str, Any]:
         """Run (or resume) every stage; return the summary, also written to summary.json."""
@@ -124,16 +132,16 @@ class Pipeline:
         else:
             queries = load_queries(cfg.queries, read_stats["queries"])
             documents = load_documents(cfg.documents, read_stats["documents"])
-        self.console.log(f"{len(queries)} queries and {len(documents)} documents -> {self.root}")
+        self.console.log(f"{len(queries)} queries and {_count(documents)} documents -> {self.root}")
         try:
-            with LocalExecutor(self.work, cfg.run.batch_size, self.console, self.show_progress) as ex:
+            with make_executor(cfg, self.work, self.console, self.show_progress, self.backends) as ex:
                 if cfg.templates is not None:
                     templates = self._bank(read_stats)
                 else:
                     templates = self._templatize(ex, self._filter_queries(ex, queries))
                 templates = self._dedup_templates(ex, templates)
                 index = self._index(templates)
-                self._documents(ex, index, documents)
+                documents_seen = self._documents(ex, index, documents)
                 stage_stats = ex.stats
         finally:
             self.backends.close()
@@ -141,7 +149,7 @@ class Pipeline:
         summary = build_summary(
             config=cfg, fingerprint=self.fingerprint, stage_stats=stage_stats, dataset=dataset,  # type: ignore[arg-type]
             dataset_dir=self.dataset_dir, read_stats=read_stats, index=index,
-            elapsed_s=time.perf_counter() - started, inputs={"queries": len(queries), "documents": len(documents)},
+            elapsed_s=time.perf_counter() - started, inputs={"queries": len(queries), "documents": documents_seen},
         )
         write_json_atomic(self.root / "summary.json", summary)
         return summary
@@ -167,15 +175,13 @@ class Pipeline:
 
     def _templatize(self, ex: LocalExecutor, queries: list[Query]) -> list[Template]:
         cfg = self.config
-        tc = cfg.templatize
         shards = chunked(queries, cfg.run.shard_size)
         ex.expect("templatize", len(queries))
-        templates: list[Template] = []
-        for shard, records in enumerate(shards):
-            templates += ex.run("templatize", lambda: TemplatizeStage(
-                self.backends.get(cfg.generator), tc.prompt_version, tc.max_tokens, tc.temperature, cfg.run.seed,
-                tc.retries, tc.retry_temperature, tc.min_intent_overlap), shard, records, Template)  # type: ignore[misc]
-        return templates
+        outputs = ex.run_shards("templatize", self._recipe("templatize"), list(enumerate(shards)))
+        return [t for shard in sorted(outputs) for t in outputs[shard]]  # type: ignore[misc]
+
+    def _recipe(self, stage: ModelStage) -> StageRecipe:
+        return StageRecipe(stage, self.config, self.fingerprint)
 
     def _bank(self, read_stats: dict[str, ReadStats]) -> list[Template]:
         """A ready template bank (ours or the released FineTemplates) instead of templatizing queries."""
@@ -215,39 +221,72 @@ class Pipeline:
         return self._embedder
 
     def _documents(self, ex: LocalExecutor, index: TemplateIndex | ShardedTemplateIndex,
-                   documents: list[Document]) -> None:
+                   documents: Iterable[Document]) -> int:
+        """Match, instantiate, judge and filter the documents, shard by shard; return how many were read.
+
+        Documents stream in windows of `run.shards_in_flight` shards, so memory holds one window. Within
+        a window, match runs shard by shard (the corpus-wide template cap depends on earlier shards), the
+        model stages run over the window's shards at once (spread over the executor's workers), and the
+        filter runs shard by shard (pair dedup depends on earlier shards): the output is the same whatever
+        the executor, the number of workers or the window size.
+        """
         cfg = self.config
-        judge_backend = cfg.judge_backend or cfg.generator
-        shards = chunked(documents, cfg.run.shard_size)
-        ex.expect("match", len(documents))
         mc = cfg.match
         uses: Counter[str] = Counter()  # template uses in earlier shards: the corpus-wide cap resumes exactly
         deduplicator = PairDeduplicator(cfg.filter.near_duplicate_threshold)  # pairs kept in earlier shards
-        for shard, records in enumerate(shards):
-            matches = ex.run("match", lambda: MatchStage(
-                index, self.embedder, mc.top_k, mc.coverage_chunks, mc.sigma, mc.alpha, mc.min_score,
-                mc.per_vector_k, mc.mmr_lambda, mc.max_template_uses, mc.popularity_weight, mc.max_windows,
-                mc.min_document_words, mc.max_document_chars, prior_uses=uses), shard, records, Match)  # type: ignore[misc]
-            uses.update(m.template_id for m in matches)  # type: ignore[attr-defined]
-            ex.expect("instantiate", len(matches))
-            pairs = ex.run("instantiate", lambda: InstantiateStage(
-                self.backends.get(cfg.generator), cfg.instantiate.prompt_version, cfg.instantiate.max_tokens,
-                cfg.instantiate.temperature, cfg.run.seed, cfg.instantiate.min_coverage, self.fingerprint,
-                cfg.instantiate.min_copy_words, cfg.instantiate.min_answer_words, cfg.instantiate.max_answer_chars,
-                cfg.instantiate.max_prompt_document_chars, cfg.instantiate.constrained), shard, matches, Pair)
-            ex.expect("judge", len(pairs))
-            judged = ex.run("judge", lambda: JudgeStage(
-                self.backends.get(judge_backend), cfg.judge.prompt_version, cfg.judge.max_tokens,
-                cfg.judge.temperature, cfg.run.seed), shard, pairs, Pair)
-            ex.expect("filter", len(judged))
-            # A document's pairs must meet in one filter batch, so the filter sees the whole shard.
-            kept = ex.run("filter", lambda: FilterStage(
-                cfg.judge.min_score, cfg.instantiate.min_coverage, cfg.filter.token_budget,
-                cfg.filter.max_pairs_per_document, deduplicator), shard, judged, Pair, whole_shard=True)
-            deduplicator.remember(kept)  # type: ignore[arg-type]  # idempotent; rebuilds the state on resume
-            part = self.dataset_dir / f"part-{shard:05d}.parquet"
-            if not part.is_file():
-                write_records(part, kept, Pair)
+        window = cfg.run.shards_in_flight or 2 * ex.workers
+        seen = 0
+        shards = enumerate(batched(documents, cfg.run.shard_size))
+        while group := list(itertools.islice(shards, window)):
+            matches: list[tuple[int, list[Match]]] = []
+            for shard, records in group:
+                seen += len(records)
+                ex.expect("match", len(records))
+                found = ex.run("match", lambda: MatchStage(
+                    index, self.embedder, mc.top_k, mc.coverage_chunks, mc.sigma, mc.alpha, mc.min_score,
+                    mc.per_vector_k, mc.mmr_lambda, mc.max_template_uses, mc.popularity_weight, mc.max_windows,
+                    mc.min_document_words, mc.max_document_chars, prior_uses=uses), shard, records, Match)
+                uses.update(m.template_id for m in found)  # type: ignore[attr-defined]
+                matches.append((shard, found))  # type: ignore[arg-type]
+            ex.expect("instantiate", sum(len(m) for _, m in matches))
+            pairs = ex.run_shards("instantiate", self._recipe("instantiate"), matches)
+            ex.expect("judge", sum(len(p) for p in pairs.values()))
+            judged = ex.run_shards("judge", self._recipe("judge"), sorted(pairs.items()))
+            for shard, _ in group:
+                ex.expect("filter", len(judged[shard]))
+                # A document's pairs must meet in one filter batch, so the filter sees the whole shard.
+                kept = ex.run("filter", lambda: FilterStage(
+                    cfg.judge.min_score, cfg.instantiate.min_coverage, cfg.filter.token_budget,
+                    cfg.filter.max_pairs_per_document, deduplicator), shard, judged[shard], Pair, whole_shard=True)
+                deduplicator.remember(kept)  # type: ignore[arg-type]  # idempotent; rebuilds the state on resume
+                part = self.dataset_dir / f"part-{shard:05d}.parquet"
+                if not part.is_file():
+                    write_records(part, kept, Pair)
+        return seen
+
+
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of `size` items (the last may be shorter), drawn lazily."""
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+def _count(items: Iterable[object]) -> str:
+    return str(len(items)) if isinstance(items, Sized) else "streamed"
+
+
+def make_executor(config: PipelineConfig, work_dir: Path, console: Console, show_progress: bool,
+                  backends: BackendPool) -> LocalExecutor:
+    """The executor the run config names (Ray is imported only when asked for)."""
+    run = config.run
+    if run.executor == "ray":
+        from fineinstructions.executors.ray import RayExecutor
+
+        return RayExecutor(work_dir, run.batch_size, console, show_progress, backends, workers=run.workers,
+                           cpus_per_worker=run.cpus_per_worker, gpus_per_worker=run.gpus_per_worker,
+                           address=run.ray_address)
+    return LocalExecutor(work_dir, run.batch_size, console, show_progress, backends)
 
 
 def configure_logging(verbose: bool = False) -> None:

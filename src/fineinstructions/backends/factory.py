@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from fineinstructions.backends.base import Backend
+from fineinstructions.backends.cache import CachedBackend, RequestCache
 from fineinstructions.config import BackendConfig
 
 
@@ -26,22 +27,36 @@ def create_backend(config: BackendConfig) -> Backend:
 
 
 class BackendPool:
-    """One live backend per distinct config, so the generator and an identical judge share one model."""
+    """One live backend per distinct config, so the generator and an identical judge share one model.
 
-    def __init__(self) -> None:
+    With a RequestCache, `get(config, namespace)` hands out the engine behind a CachedBackend, so every
+    finished call is stored under the namespace (the stage and its prompt version) and never paid twice.
+    """
+
+    def __init__(self, cache: RequestCache | None = None) -> None:
+        self.cache = cache
         self._backends: dict[str, Backend] = {}
+        self._cached: dict[tuple[str, str], Backend] = {}
 
     def register(self, config: BackendConfig, backend: Backend) -> None:
         """Serve `config` with an already-built backend (e.g. one shared with other code)."""
         self._backends[config.model_dump_json()] = backend
 
-    def get(self, config: BackendConfig) -> Backend:
+    def get(self, config: BackendConfig, namespace: str | None = None) -> Backend:
+        """The engine for `config`; behind the request cache when the pool has one and a namespace is given."""
         key = config.model_dump_json()
         if key not in self._backends:
             self._backends[key] = create_backend(config)
-        return self._backends[key]
+        if self.cache is None or namespace is None:
+            return self._backends[key]
+        if (key, namespace) not in self._cached:
+            self._cached[(key, namespace)] = CachedBackend(self._backends[key], self.cache, namespace)
+        return self._cached[(key, namespace)]
 
     def close(self) -> None:
         for backend in self._backends.values():
             backend.close()
         self._backends.clear()
+        self._cached.clear()
+        if self.cache is not None:
+            self.cache.close()

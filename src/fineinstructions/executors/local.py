@@ -23,8 +23,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from fineinstructions.backends.factory import BackendPool
 from fineinstructions.io.atomic import write_json_atomic
 from fineinstructions.io.writers import read_records, write_records, write_rows
+from fineinstructions.recipes import StageRecipe
 from fineinstructions.records import Record
 from fineinstructions.stages.base import Stage, StageStats
 
@@ -39,12 +41,47 @@ def chunked(items: Sequence, size: int) -> list[Sequence]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+def read_committed(out_dir: Path, shard: int, output_type: type[Record]) -> tuple[list[Record], StageStats] | None:
+    """A shard's committed output and stats, or None when the shard has not finished."""
+    done = out_dir / f"{shard_name(shard)}.parquet"
+    stats_path = out_dir / "stats" / f"{shard_name(shard)}.json"
+    if not (done.is_file() and stats_path.is_file()):
+        return None
+    return read_records(done, output_type), StageStats.from_dict(json.loads(stats_path.read_text()))
+
+
+def commit_shard(stage: Stage, stage_name: str, shard: int, records: Sequence[Record], output_type: type[Record],
+                 out_dir: Path, batch_size: int, whole_shard: bool = False,
+                 on_batch: Callable[[int, StageStats], None] | None = None) -> tuple[list[Record], StageStats]:
+    """Run a stage over one shard and commit it: rejects, then stats, then the output (the marker), each atomic.
+
+    `whole_shard` hands the stage the shard as one batch (for stages that group across rows).
+    """
+    shard_stats = StageStats()
+    outputs: list[Record] = []
+    rejected_rows: list[dict] = []
+    size = max(1, len(records)) if whole_shard else batch_size
+    for batch in chunked(records, size):
+        result = stage.run_batch(batch, shard_stats)
+        outputs.extend(result.records)
+        rejected_rows.extend(r.row | {"reason": r.reason, "stage": stage_name} for r in result.rejected)
+        if on_batch is not None:
+            on_batch(len(batch), shard_stats)
+    write_rows(out_dir / "rejects" / f"{shard_name(shard)}.parquet", rejected_rows)
+    write_json_atomic(out_dir / "stats" / f"{shard_name(shard)}.json", shard_stats.to_dict())
+    write_records(out_dir / f"{shard_name(shard)}.parquet", outputs, output_type)  # last: the completion marker
+    return outputs, shard_stats
+
+
 class LocalExecutor:
     """Runs a stage on one shard at a time in this process, with a live progress bar per stage."""
 
+    workers = 1
+
     def __init__(self, work_dir: Path, batch_size: int = 8, console: Console | None = None,
-                 show_progress: bool = True):
+                 show_progress: bool = True, backends: BackendPool | None = None):
         self.work_dir = Path(work_dir)
+        self.backends = backends or BackendPool()
         self.batch_size = batch_size
         self.console = console or Console(stderr=True)
         self.progress = Progress(
@@ -82,30 +119,39 @@ class LocalExecutor:
         `out_dir` defaults to `work_dir/stage_name`.
         """
         out_dir = out_dir or self.work_dir / stage_name
-        done = out_dir / f"{shard_name(shard)}.parquet"
-        stats_path = out_dir / "stats" / f"{shard_name(shard)}.json"
         task = self._task(stage_name)
         stats = self.stats.setdefault(stage_name, StageStats())
-        if done.is_file() and stats_path.is_file():
-            stats.merge(StageStats.from_dict(json.loads(stats_path.read_text())))
+        committed = read_committed(out_dir, shard, output_type)
+        if committed is not None:
+            outputs, shard_stats = committed
+            stats.merge(shard_stats)
             self.progress.advance(task, len(records))
-            return read_records(done, output_type)
-        stage = make_stage()
-        shard_stats = StageStats()
-        outputs: list[Record] = []
-        rejected_rows: list[dict] = []
-        size = max(1, len(records)) if whole_shard else self.batch_size
-        for batch in chunked(records, size):
-            result = stage.run_batch(batch, shard_stats)
-            outputs.extend(result.records)
-            rejected_rows.extend(r.row | {"reason": r.reason, "stage": stage_name} for r in result.rejected)
-            self.progress.advance(task, len(batch))
+            return outputs
+
+        def on_batch(rows: int, shard_stats: StageStats) -> None:
+            self.progress.advance(task, rows)
             self._show_rate(task, stats, shard_stats)
-        write_rows(out_dir / "rejects" / f"{shard_name(shard)}.parquet", rejected_rows)
-        write_json_atomic(stats_path, shard_stats.to_dict())
-        write_records(done, outputs, output_type)  # written last: the shard's completion marker
+
+        outputs, shard_stats = commit_shard(make_stage(), stage_name, shard, records, output_type, out_dir,
+                                            self.batch_size, whole_shard, on_batch)
         stats.merge(shard_stats)
         return outputs
+
+    def run_shards(self, stage_name: str, recipe: StageRecipe,
+                   shards: Sequence[tuple[int, Sequence[Record]]]) -> dict[int, list[Record]]:
+        """A model stage over several shards (independent of each other); outputs by shard number.
+
+        Here one after another with the stage built once; the Ray executor spreads them over its actors.
+        """
+        stage: list[Stage] = []
+
+        def make() -> Stage:
+            if not stage:
+                stage.append(recipe.build(self.backends))
+            return stage[0]
+
+        return {shard: self.run(stage_name, make, shard, records, recipe.output_type)  # type: ignore[misc]
+                for shard, records in shards}
 
     def _show_rate(self, task: TaskID, total: StageStats, shard: StageStats) -> None:
         seconds = total.seconds + shard.seconds

@@ -51,3 +51,29 @@ def atomic_dir(directory: str | Path) -> Iterator[Path]:
     if directory.exists():
         shutil.rmtree(directory)
     tmp.rename(directory)
+
+
+def remove_stale_temporaries(root: str | Path) -> int:
+    """Delete temporary files and folders under `root` left by processes that no longer run (a SIGKILL
+    between writing and renaming); return how many. Those of live processes are left alone."""
+    removed = 0
+    for path in Path(root).rglob(".*.tmp-*"):
+        owner = path.name.rsplit(".tmp-", 1)[1]
+        if path.is_file() and owner.isdigit() and _alive(int(owner)):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
