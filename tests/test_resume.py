@@ -16,8 +16,8 @@ import pytest
 from fineinstructions.backends.cache import RequestCache
 from fineinstructions.config import PipelineConfig
 from fineinstructions.io.writers import read_records
-from fineinstructions.records import Pair
 from fineinstructions.recipes import request_cache_path
+from fineinstructions.records import Pair
 from tests.test_pipeline import config_for, run_scripted
 
 ROOT = Path(__file__).resolve().parents[1]

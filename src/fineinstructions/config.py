@@ -39,22 +39,29 @@ class SourceConfig(Section):
     def _path_needed(self) -> SourceConfig:
         if self.kind == "path" and not self.path:
             raise ValueError("a source of kind 'path' needs `path` (a file, a folder, or hf:NAME)")
+        if self.kind == "path" and self.path and self.path.startswith("hf:"):
+            from fineinstructions.io.readers import hf_name_error
+
+            error = hf_name_error(self.path[3:], check_path=False)  # a local folder may appear before the run
+            if error:
+                raise ValueError(error)
         return self
 
 
 class BackendConfig(Section):
-    """Which engine serves a stage: llama.cpp in-process (default) or an OpenAI-compatible server."""
+    """Which engine serves a stage: llama.cpp in-process (default), an OpenAI-compatible server, or your own
+    (`custom`: `model` is "package.module:factory", a zero-argument callable returning a Backend)."""
 
-    kind: Literal["llamacpp", "openai"] = "llamacpp"
+    kind: Literal["llamacpp", "openai", "custom"] = "llamacpp"
     model: str = DEFAULT_GENERATOR
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
-    n_ctx: int = 4096
-    n_threads: int | None = None
-    prompt_lookup_tokens: int = 0
-    max_concurrency: int = 8
-    timeout_s: float = 120.0
-    max_retries: int = 4
+    n_ctx: int = Field(default=4096, ge=1)
+    n_threads: int | None = Field(default=None, ge=1)
+    prompt_lookup_tokens: int = Field(default=0, ge=0)
+    max_concurrency: int = Field(default=8, ge=1)
+    timeout_s: float = Field(default=120.0, gt=0)
+    max_retries: int = Field(default=4, ge=0)
 
     @model_validator(mode="after")
     def _url_needed(self) -> BackendConfig:
@@ -81,8 +88,8 @@ class QueryFilterConfig(Section):
 
 class TemplatizeConfig(Section):
     prompt_version: str = "v2"
-    max_tokens: int = 200
-    temperature: float = 0.0
+    max_tokens: int = Field(default=200, ge=1)
+    temperature: float = Field(default=0.0, ge=0)
     retries: int = Field(default=2, ge=0)
     retry_temperature: float = 0.7
     min_intent_overlap: float = Field(default=0.5, ge=0, le=1)
@@ -117,8 +124,8 @@ class InstantiateConfig(Section):
     """Template instantiation with excerpt answers, and the gates each pair must pass."""
 
     prompt_version: str = "v2"  # v2, v1, template_instantiator (the released model's JSON contract)
-    max_tokens: int = 400
-    temperature: float = 0.0
+    max_tokens: int = Field(default=400, ge=1)
+    temperature: float = Field(default=0.0, ge=0)
     min_coverage: float = Field(default=0.8, ge=0, le=1)
     min_copy_words: int = Field(default=6, ge=0)  # written-out copies of >= this many words count as excerpts
     min_answer_words: int = Field(default=3, ge=1)
@@ -129,14 +136,14 @@ class InstantiateConfig(Section):
 
 class JudgeConfig(Section):
     prompt_version: str = "v2"
-    max_tokens: int = 160
-    temperature: float = 0.0
+    max_tokens: int = Field(default=160, ge=1)
+    temperature: float = Field(default=0.0, ge=0)
     min_score: int = Field(default=4, ge=1, le=5)
 
 
 class FilterConfig(Section):
     token_budget: bool = True  # generated pair tokens per document <= the document's tokens
-    max_pairs_per_document: int | None = None
+    max_pairs_per_document: int | None = Field(default=None, ge=1)
     near_duplicate_threshold: float | None = Field(default=0.8, gt=0, le=1)  # pair dedup; None: exact only
 
 

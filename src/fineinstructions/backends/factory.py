@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 
 from fineinstructions.backends.base import Backend
@@ -11,6 +12,8 @@ from fineinstructions.config import BackendConfig
 
 def create_backend(config: BackendConfig) -> Backend:
     """Build the backend a config describes (the engine is loaded here, not at import time)."""
+    if config.kind == "custom":
+        return load_custom_backend(config.model)
     if config.kind == "llamacpp":
         from fineinstructions.backends.llamacpp import LlamaCppBackend
 
@@ -24,6 +27,21 @@ def create_backend(config: BackendConfig) -> Backend:
                                        max_concurrency=config.max_concurrency, timeout_s=config.timeout_s,
                                        max_retries=config.max_retries)
     raise ValueError(f"unknown backend kind {config.kind!r}")
+
+
+def load_custom_backend(spec: str) -> Backend:
+    """Call the factory that "package.module:factory" names and check it returns a Backend."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"a custom backend is named 'package.module:factory', got {spec!r}")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"cannot load custom backend {spec!r}: {err}") from err
+    backend = factory()
+    if not isinstance(backend, Backend):
+        raise TypeError(f"{spec} returned {type(backend).__name__}, which lacks the Backend methods")
+    return backend
 
 
 class BackendPool:

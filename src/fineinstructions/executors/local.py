@@ -82,6 +82,7 @@ class LocalExecutor:
                  show_progress: bool = True, backends: BackendPool | None = None):
         self.work_dir = Path(work_dir)
         self.backends = backends or BackendPool()
+        self.show_progress = show_progress
         self.batch_size = batch_size
         self.console = console or Console(stderr=True)
         self.progress = Progress(
