@@ -1,10 +1,33 @@
-"""The scripted test backend as a `custom` backend factory, so processes and Ray actors can build it."""
+"""The scripted test backend as a `custom` backend factory, so other processes and Ray actors can build it.
+
+Environment knobs for the resume benchmark: SCRIPTED_CALL_DELAY (seconds per call, default 0) and
+SCRIPTED_CALL_LOG (a file that gets one line per finished engine call, so a parent process counts the calls
+that were paid for across runs it kills), SCRIPTED_JUDGE=pass (the judge passes every pair, not only the
+test documents' ones).
+"""
 
 from __future__ import annotations
 
+import os
+import time
+
+from fineinstructions.backends.base import Conversation
 from fineinstructions.backends.fake import FakeBackend
 from tests.test_pipeline import scripted
 
 
 def make() -> FakeBackend:
-    return FakeBackend(scripted, model_id="scripted")
+    delay = float(os.environ.get("SCRIPTED_CALL_DELAY", "0"))
+    log = os.environ.get("SCRIPTED_CALL_LOG")
+    judge_passes = os.environ.get("SCRIPTED_JUDGE") == "pass"
+
+    def respond(conversation: Conversation) -> str:
+        time.sleep(delay)
+        if log:
+            with open(log, "a") as handle:
+                handle.write("call\n")
+        if judge_passes and conversation[0]["content"].startswith("You are a strict judge"):
+            return "<feedback>Grounded and responsive.</feedback><score>5</score>"
+        return scripted(conversation)
+
+    return FakeBackend(respond, model_id="scripted")

@@ -1,0 +1,116 @@
+"""SIGKILL the real CLI at random instants, resume each time, and compare with an uninterrupted run.
+
+    .venv/bin/python benchmarks/resume_kill.py --kills 20                       # scripted engine, 50 ms/call
+    .venv/bin/python benchmarks/resume_kill.py --kills 20 --model smollm2-135m-instruct   # the real 135M model
+
+Each kill lands at a uniformly random instant of the remaining work (after start-up), so it hits model
+calls, Parquet writes, renames, the index build and the filter alike. The run is then resumed with the same
+command until one finishes. Printed: rows equal to the reference, duplicates, lost rows, model calls paid
+twice (scripted engine: every finished call is logged by the engine itself), and time vs the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.jobs import write_job  # noqa: E402
+from fineinstructions.io.writers import read_records  # noqa: E402
+from fineinstructions.records import Pair  # noqa: E402
+
+
+def launch(config: Path, out: Path, env: dict[str, str]) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "fineinstructions.cli", "run", "--config", str(config), "--out", str(out), "-q"]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def rows(out: Path) -> list[tuple[str, str, str, str]]:
+    pairs = read_records(out / "dataset", Pair) if (out / "dataset").exists() else []
+    return sorted((p.document_id, p.template_id, p.instantiated_instruction, p.answer) for p in pairs)  # type: ignore[attr-defined]
+
+
+def count_lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.is_file() else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--queries", type=int, default=16)
+    parser.add_argument("--documents", type=int, default=24)
+    parser.add_argument("--model", default=None, help="a registry model; default: the scripted engine")
+    parser.add_argument("--call-delay", type=float, default=0.05, help="scripted engine: seconds per call")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    folder = Path(tempfile.mkdtemp(prefix="resume-kill-"))
+    config = write_job(folder, args.queries, args.documents, args.model)
+    env = os.environ | {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "SCRIPTED_CALL_DELAY": str(args.call_delay),
+                        "SCRIPTED_JUDGE": "pass"}
+
+    reference_log, killed_log = folder / "reference.calls", folder / "killed.calls"
+    start = time.perf_counter()
+    proc = launch(config, folder / "reference", env | {"SCRIPTED_CALL_LOG": str(reference_log)})
+    while not (folder / "reference" / "fingerprint").is_file() and proc.poll() is None:
+        time.sleep(0.05)
+    started = time.perf_counter()
+    assert proc.wait() == 0, proc.stderr.read() if proc.stderr else ""
+    reference_s = time.perf_counter() - start
+    work_s = time.perf_counter() - started  # the part after start-up, where kills may land
+    expected = rows(folder / "reference")
+    print(f"reference: {len(expected)} pairs, {count_lines(reference_log)} engine calls, {reference_s:.1f} s "
+          f"({work_s:.1f} s after start-up)")
+
+    out = folder / "killed"
+    kills, finished_runs, total_s = 0, 0, 0.0
+    landed: dict[str, int] = {}
+    while True:
+        begin = time.perf_counter()
+        proc = launch(config, out, env | {"SCRIPTED_CALL_LOG": str(killed_log)})
+        while not (out / "fingerprint").is_file() and proc.poll() is None:
+            time.sleep(0.02)
+        if kills < args.kills:
+            time.sleep(rng.uniform(0, work_s))
+            if proc.poll() is None:
+                stages = sorted(p.parent.name for p in (out / "work").glob("*/shard-*.parquet"))
+                landed[stages[-1] if stages else "before the first shard"] = landed.get(
+                    stages[-1] if stages else "before the first shard", 0) + 1
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                kills += 1
+                total_s += time.perf_counter() - begin
+                continue
+        code = proc.wait()
+        total_s += time.perf_counter() - begin
+        if code != 0:
+            raise SystemExit(f"the resumed run failed:\n{proc.stderr.read() if proc.stderr else ''}")
+        finished_runs += 1
+        if kills >= args.kills:
+            break
+    got = rows(out)
+    keys = [(d, t) for d, t, _, _ in got]
+    print(f"kills: {kills} (last committed stage when killed: {landed})")
+    print(f"resumed output equals the reference: {got == expected} ({len(got)} vs {len(expected)} pairs); "
+          f"duplicates: {len(keys) - len(set(keys))}; lost: {len(set(expected) - set(got))}")
+    if not args.model:
+        paid, needed = count_lines(killed_log), count_lines(reference_log)
+        print(f"engine calls paid: {paid} vs {needed} uninterrupted = {paid - needed} paid twice "
+              f"({(paid - needed) / max(kills, 1):.2f} per kill; at most the batch in flight)")
+    print(f"wall time with {kills} kills: {total_s:.1f} s = {total_s / reference_s:.2f}x the uninterrupted run "
+          f"(each restart pays start-up again)")
+    leftovers = [p for p in out.rglob(".*.tmp-*")]
+    print(f"temporary files left: {len(leftovers)}")
+
+
+if __name__ == "__main__":
+    main()
