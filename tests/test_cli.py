@@ -107,3 +107,23 @@ def test_templatize_subcommand_with_the_real_model(tmp_path):
     assert "templatize: 1 in" in result.output
     assert (tmp_path / "t" / "stats" / "shard-00000.json").is_file()
     assert len(read_records(tmp_path / "t", Template)) <= 1
+
+
+def test_run_with_execution_overrides_and_a_bad_executor(tmp_path):
+    import yaml
+
+    from tests.test_pipeline import config_for
+
+    cfg = config_for(tmp_path)
+    config = tmp_path / "run.yaml"
+    data = cfg.model_dump(mode="json")
+    data["generator"] = {"kind": "custom", "model": "tests.scripted_backend:make"}
+    config.write_text(yaml.safe_dump(data))
+    bad = runner.invoke(app, ["run", "--config", str(config), "--executor", "spark", "-q"])
+    assert bad.exit_code == 2 and "executor" in bad.output
+    result = runner.invoke(app, ["run", "--config", str(config), "--workers", "3", "-q"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "dataset").is_dir()
+    # The execution settings are not part of the fingerprint: resuming with others is not refused.
+    again = runner.invoke(app, ["run", "--config", str(config), "--workers", "1", "-q"])
+    assert again.exit_code == 0, again.output

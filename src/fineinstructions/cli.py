@@ -72,10 +72,21 @@ def run(
     out: Annotated[Path | None, typer.Option(help="Override run.output_dir.")] = None,
     force: Annotated[bool, typer.Option(help="Start over if the folder holds another run.")] = False,
     quiet: QuietOpt = False,
+    executor: Annotated[str | None, typer.Option(help="Override run.executor: local or ray.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Override run.workers (Ray actors per model stage).")] = None,
+    ray_address: Annotated[str | None, typer.Option(help="Join this Ray cluster (e.g. auto).")] = None,
+    cpus_per_worker: Annotated[float | None, typer.Option(help="Override run.cpus_per_worker.")] = None,
+    gpus_per_worker: Annotated[float | None, typer.Option(help="Override run.gpus_per_worker.")] = None,
 ) -> None:
-    """Run (or resume) the whole pipeline described by a YAML config."""
+    """Run (or resume) the whole pipeline described by a YAML config.
+
+    Execution overrides never change the config fingerprint: a run started locally resumes on Ray."""
     try:
         cfg = PipelineConfig.from_yaml(config)
+        overrides = {"executor": executor, "workers": workers, "ray_address": ray_address,
+                     "cpus_per_worker": cpus_per_worker, "gpus_per_worker": gpus_per_worker}
+        run_section = cfg.run.model_dump() | {k: v for k, v in overrides.items() if v is not None}
+        cfg.run = type(cfg.run).model_validate(run_section)
     except ValueError as err:
         raise _fail(str(err)) from err
     if out is not None:
@@ -316,6 +327,54 @@ def summary(run_dir: Annotated[Path, typer.Argument(help="A run folder holding s
     if not path.is_file():
         raise _fail(f"no summary.json in {run_dir}")
     print_summary(json.loads(path.read_text()), console)
+
+
+# -- report and push -----------------------------------------------------------------------------------
+
+LicenseOpt = Annotated[str | None, typer.Option(
+    help="License id for the dataset card (default: cc-by-sa-4.0 for the packaged Wikipedia documents, else other).")]
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (finished or not).")],
+    out: Annotated[Path | None, typer.Option(help="Folder for report.html and README.md [default: RUN_DIR/report].")]
+    = None,
+    license: LicenseOpt = None,
+) -> None:
+    """Write a run's HTML report (funnel, scores, coverage, templates, throughput, samples) and dataset card."""
+    from fineinstructions.reporting import ReportError, write_report
+
+    try:
+        html_path, card_path = write_report(run_dir, out, license=license)
+    except ReportError as err:
+        raise _fail(str(err)) from err
+    console.print(f"report: {html_path}\ndataset card: {card_path}")
+
+
+@app.command()
+def push(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")],
+    repo_id: Annotated[str, typer.Argument(help="Hub dataset repository, e.g. user/my-fineinstructions.")],
+    private: Annotated[bool, typer.Option(help="Create the repository private.")] = False,
+    token: Annotated[str | None, typer.Option(envvar="HF_TOKEN", show_envvar=True,
+                                              help="Hub token (else the cached login).")] = None,
+    to_dir: Annotated[Path | None, typer.Option(help="Write the folder that would be uploaded here instead.")] = None,
+    license: LicenseOpt = None,
+    allow_unfinished: Annotated[bool, typer.Option(help="Publish a run that has not finished.")] = False,
+) -> None:
+    """Upload the dataset's Parquet parts and its card to the Hugging Face Hub (or stage them with --to-dir)."""
+    from fineinstructions.reporting import ReportError, push_to_hub, stage_dataset
+
+    try:
+        if to_dir is not None:
+            folder = stage_dataset(run_dir, to_dir, repo_id, license, allow_unfinished)
+            console.print(f"staged {len(list((folder / 'data').glob('*.parquet')))} parts and README.md in {folder}")
+            return
+        url = push_to_hub(run_dir, repo_id, private, token, license, allow_unfinished)
+    except (ReportError, OSError) as err:  # the Hub's HTTP and offline errors are OSErrors
+        raise _fail(str(err)) from err
+    console.print(f"pushed to {url}")
 
 
 # -- models and sources --------------------------------------------------------------------------------
