@@ -99,13 +99,20 @@ class Pipeline:
         self.fingerprint = config.fingerprint()
         self.backends = BackendPool()  # gets the run's request cache once the folder is claimed
 
-    def _claim_folder(self) -> None:
+    def _check_folder(self) -> bool:
+        """Whether the folder holds another config's run (refused unless forced: ConfigChanged)."""
         marker = self.root / "fingerprint"
         if marker.is_file() and marker.read_text().strip() != self.fingerprint:
             if not self.force:
                 raise ConfigChanged(
                     f"{self.root} holds a run with config fingerprint {marker.read_text().strip()}, "
                     f"this config is {self.fingerprint}: use another output folder, or --force to start over")
+            return True
+        return False
+
+    def _claim_folder(self) -> None:
+        """Write the config and fingerprint (once the inputs opened), clearing another config's outputs."""
+        if self._check_folder():
             shutil.rmtree(self.work, ignore_errors=True)
             shutil.rmtree(self.dataset_dir, ignore_errors=True)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -113,14 +120,14 @@ class Pipeline:
         if removed:
             log.info("removed %d temporary files left by a killed run", removed)
         write_text_atomic(self.root / "config.yaml", self.config.to_yaml())
-        write_text_atomic(marker, self.fingerprint + "\n")
+        write_text_atomic(self.root / "fingerprint", self.fingerprint + "\n")
         if self.config.run.request_cache and self.backends.cache is None:
             self.backends.cache = RequestCache(request_cache_path(self.root))
 
     def run(self) -> dict[str, Any]:
         """Run (or resume) every stage; return the summary, also written to summary.json."""
         started = time.perf_counter()
-        self._claim_folder()
+        self._check_folder()
         cfg = self.config
         read_stats = {"queries": ReadStats(), "documents": ReadStats(), "templates": ReadStats()}
         if cfg.templates is not None:
@@ -132,6 +139,7 @@ class Pipeline:
         else:
             queries = load_queries(cfg.queries, read_stats["queries"])
             documents = load_documents(cfg.documents, read_stats["documents"])
+        self._claim_folder()  # after the inputs opened: a bad path leaves no run folder behind
         self.console.log(f"{len(queries)} queries and {_count(documents)} documents -> {self.root}")
         try:
             with make_executor(cfg, self.work, self.console, self.show_progress, self.backends) as ex:

@@ -78,6 +78,9 @@ def build_summary(config: PipelineConfig, fingerprint: str, stage_stats: dict[st
         },
         "inputs": inputs | {
             f"{name}_read_skips": dict(stats.skipped) for name, stats in read_stats.items() if stats.skipped
+        } | {
+            f"{name}_ignored_files": dict(stats.ignored_files) for name, stats in read_stats.items()
+            if stats.ignored_files
         },
         "index": {"templates": index.ntotal, "duplicates_removed": index.duplicates_removed, "kind": index.spec}
         if index is not None else None,

@@ -1,19 +1,38 @@
-"""Read rows from JSONL, Parquet, folders of text files and Hugging Face datasets, and map them to records.
+"""Read rows from JSONL, JSON, Parquet, folders of mixed files and Hugging Face datasets, and map them to records.
 
-Every reader yields plain dicts and counts what it could not read (with a logged reason) instead of
-failing the run; an input that cannot be opened at all raises `InputError` with a clear message.
+Bad input gets a clear error and loses nothing else:
+
+- an input that cannot be read at all (missing, unreadable, empty, unknown format, corrupt, wrongly compressed)
+  raises `InputError` when `read_rows` is called, before a single row is read;
+- a malformed row is skipped and counted under a named reason in `ReadStats.skipped` (and logged), and the
+  rows around it are kept in order;
+- inside a folder, a file that cannot be read is skipped and counted (`unreadable_file`), and a file that is
+  not input (hidden, zero bytes, another format) is counted in `ReadStats.ignored_files`. Hidden files include
+  the temporary files of an interrupted atomic write, so a half-written file is never read as input.
+
+`tests/io/test_malformed_inputs.py` lists every kind of malformed input and its handling.
 """
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import hashlib
+import io
 import json
 import logging
+import lzma
+import math
+import os
+import re
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fineinstructions.records import Document, Query, Template
@@ -21,144 +40,436 @@ from fineinstructions.records import Document, Query, Template
 log = logging.getLogger(__name__)
 
 TEXT_SUFFIXES = {".txt", ".md", ".text", ".rst", ".html", ".htm"}
-MAX_TEXT_FILE_BYTES = 50 * 1024 * 1024
+JSONL_SUFFIXES = {".jsonl", ".ndjson"}
+COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd"}  # for .jsonl and .json files
+MAX_TEXT_FILE_BYTES = 50 * 1024 * 1024  # a larger text file is skipped (file_too_large)
+MAX_LINE_BYTES = 50 * 1024 * 1024  # a longer JSONL line is skipped without being held in memory (line_too_long)
+MAX_JSON_FILE_BYTES = 1024 * 1024 * 1024  # a .json file is parsed whole: larger ones must be JSONL
+LOGGED_PER_REASON = 5  # skips logged at WARNING per reason; the rest at DEBUG (the counts stay exact)
+
+_MAGIC = {"gzip": b"\x1f\x8b", "bz2": b"BZh", "xz": b"\xfd7zXZ\x00", "zstd": b"\x28\xb5\x2f\xfd"}
+_UTF8_BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # a JSON escape that may decode to a lone surrogate
+_DECOMPRESSION_ERRORS = (EOFError, OSError, zlib.error, lzma.LZMAError, pa.ArrowException)
+_HF_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+SUPPORTED = ".jsonl/.ndjson, .json (optionally .gz/.bz2/.xz/.zst), .parquet, text files (.txt, .md, ...), " \
+            "a folder of these, or hf:NAME"
 
 
 class InputError(ValueError):
-    """An input that cannot be read at all (missing, unreadable, unknown format)."""
+    """An input that cannot be read at all (missing, unreadable, empty, unknown format, corrupt)."""
 
 
 @dataclass
 class ReadStats:
+    """What a read produced: rows read, rows skipped by reason, and folder files that were not input."""
+
     rows: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
+    ignored_files: Counter[str] = field(default_factory=Counter)
 
-    def skip(self, reason: str, where: str) -> None:
-        self.skipped[reason] += 1
-        log.warning("skipped %s: %s", where, reason)
+    def skip(self, reason: str, where: str, count: int = 1) -> None:
+        """Count `count` rows lost for `reason`; log the first few of each reason at WARNING."""
+        before = self.skipped[reason]
+        self.skipped[reason] += count
+        if before < LOGGED_PER_REASON:
+            log.warning("skipped %s: %s%s", where, reason, f" ({count} rows)" if count != 1 else "")
+            if before + 1 == LOGGED_PER_REASON:
+                log.warning("further %s skips are logged at DEBUG level (all are counted)", reason)
+        else:
+            log.debug("skipped %s: %s", where, reason)
+
+    def ignore(self, reason: str, where: str) -> None:
+        """Count a file of a folder that is not input (hidden, zero bytes, another format)."""
+        self.ignored_files[reason] += 1
+        log.info("ignored %s: %s", where, reason)
 
 
 def read_rows(source: str, split: str = "train", stats: ReadStats | None = None,
               hf_config: str | None = None) -> Iterator[dict[str, Any]]:
-    """Rows of `source`: a .jsonl/.json file, a .parquet file or folder, a folder of text files,
-    or `hf:NAME` (a Hugging Face dataset by name or local path, streamed)."""
+    """Rows of `source`: a .jsonl/.json file (optionally compressed), a .parquet file, a text file, a folder of
+    these, or `hf:NAME` (a Hugging Face dataset by name or local path, streamed).
+
+    Raises `InputError` at once (not when the rows are first pulled) when the input cannot be read at all.
+    """
     stats = stats if stats is not None else ReadStats()
     if source.startswith("hf:"):
-        yield from _read_hf(source[3:], split, hf_config, stats)
-        return
+        return _read_hf(source[3:], split, hf_config, stats)
     path = Path(source).expanduser()
     if not path.exists():
-        raise InputError(f"input not found: {path} (for a Hugging Face dataset use hf:NAME)")
+        hint = " (for a Hugging Face dataset use hf:NAME)" if not source.startswith(("/", ".", "~")) else ""
+        raise InputError(f"input not found: {path}{hint}")
     if path.is_dir():
-        # A stage's output folder keeps its dropped rows under rejects/: they are not input.
-        parquet_files = sorted(p for p in path.rglob("*.parquet") if "rejects" not in p.relative_to(path).parts)
-        if parquet_files:
-            for file in parquet_files:
-                yield from _read_parquet(file, stats)
-        else:
-            yield from _read_text_folder(path, stats)
-    elif path.suffix in (".jsonl", ".ndjson") or path.name.endswith(".jsonl.gz"):
-        yield from _read_jsonl(path, stats)
-    elif path.suffix == ".json":
-        yield from _read_json(path, stats)
-    elif path.suffix == ".parquet":
-        yield from _read_parquet(path, stats)
-    elif path.suffix in TEXT_SUFFIXES:
-        yield from _read_text_files([path], path.parent, stats)
-    else:
-        raise InputError(f"unknown input format for {path}: use .jsonl, .json, .parquet, a folder, or hf:NAME")
+        files = _folder_files(path, stats)
+        if not files:
+            ignored = f"; ignored: {dict(stats.ignored_files)}" if stats.ignored_files else ""
+            raise InputError(f"{path} holds no input files ({SUPPORTED}){ignored}")
+        return _folder_rows(path, files, stats)
+    return _open_file(path, path.name, stats)
 
 
-def _read_jsonl(path: Path, stats: ReadStats) -> Iterator[dict[str, Any]]:
-    import gzip
+# -- files ----------------------------------------------------------------------------------------------
 
-    opener = gzip.open if path.name.endswith(".gz") else open
+
+def _file_kind(path: Path) -> tuple[str | None, str | None]:
+    """(format, compression) from a file's name; format is jsonl, json, parquet, text, or None (not input)."""
+    suffix = path.suffix.lower()
+    compression = COMPRESSIONS.get(suffix)
+    if compression:
+        suffix = Path(path.stem).suffix.lower()
+    if suffix in JSONL_SUFFIXES:
+        return "jsonl", compression
+    if suffix == ".json":
+        return "json", compression
+    if compression is None and suffix == ".parquet":
+        return "parquet", None
+    if compression is None and suffix in TEXT_SUFFIXES:
+        return "text", None
+    return None, compression
+
+
+def _open_file(path: Path, name: str, stats: ReadStats) -> Iterator[dict[str, Any]]:
+    """Check a file can be read (raising InputError if not) and return an iterator over its rows."""
+    fmt, compression = _file_kind(path)
+    if fmt is None:
+        raise InputError(f"unknown input format for {path}: use {SUPPORTED}")
     try:
-        handle = opener(path, "rt", encoding="utf-8", errors="replace")
+        with path.open("rb") as handle:
+            head = handle.read(8)
     except OSError as err:
-        raise InputError(f"cannot open {path}: {err}") from err
+        raise InputError(f"cannot read {path}: {err.strerror or err}") from err
+    if not head:
+        raise InputError(f"{path} is empty (0 bytes)")
+    if compression and not head.startswith(_MAGIC[compression]):
+        raise InputError(f"{path} is named {path.suffix} but is not {compression}-compressed")
+    if fmt == "parquet":
+        try:
+            parquet = pq.ParquetFile(path)
+        except Exception as err:  # pyarrow raises several types for truncated or foreign files
+            raise InputError(f"cannot read {path} as Parquet (truncated or not Parquet): {err}") from err
+        return _parquet_rows(parquet, name, stats)
+    if not compression and head.startswith(_UTF16_BOMS):
+        raise InputError(f"{path} is UTF-16 encoded: save it as UTF-8")
+    if fmt == "text":
+        return _text_file_rows(path, name, stats)
+    if fmt == "json":
+        return _json_rows(path, name, compression, stats)
+    return _jsonl_rows(_open_binary(path, compression), name, stats)
+
+
+def _open_binary(path: Path, compression: str | None) -> IO[bytes]:
+    if compression == "gzip":
+        return gzip.open(path, "rb")
+    if compression == "bz2":
+        return bz2.open(path, "rb")
+    if compression == "xz":
+        return lzma.open(path, "rb")
+    if compression == "zstd":
+        return io.BufferedReader(pa.input_stream(str(path), compression="zstd"))  # type: ignore[arg-type]
+    return path.open("rb")
+
+
+def _jsonl_rows(handle: IO[bytes], name: str, stats: ReadStats) -> Iterator[dict[str, Any]]:
+    """One object per line; bad lines are counted, overlong lines are skipped without being held whole."""
     with handle:
-        for lineno, line in enumerate(handle, 1):
-            if not line.strip():
+        lineno = 0
+        while True:
+            try:
+                line = handle.readline(MAX_LINE_BYTES + 2)
+                lineno += 1
+                if len(line.rstrip(b"\r\n")) > MAX_LINE_BYTES:
+                    size = len(line)
+                    while line and not line.endswith(b"\n"):
+                        line = handle.readline(1 << 20)
+                        size += len(line)
+                    stats.skip("line_too_long", f"{name}:{lineno} ({size:,} bytes > {MAX_LINE_BYTES:,})")
+                    continue
+            except _DECOMPRESSION_ERRORS as err:
+                stats.skip("truncated_compressed_file", f"{name} after line {lineno} ({err})")
+                return
+            if not line:
+                return
+            row = _parse_line(line, f"{name}:{lineno}", stats)
+            if row is not None:
+                stats.rows += 1
+                yield row
+
+
+def _parse_line(line: bytes, where: str, stats: ReadStats) -> dict[str, Any] | None:
+    """The object on one JSONL line, or None (blank lines silently, bad lines counted)."""
+    if line.startswith(_UTF8_BOM):  # the first line of a file saved with a BOM, or of files concatenated
+        line = line[len(_UTF8_BOM):]
+    if not line.strip():
+        return None
+    if b"\x00" in line:
+        stats.skip("nul_bytes", where)
+        return None
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as err:
+        stats.skip("not_utf8", f"{where} (byte {err.start})")
+        return None
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as err:
+        # Only the last line of a file can lack its newline: one that does not parse was cut off.
+        reason = "malformed_json" if line.endswith(b"\n") else "truncated_last_line"
+        stats.skip(reason, f"{where} ({err.msg}, column {err.colno})")
+        return None
+    if not isinstance(row, dict):
+        stats.skip("not_an_object", f"{where} ({_json_kind(row)})")
+        return None
+    if _SURROGATE_ESCAPE.search(line) and _bad_unicode(row):
+        stats.skip("lone_surrogate", where)
+        return None
+    return row
+
+
+def _json_rows(path: Path, name: str, compression: str | None, stats: ReadStats) -> Iterator[dict[str, Any]]:
+    """A JSON list of objects (or an object with a 'data'/'rows' list), parsed now so errors raise at once.
+
+    A truncated list yields its complete objects and counts `truncated_json` once; JSON Lines in a .json file
+    are read as JSON Lines.
+    """
+    if compression is None and path.stat().st_size > MAX_JSON_FILE_BYTES:
+        raise InputError(f"{path} is larger than {MAX_JSON_FILE_BYTES:,} bytes: a .json file is parsed whole, "
+                         f"convert it to JSON Lines (.jsonl)")
+    try:
+        with _open_binary(path, compression) as handle:
+            raw = handle.read(MAX_JSON_FILE_BYTES + 1)
+    except _DECOMPRESSION_ERRORS as err:
+        raise InputError(f"cannot decompress {path}: {err}") from err
+    if len(raw) > MAX_JSON_FILE_BYTES:
+        raise InputError(f"{path} holds more than {MAX_JSON_FILE_BYTES:,} bytes of JSON: convert it to .jsonl")
+    raw = raw.removeprefix(_UTF8_BOM)
+    bad_bytes = False
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        bad_bytes = True  # keep the file: only the rows holding the bad bytes are skipped (not_utf8)
+        text = raw.decode("utf-8", "surrogateescape")
+    check_unicode = bad_bytes or bool(_SURROGATE_ESCAPE.search(raw))
+    if not text.strip():
+        raise InputError(f"{path} holds no JSON (only whitespace)")
+    truncated = False
+    try:
+        value: Any = json.loads(text)
+    except json.JSONDecodeError as err:
+        start = text.lstrip()[:1]
+        if start == "[" and not text.rstrip().endswith("]"):
+            value, truncated = _json_array_prefix(text), True
+        elif start == "{" and err.msg == "Extra data":
+            log.warning("%s holds JSON Lines, not one JSON value: reading it line by line", path)
+            return _jsonl_rows(io.BytesIO(raw), name, stats)
+        else:
+            raise InputError(f"cannot parse {path} as JSON: {err.msg} at line {err.lineno}, "
+                             f"column {err.colno}") from err
+    rows = value.get("data", value.get("rows")) if isinstance(value, dict) else value
+    if not isinstance(rows, list):
+        found = f"an object with keys {sorted(value)[:8]}" if isinstance(value, dict) else _json_kind(value)
+        raise InputError(f"{path}: expected a JSON list of objects (or an object with a 'data' or 'rows' list), "
+                         f"found {found}")
+    return _json_list_rows(rows, name, stats, truncated, check_unicode, bad_bytes)
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list",
+            dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def _json_list_rows(rows: list[Any], name: str, stats: ReadStats, truncated: bool, check_unicode: bool,
+                    bad_bytes: bool) -> Iterator[dict[str, Any]]:
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            stats.skip("not_an_object", f"{name}[{i}] ({_json_kind(row)})")
+        elif check_unicode and _bad_unicode(row):
+            stats.skip("not_utf8" if bad_bytes else "lone_surrogate", f"{name}[{i}]")
+        else:
+            stats.rows += 1
+            yield row
+    if truncated:
+        stats.skip("truncated_json", f"{name} (cut off after {len(rows)} complete values)")
+
+
+def _json_array_prefix(text: str) -> list[Any]:
+    """The complete values of a JSON array whose text was cut off."""
+    decoder = json.JSONDecoder()
+    values: list[Any] = []
+    pos, n = text.index("[") + 1, len(text)
+    while True:
+        while pos < n and text[pos] in " \t\r\n,":
+            pos += 1
+        if pos >= n:
+            return values
+        try:
+            value, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            return values
+        values.append(value)
+
+
+def _parquet_rows(parquet: pq.ParquetFile, name: str, stats: ReadStats) -> Iterator[dict[str, Any]]:
+    """Rows of a Parquet file, row group by row group; a damaged row group is counted row by row and skipped."""
+    for group in range(parquet.num_row_groups):
+        expected, done = parquet.metadata.row_group(group).num_rows, 0
+        try:
+            for batch in parquet.iter_batches(batch_size=1024, row_groups=[group]):
+                for row in batch.to_pylist():
+                    done += 1
+                    stats.rows += 1
+                    yield row
+        except (OSError, pa.ArrowException) as err:
+            stats.skip("corrupt_row_group", f"{name} row group {group} ({err})", count=expected - done)
+
+
+def _text_file_rows(path: Path, rel: str, stats: ReadStats) -> Iterator[dict[str, Any]]:
+    """One row for one text file (id: its path in the folder); binary, non-UTF-8 and huge files are counted."""
+    if path.stat().st_size > MAX_TEXT_FILE_BYTES:
+        stats.skip("file_too_large", rel)
+        return
+    raw = path.read_bytes()
+    if b"\x00" in raw[:4096]:
+        stats.skip("binary_file", rel)
+        return
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        stats.skip("not_utf8", rel)
+        return
+    stats.rows += 1
+    yield {"id": rel, "text": text.replace("\r\n", "\n").replace("\r", "\n"), "title": path.stem}
+
+
+# -- folders ---------------------------------------------------------------------------------------------
+
+
+def _folder_files(root: Path, stats: ReadStats) -> list[Path]:
+    """Input files under `root` in path order. Hidden, empty and foreign files are counted as ignored; the
+    `rejects/` folders of stage outputs (and `stats/` beside `shard-N.parquet` files) are not input.
+
+    A folder of text files is a corpus (one document a file); beside data files (.jsonl, .json, .parquet) text
+    files are a README and the like, so they are counted as ignored (`text_beside_data`), not read.
+    """
+    files: list[Path] = []
+    seen: set[tuple[int, int]] = set()  # folders already walked: symlink loops end here
+
+    def walk(folder: Path, top: bool) -> None:
+        try:
+            st = folder.stat()
+            if (st.st_dev, st.st_ino) in seen:
+                return
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as err:
+            if top:
+                raise InputError(f"cannot read folder {folder}: {err.strerror or err}") from err
+            stats.skip("unreadable_folder", f"{folder} ({err.strerror or err})")
+            return
+        stage_output = any(e.name.startswith("shard-") and e.name.endswith(".parquet") for e in entries)
+        for entry in entries:
+            path = Path(entry.path)
+            rel = path.relative_to(root).as_posix()
+            if entry.name.startswith("."):
+                stats.ignore("hidden", rel)
+                continue
+            if _is_dir(entry):
+                if entry.name == "rejects":
+                    stats.ignore("stage_rejects", rel)  # a stage's dropped rows, not input
+                elif stage_output and entry.name == "stats":
+                    stats.ignore("stage_stats", rel)
+                else:
+                    walk(path, False)
+                continue
+            if _file_kind(path)[0] is None:
+                stats.ignore("unsupported_format", rel)
                 continue
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                stats.skip("malformed_json", f"{path}:{lineno} ({err.msg})")
+                size = entry.stat().st_size
+            except OSError as err:  # e.g. a dangling symlink
+                stats.skip("unreadable_file", f"{rel} ({err.strerror or err})")
                 continue
-            if not isinstance(row, dict):
-                stats.skip("not_an_object", f"{path}:{lineno}")
-                continue
-            stats.rows += 1
-            yield row
+            if size == 0:
+                stats.ignore("empty_file", rel)
+            else:
+                files.append(path)
+
+    walk(root, True)
+    if any(_file_kind(f)[0] != "text" for f in files):
+        for text_file in (f for f in files if _file_kind(f)[0] == "text"):
+            stats.ignore("text_beside_data", text_file.relative_to(root).as_posix())
+        files = [f for f in files if _file_kind(f)[0] != "text"]
+    return files
 
 
-def _read_json(path: Path, stats: ReadStats) -> Iterator[dict[str, Any]]:
+def _is_dir(entry: os.DirEntry[str]) -> bool:
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"cannot read {path} as JSON: {err}") from err
-    rows = value
-    if isinstance(value, dict):
-        rows = value.get("data", value.get("rows"))
-    if not isinstance(rows, list):
-        raise InputError(f"{path}: expected a JSON list of objects (or an object with a 'data' list)")
-    for i, row in enumerate(rows):
-        if isinstance(row, dict):
-            stats.rows += 1
-            yield row
-        else:
-            stats.skip("not_an_object", f"{path}[{i}]")
+        return entry.is_dir()  # follows symlinks; a loop is caught by the walk
+    except OSError:
+        return False
 
 
-def _read_parquet(path: Path, stats: ReadStats) -> Iterator[dict[str, Any]]:
-    try:
-        parquet = pq.ParquetFile(path)
-    except Exception as err:  # pyarrow raises several types for corrupt files
-        raise InputError(f"cannot read {path} as Parquet: {err}") from err
-    for batch in parquet.iter_batches(batch_size=1024):
-        for row in batch.to_pylist():
-            stats.rows += 1
-            yield row
-
-
-def _read_text_folder(path: Path, stats: ReadStats) -> Iterator[dict[str, Any]]:
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
-    if not files:
-        raise InputError(f"{path} holds no .parquet files and no text files ({', '.join(sorted(TEXT_SUFFIXES))})")
-    yield from _read_text_files(files, path, stats)
-
-
-def _read_text_files(files: Iterable[Path], root: Path, stats: ReadStats) -> Iterator[dict[str, Any]]:
-    for file in files:
-        rel = file.relative_to(root).as_posix()
-        if file.stat().st_size > MAX_TEXT_FILE_BYTES:
-            stats.skip("file_too_large", rel)
-            continue
-        raw = file.read_bytes()
-        if b"\x00" in raw[:4096]:
-            stats.skip("binary_file", rel)
-            continue
+def _folder_rows(root: Path, files: list[Path], stats: ReadStats) -> Iterator[dict[str, Any]]:
+    """Rows of every file in turn; a file that cannot be read is counted (unreadable_file) and skipped."""
+    for path in files:
+        rel = path.relative_to(root).as_posix()
         try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            stats.skip("not_utf8", rel)
-            continue
-        stats.rows += 1
-        yield {"id": rel, "text": text, "title": file.stem}
+            yield from _open_file(path, rel, stats)
+        except (InputError, OSError) as err:
+            stats.skip("unreadable_file", str(err) if isinstance(err, InputError) else f"{rel} ({err})")
+
+
+# -- Hugging Face ----------------------------------------------------------------------------------------
+
+
+def hf_name_error(name: str, check_path: bool = True) -> str | None:
+    """Why `name` (after `hf:`) cannot name a Hugging Face dataset, or None.
+
+    A name is `owner/name` (or `name`) on the Hub, or a local folder path (with `check_path`, it must exist).
+    """
+    if not name.strip():
+        return "hf: needs a dataset name, e.g. hf:HuggingFaceFW/fineweb or hf:/path/to/dataset_folder"
+    path_like = name.startswith(("/", ".", "~")) or name.count("/") >= 2
+    if not path_like and _HF_NAME.fullmatch(name):
+        return None
+    if path_like and not check_path:
+        return None
+    if path_like and Path(name).expanduser().exists():
+        return None
+    if path_like:
+        return f"no local Hugging Face dataset folder {name} (hf:NAME takes a Hub name owner/name or a folder)"
+    return f"{name!r} is not a Hugging Face dataset name (owner/name: letters, digits, '-', '_', '.')"
 
 
 def _read_hf(name: str, split: str, config: str | None, stats: ReadStats) -> Iterator[dict[str, Any]]:
     """Stream a Hugging Face dataset by hub name (online) or local path (offline)."""
+    error = hf_name_error(name)
+    if error:
+        raise InputError(error)
     import datasets
 
     try:
         dataset = datasets.load_dataset(name, config, split=split, streaming=True)
     except Exception as err:  # datasets raises many types (missing, offline, bad config)
         raise InputError(f"cannot load Hugging Face dataset {name!r} (split {split!r}): {err}") from err
-    for row in dataset:
-        stats.rows += 1
-        yield dict(row)
+    return _hf_rows(dataset, name, stats)
+
+
+def _hf_rows(dataset: Iterable[dict[str, Any]], name: str, stats: ReadStats) -> Iterator[dict[str, Any]]:
+    read = 0
+    try:
+        for row in dataset:
+            read += 1
+            stats.rows += 1
+            yield dict(row)
+    except Exception as err:  # a remote shard that breaks mid-stream: a clear error, not a library trace
+        raise InputError(f"reading Hugging Face dataset {name!r} failed after {read} rows: {err}") from err
+
+
+# -- rows to records -------------------------------------------------------------------------------------
 
 
 def _field(row: dict[str, Any], name: str) -> Any:
@@ -169,6 +480,30 @@ def _field(row: dict[str, Any], name: str) -> Any:
             return None
         value = value[part]
     return value
+
+
+def _bad_unicode(value: Any) -> bool:
+    """True when a string anywhere in `value` cannot be written as UTF-8 (a lone surrogate)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_bad_unicode(k) or _bad_unicode(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_bad_unicode(v) for v in value)
+    return False
+
+
+def _string_problem(text: str) -> str | None:
+    """Why a string cannot go into a record (NUL characters, lone surrogates), or None."""
+    if "\x00" in text:
+        return "nul_in_text"
+    if _bad_unicode(text):
+        return "lone_surrogate"
+    return None
 
 
 def first_user_turn(messages: Any) -> str | None:
@@ -185,35 +520,100 @@ def first_user_turn(messages: Any) -> str | None:
     return None
 
 
+def _text_of(row: dict[str, Any], text_field: str) -> tuple[str | None, str | None]:
+    """(text, None) or (None, skip reason) for a row's text field; a chat yields its first user turn."""
+    value = _field(row, text_field)
+    if isinstance(value, list):
+        if not any(isinstance(m, dict) for m in value):
+            return None, f"ill_typed_{text_field}"
+        value = first_user_turn(value)
+        if value is None:
+            return None, "no_user_turn"
+    if value is None:
+        return None, f"missing_{text_field}"
+    if not isinstance(value, str):
+        return None, f"ill_typed_{text_field}"
+    problem = _string_problem(value)
+    return (None, problem) if problem else (value, None)
+
+
+def _record_id(raw: Any) -> str | None:
+    """A row's id as text, or None when it cannot be one (bool, container, NaN, empty or broken string)."""
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int):
+        return str(raw)
+    if isinstance(raw, float):  # ints stored as floats (e.g. a column with nulls) keep their int form
+        return (str(int(raw)) if raw.is_integer() else str(raw)) if math.isfinite(raw) else None
+    if isinstance(raw, str) and raw.strip() and _string_problem(raw) is None:
+        return raw
+    return None
+
+
+class _SeenIds:
+    """Ids seen so far, kept as 8-byte digests (about 60 bytes a row in memory)."""
+
+    def __init__(self) -> None:
+        self._seen: set[int] = set()
+
+    def add(self, key: str) -> bool:
+        """Remember `key`; False when it was seen before."""
+        digest = int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
+        if digest in self._seen:
+            return False
+        self._seen.add(digest)
+        return True
+
+
+def _fields_hint(row: dict[str, Any]) -> str:
+    return f" (fields: {', '.join(sorted(map(str, row))[:8]) or 'none'})"
+
+
 def rows_to_records(rows: Iterable[dict[str, Any]], kind: type[Query] | type[Document], text_field: str = "text",
                     id_field: str | None = None, title_field: str | None = None, source: str = "",
                     stats: ReadStats | None = None, limit: int | None = None) -> Iterator[Query | Document]:
-    """Map rows to Query or Document records; rows with a missing or ill-typed field are counted and skipped.
+    """Map rows to Query or Document records; bad rows are counted under a reason and skipped.
 
-    A text field that holds a chat (a list of messages) yields its first user turn.
+    Reasons: `missing_<text_field>` (absent or null), `ill_typed_<text_field>`, `no_user_turn` (a chat without
+    one), `nul_in_text`, `lone_surrogate`, `invalid_id` (bool, container, NaN, empty), `duplicate_id`. A text
+    field that holds a chat (a list of messages) yields its first user turn. Empty or overlong texts are kept:
+    the stages drop them with their own reasons (e.g. match's `empty_document`, `document_too_long`).
     """
     stats = stats if stats is not None else ReadStats()
+    if limit is not None and limit <= 0:
+        return
+    seen = _SeenIds()
     made = 0
     for i, row in enumerate(rows):
-        if limit is not None and made >= limit:
-            return
-        text = _field(row, text_field)
-        if isinstance(text, list):
-            text = first_user_turn(text)
-        if text is None:
-            stats.skip(f"missing_{text_field}", f"row {i}")
-            continue
-        if not isinstance(text, str):
-            stats.skip(f"ill_typed_{text_field}", f"row {i}")
+        text, reason = _text_of(row, text_field)
+        if reason:
+            stats.skip(reason, f"row {i}{_fields_hint(row) if reason.startswith('missing_') else ''}")
             continue
         raw_id = _field(row, id_field) if id_field else row.get("id", row.get("document_id", row.get("query_id")))
-        record_id = str(raw_id) if raw_id is not None else f"{source or 'row'}-{i}"
+        record_id = _record_id(raw_id) if raw_id is not None else f"{source or 'row'}-{i}"
+        if record_id is None:
+            stats.skip("invalid_id", f"row {i} (id {str(raw_id)[:40]!r} of type {type(raw_id).__name__})")
+            continue
+        if not seen.add(record_id):
+            stats.skip("duplicate_id", f"row {i} (id {record_id[:80]!r})")
+            continue
         if kind is Query:
-            yield Query(query_id=record_id, text=text, source=source)
+            yield Query(query_id=record_id, text=text, source=source)  # type: ignore[arg-type]
         else:
             title = _field(row, title_field) if title_field else row.get("title", "")
-            yield Document(document_id=record_id, text=text, title=str(title or ""), source=source)
+            yield Document(document_id=record_id, text=text, title=_title(title), source=source)  # type: ignore[arg-type]
         made += 1
+        if limit is not None and made >= limit:
+            return
+
+
+def _title(raw: Any) -> str:
+    """A title as text; an unusable one (container, broken string) becomes empty, it is optional."""
+    if isinstance(raw, str):
+        return raw if _string_problem(raw) is None else ""
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        return str(raw)
+    return ""
 
 
 TEMPLATE_ALIASES = {
@@ -228,30 +628,48 @@ TEMPLATE_ALIASES = {
 
 def rows_to_templates(rows: Iterable[dict[str, Any]], stats: ReadStats | None = None,
                       limit: int | None = None) -> Iterator[Template]:
-    """Templates from our own rows or rows in the released FineTemplates schema (column aliases accepted);
-    rows whose template breaks the `<fi>` contract are counted and skipped."""
+    """Templates from our own rows or rows in the released FineTemplates schema (column aliases accepted).
+
+    Reasons: `missing_template_fields`, `invalid_template_<why>` (the `<fi>` contract of
+    `contracts.templates.template_error`, plus `empty_description`), `nul_in_text`, `lone_surrogate`,
+    `invalid_template_id`, `duplicate_template_id` (for ids given in the rows).
+    """
     from fineinstructions.contracts.templates import template_error, template_variables
     from fineinstructions.stages.templatize import template_id
 
     stats = stats if stats is not None else ReadStats()
+    if limit is not None and limit <= 0:
+        return
+    seen = _SeenIds()
     made = 0
     for i, row in enumerate(rows):
-        if limit is not None and made >= limit:
-            return
         values = {name: next((row[a] for a in aliases if isinstance(row.get(a), str | int)), None)
                   for name, aliases in TEMPLATE_ALIASES.items()}
         text, description = values["template"], values["compatible_document_description"]
         if not isinstance(text, str) or not isinstance(description, str):
-            stats.skip("missing_template_fields", f"row {i}")
+            stats.skip("missing_template_fields", f"row {i}{_fields_hint(row)}")
             continue
-        error = template_error(text)
-        if error:
-            stats.skip(f"invalid_template_{error}", f"row {i}")
-            continue
-        yield Template(
-            template_id=str(values["template_id"]) if values["template_id"] is not None else template_id(text),
-            template=text, compatible_document_description=description, variables=template_variables(text),
-            query=str(values["query"] or ""), source=str(values["source"] or ""),
-            popularity=int(row["popularity"]) if isinstance(row.get("popularity"), int) else 1,
-        )
-        made += 1
+        problem = next((p for v in values.values() if isinstance(v, str) and (p := _string_problem(v))), None)
+        error = template_error(text) or (None if description.strip() else "empty_description")
+        raw_id = values["template_id"]
+        given_id = _record_id(raw_id) if raw_id is not None else None
+        if problem:
+            stats.skip(problem, f"row {i}")
+        elif error:
+            stats.skip(f"invalid_template_{error}", f"row {i} ({text[:80]!r})")
+        elif raw_id is not None and given_id is None:
+            stats.skip("invalid_template_id", f"row {i} (id {str(raw_id)[:40]!r})")
+        elif given_id is not None and not seen.add(given_id):
+            stats.skip("duplicate_template_id", f"row {i} (id {given_id[:80]!r})")
+        else:
+            popularity = row.get("popularity")
+            yield Template(
+                template_id=given_id if given_id is not None else template_id(text),
+                template=text, compatible_document_description=description, variables=template_variables(text),
+                query=str(values["query"] or ""), source=str(values["source"] or ""),
+                popularity=popularity if isinstance(popularity, int) and not isinstance(popularity, bool)
+                and popularity >= 1 else 1,
+            )
+            made += 1
+            if limit is not None and made >= limit:
+                return
