@@ -233,7 +233,8 @@ class Pipeline:
         """Match, instantiate, judge and filter the documents, shard by shard; return how many were read.
 
         Documents stream in windows of `run.shards_in_flight` shards, so memory holds one window. Within
-        a window, match runs shard by shard (the corpus-wide template cap depends on earlier shards), the
+        a window, match runs shard by shard (the corpus-wide template cap depends on earlier shards;
+        without a cap and with several workers, on the workers), the
         model stages run over the window's shards at once (spread over the executor's workers), and the
         filter runs shard by shard (pair dedup depends on earlier shards): the output is the same whatever
         the executor, the number of workers or the window size.
@@ -246,16 +247,21 @@ class Pipeline:
         seen = 0
         shards = enumerate(batched(documents, cfg.run.shard_size))
         while group := list(itertools.islice(shards, window)):
+            seen += sum(len(records) for _, records in group)
+            ex.expect("match", sum(len(records) for _, records in group))
             matches: list[tuple[int, list[Match]]] = []
-            for shard, records in group:
-                seen += len(records)
-                ex.expect("match", len(records))
-                found = ex.run("match", lambda: MatchStage(
-                    index, self.embedder, mc.top_k, mc.coverage_chunks, mc.sigma, mc.alpha, mc.min_score,
-                    mc.per_vector_k, mc.mmr_lambda, mc.max_template_uses, mc.popularity_weight, mc.max_windows,
-                    mc.min_document_words, mc.max_document_chars, prior_uses=uses), shard, records, Match)
-                uses.update(m.template_id for m in found)  # type: ignore[attr-defined]
-                matches.append((shard, found))  # type: ignore[arg-type]
+            if mc.max_template_uses is None and ex.workers > 1:
+                # No cap, so shards are independent: the workers map the saved index and match in parallel.
+                found_by_shard = ex.run_shards("match", self._recipe("match"), group)
+                matches = [(shard, found_by_shard[shard]) for shard, _ in group]  # type: ignore[misc]
+            else:
+                for shard, records in group:
+                    found = ex.run("match", lambda: MatchStage(
+                        index, self.embedder, mc.top_k, mc.coverage_chunks, mc.sigma, mc.alpha, mc.min_score,
+                        mc.per_vector_k, mc.mmr_lambda, mc.max_template_uses, mc.popularity_weight, mc.max_windows,
+                        mc.min_document_words, mc.max_document_chars, prior_uses=uses), shard, records, Match)
+                    uses.update(m.template_id for m in found)  # type: ignore[attr-defined]
+                    matches.append((shard, found))  # type: ignore[arg-type]
             ex.expect("instantiate", sum(len(m) for _, m in matches))
             pairs = ex.run_shards("instantiate", self._recipe("instantiate"), matches)
             ex.expect("judge", sum(len(p) for p in pairs.values()))

@@ -14,10 +14,10 @@ from typing import Literal
 from fineinstructions.backends.cache import RequestCache
 from fineinstructions.backends.factory import BackendPool
 from fineinstructions.config import PipelineConfig
-from fineinstructions.records import Match, Pair, Query, Record, Template
+from fineinstructions.records import Document, Match, Pair, Query, Record, Template
 from fineinstructions.stages.base import Stage
 
-ModelStage = Literal["templatize", "instantiate", "judge"]
+ModelStage = Literal["templatize", "match", "instantiate", "judge"]
 
 
 @dataclass(frozen=True)
@@ -30,11 +30,11 @@ class StageRecipe:
 
     @property
     def input_type(self) -> type[Record]:
-        return {"templatize": Query, "instantiate": Match, "judge": Pair}[self.stage]
+        return {"templatize": Query, "match": Document, "instantiate": Match, "judge": Pair}[self.stage]
 
     @property
     def output_type(self) -> type[Record]:
-        return {"templatize": Template, "instantiate": Pair, "judge": Pair}[self.stage]
+        return {"templatize": Template, "match": Match, "instantiate": Pair, "judge": Pair}[self.stage]
 
     def new_pool(self) -> BackendPool:
         """A backend pool for a worker, sharing the run's request cache when the config keeps one."""
@@ -51,6 +51,8 @@ class StageRecipe:
             return TemplatizeStage(backends.get(cfg.generator, f"templatize/{tc.prompt_version}"), tc.prompt_version,
                                    tc.max_tokens, tc.temperature, cfg.run.seed, tc.retries, tc.retry_temperature,
                                    tc.min_intent_overlap)
+        if self.stage == "match":
+            return self._match_stage()
         if self.stage == "instantiate":
             from fineinstructions.stages.instantiate import InstantiateStage
 
@@ -64,6 +66,24 @@ class StageRecipe:
         jc = cfg.judge
         return JudgeStage(backends.get(cfg.judge_backend or cfg.generator, f"judge/{jc.prompt_version}"),
                           jc.prompt_version, jc.max_tokens, jc.temperature, cfg.run.seed)
+
+
+    def _match_stage(self) -> Stage:
+        """Matching without a corpus-wide cap (shards independent): the index is broadcast through the run
+        folder, each worker maps the saved index and embeds its own documents."""
+        from fineinstructions.backends.embeddings import Embedder
+        from fineinstructions.stages.index import TemplateIndex
+        from fineinstructions.stages.match import MatchStage
+
+        mc = self.config.match
+        if mc.max_template_uses is not None:
+            raise ValueError("matching with a corpus-wide template cap runs shard after shard, not on workers")
+        embedder = Embedder(mc.embedder)
+        index = TemplateIndex.load(Path(self.config.run.output_dir) / "index", embedder, nprobe=mc.nprobe,
+                                   ef_search=mc.ef_search, refine_k_factor=mc.refine_k_factor)
+        return MatchStage(index, embedder, mc.top_k, mc.coverage_chunks, mc.sigma, mc.alpha, mc.min_score,
+                          mc.per_vector_k, mc.mmr_lambda, None, mc.popularity_weight, mc.max_windows,
+                          mc.min_document_words, mc.max_document_chars)
 
 
 def request_cache_path(output_dir: str | Path) -> Path:

@@ -35,3 +35,18 @@ def test_ray_executor_gives_the_local_executors_rows_and_resumes(tmp_path):
     (tmp_path / "ray" / "dataset" / "part-00001.parquet").unlink()
     Pipeline(distributed, show_progress=False).run()
     assert pairs_of(distributed) == pairs_of(local)
+
+
+def test_two_actors_match_with_the_broadcast_index_and_agree_with_local(tmp_path):
+    local = config_for(tmp_path, out="local", shard_size=1)
+    local.generator = SCRIPTED
+    local.match.max_template_uses = None  # no corpus-wide cap: shards are independent, matching goes to the actors
+    Pipeline(local, show_progress=False).run()
+    distributed = local.model_copy(deep=True)
+    distributed.run.output_dir = str(tmp_path / "ray")
+    distributed.run.executor = "ray"
+    distributed.run.workers = 2
+    distributed.run.cpus_per_worker = 0.5
+    summary = Pipeline(distributed, show_progress=False).run()
+    assert pairs_of(distributed) == pairs_of(local) and pairs_of(local)
+    assert summary["stages"]["match"]["rows_in"] == 4
