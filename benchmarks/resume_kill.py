@@ -1,11 +1,11 @@
 """SIGKILL the real CLI at random instants, resume each time, and compare with an uninterrupted run.
 
-    .venv/bin/python benchmarks/resume_kill.py --kills 20                       # scripted engine, 50 ms/call
-    .venv/bin/python benchmarks/resume_kill.py --kills 20 --model smollm2-135m-instruct   # the real 135M model
+    .venv/bin/python benchmarks/resume_kill.py --trials 20                  # scripted engine, 50 ms/call
+    .venv/bin/python benchmarks/resume_kill.py --trials 20 --model smollm2-135m-instruct   # the real 135M model
 
-Each kill lands at a uniformly random instant of the remaining work (after start-up), so it hits model
-calls, Parquet writes, renames, the index build and the filter alike. The run is then resumed with the same
-command until one finishes. Printed: rows equal to the reference, duplicates, lost rows, model calls paid
+Each trial starts a fresh run folder and SIGKILLs the CLI at a uniformly random instant of the work (after
+start-up), so kills hit model calls, Parquet writes, renames, the index build and the filter alike; then it
+resumes with the same command to the end. Printed: rows equal to the reference, duplicates, lost rows, model calls paid
 twice (scripted engine: every finished call is logged by the engine itself), and time vs the reference.
 """
 
@@ -45,7 +45,8 @@ def count_lines(path: Path) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--trials", type=int, default=20, help="fresh runs, each killed and resumed")
+    parser.add_argument("--kills-per-trial", type=int, default=1)
     parser.add_argument("--queries", type=int, default=16)
     parser.add_argument("--documents", type=int, default=24)
     parser.add_argument("--model", default=None, help="a registry model; default: the scripted engine")
@@ -58,7 +59,7 @@ def main() -> None:
     env = os.environ | {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "SCRIPTED_CALL_DELAY": str(args.call_delay),
                         "SCRIPTED_JUDGE": "pass"}
 
-    reference_log, killed_log = folder / "reference.calls", folder / "killed.calls"
+    reference_log = folder / "reference.calls"
     start = time.perf_counter()
     proc = launch(config, folder / "reference", env | {"SCRIPTED_CALL_LOG": str(reference_log)})
     while not (folder / "reference" / "fingerprint").is_file() and proc.poll() is None:
@@ -71,45 +72,45 @@ def main() -> None:
     print(f"reference: {len(expected)} pairs, {count_lines(reference_log)} engine calls, {reference_s:.1f} s "
           f"({work_s:.1f} s after start-up)")
 
-    out = folder / "killed"
-    kills, finished_runs, total_s = 0, 0, 0.0
+    kills, mismatches, duplicates, lost, repaid, total_s = 0, 0, 0, 0, 0, 0.0
     landed: dict[str, int] = {}
-    while True:
+    for trial in range(args.trials):
+        out, log = folder / f"trial-{trial:02d}", folder / f"trial-{trial:02d}.calls"
         begin = time.perf_counter()
-        proc = launch(config, out, env | {"SCRIPTED_CALL_LOG": str(killed_log)})
-        while not (out / "fingerprint").is_file() and proc.poll() is None:
-            time.sleep(0.02)
-        if kills < args.kills:
+        for _ in range(args.kills_per_trial):  # each kill at a random instant of the work still to do
+            proc = launch(config, out, env | {"SCRIPTED_CALL_LOG": str(log)})
+            while not (out / "fingerprint").is_file() and proc.poll() is None:
+                time.sleep(0.02)
             time.sleep(rng.uniform(0, work_s))
-            if proc.poll() is None:
-                stages = sorted(p.parent.name for p in (out / "work").glob("*/shard-*.parquet"))
-                landed[stages[-1] if stages else "before the first shard"] = landed.get(
-                    stages[-1] if stages else "before the first shard", 0) + 1
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                kills += 1
-                total_s += time.perf_counter() - begin
-                continue
-        code = proc.wait()
-        total_s += time.perf_counter() - begin
-        if code != 0:
+            if proc.poll() is not None:
+                break
+            stages = sorted(p.parent.name for p in (out / "work").glob("*/shard-*.parquet"))
+            where = f"after {stages[-1]}" if stages else "before any shard"
+            landed[where] = landed.get(where, 0) + 1
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+        proc = launch(config, out, env | {"SCRIPTED_CALL_LOG": str(log)})
+        if proc.wait() != 0:
             raise SystemExit(f"the resumed run failed:\n{proc.stderr.read() if proc.stderr else ''}")
-        finished_runs += 1
-        if kills >= args.kills:
-            break
-    got = rows(out)
-    keys = [(d, t) for d, t, _, _ in got]
-    print(f"kills: {kills} (last committed stage when killed: {landed})")
-    print(f"resumed output equals the reference: {got == expected} ({len(got)} vs {len(expected)} pairs); "
-          f"duplicates: {len(keys) - len(set(keys))}; lost: {len(set(expected) - set(got))}")
+        total_s += time.perf_counter() - begin
+        got = rows(out)
+        keys = [(d, t) for d, t, _, _ in got]
+        mismatches += got != expected
+        duplicates += len(keys) - len(set(keys))
+        lost += len(set(expected) - set(got))
+        repaid += count_lines(log) - count_lines(reference_log)
+        leftovers = list(out.rglob(".*.tmp-*"))
+        assert not leftovers, leftovers
+    print(f"{args.trials} trials, {kills} SIGKILLs (where they landed, by the last stage with a committed shard: "
+          f"{dict(sorted(landed.items()))})")
+    print(f"trials whose resumed output differs from the reference: {mismatches}; duplicate rows: {duplicates}; "
+          f"lost rows: {lost}")
     if not args.model:
-        paid, needed = count_lines(killed_log), count_lines(reference_log)
-        print(f"engine calls paid: {paid} vs {needed} uninterrupted = {paid - needed} paid twice "
-              f"({(paid - needed) / max(kills, 1):.2f} per kill; at most the batch in flight)")
-    print(f"wall time with {kills} kills: {total_s:.1f} s = {total_s / reference_s:.2f}x the uninterrupted run "
-          f"(each restart pays start-up again)")
-    leftovers = [p for p in out.rglob(".*.tmp-*")]
-    print(f"temporary files left: {len(leftovers)}")
+        print(f"engine calls paid twice: {repaid} in all = {repaid / max(kills, 1):.2f} per kill "
+              f"(at most the batch in flight: 1 call at batch size 2)")
+    print(f"mean wall time of a killed-and-resumed trial: {total_s / args.trials:.1f} s = "
+          f"{total_s / args.trials / reference_s:.2f}x the uninterrupted run (each restart pays start-up again)")
 
 
 if __name__ == "__main__":
