@@ -50,9 +50,10 @@ class SourceConfig(Section):
 
 class BackendConfig(Section):
     """Which engine serves a stage: llama.cpp in-process (default), an OpenAI-compatible server, or your own
-    (`custom`: `model` is "package.module:factory", a zero-argument callable returning a Backend)."""
+    (`custom`: `model` is "package.module:factory", a zero-argument callable returning a Backend).
+    `llamacpp_server` runs the GGUF in a managed llama_cpp.server process, restarted when it dies."""
 
-    kind: Literal["llamacpp", "openai", "custom"] = "llamacpp"
+    kind: Literal["llamacpp", "openai", "custom", "llamacpp_server"] = "llamacpp"
     model: str = DEFAULT_GENERATOR
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
@@ -62,6 +63,7 @@ class BackendConfig(Section):
     max_concurrency: int = Field(default=8, ge=1)
     timeout_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=4, ge=0)
+    max_restarts: int = Field(default=3, ge=0)  # llamacpp_server: restarts of a server process that died
 
     @model_validator(mode="after")
     def _url_needed(self) -> BackendConfig:

@@ -106,6 +106,14 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
                            f"duplicate_template: {index['duplicates_removed']}" if index["duplicates_removed"]
                            else "-", "", "")
     console.print(funnel)
+    engine = {name: s["backend"] for name, s in summary["stages"].items() if s.get("backend")}
+    if engine:
+        faults = Table(title="Engine: cache, retries, faults", title_justify="left", show_header=False)
+        faults.add_column("stage")
+        faults.add_column("counts")
+        for name, counts in engine.items():
+            faults.add_row(name, ", ".join(f"{k}: {v:g}" for k, v in sorted(counts.items())))
+        console.print(faults)
     q = summary["quality"]
     table = Table(title="Quality", title_justify="left", show_header=False)
     table.add_column("figure")

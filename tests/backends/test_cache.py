@@ -68,3 +68,31 @@ def test_several_processes_share_one_cache_file(tmp_path):
     cache = RequestCache(path)
     assert len(cache) == 600
     assert cache.get_many(["k0", "k599", "missing"]).keys() == {"k0", "k599"}
+
+
+def test_stage_stats_carry_cache_hits_and_engine_counters(tmp_path):
+    from fineinstructions.records import Pair
+    from fineinstructions.stages.base import StageStats
+    from fineinstructions.stages.judge import JudgeStage
+
+    engine = FakeBackend(lambda c: "<feedback>Fine.</feedback><score>5</score>")
+    engine.stats.extra["throttled"] = 0
+    cached = CachedBackend(engine, RequestCache(tmp_path / "cache.sqlite"), "judge/v2")
+    pair = Pair(document_id="d", template_id="t", text="Some document text here.", template="What is <fi>x</fi>?",
+                instantiated_instruction="What is it?", answer="Some document text here.",
+                answer_with_markers="Some document text here.")
+    stats = StageStats()
+    stage = JudgeStage(cached)
+    engine.stats.extra["throttled"] = 5  # counted before this stage: not its own
+
+    def throttled_twice(conversations, sampling, generate=engine.generate):
+        engine.stats.extra["throttled"] += 2
+        engine.stats.extra["concurrency"] = 3  # a level, not a count: never summed
+        return generate(conversations, sampling)
+
+    engine.generate = throttled_twice
+    stage.run_batch([pair], stats)
+    stage.run_batch([pair], stats)
+    assert stats.backend["cache_hits"] == 1 and stats.backend["cache_misses"] == 1
+    assert stats.backend["throttled"] == 2 and "concurrency" not in stats.backend
+    assert StageStats.from_dict(stats.to_dict()).backend == stats.backend

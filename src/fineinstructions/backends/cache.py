@@ -78,7 +78,7 @@ class CachedBackend:
     """Serves a backend's requests from a RequestCache; only the misses reach the engine.
 
     `stats` counts what the engine really did (cached answers cost nothing); `stats.extra` holds
-    `cache_hits` and `cache_misses`.
+    `cache_hits` and `cache_misses` beside the engine's own counters.
     """
 
     def __init__(self, backend: Backend, cache: RequestCache, namespace: str = ""):
@@ -97,10 +97,15 @@ class CachedBackend:
         extra["cache_misses"] = extra.get("cache_misses", 0) + len(misses)
         out: list[Generation | None] = [hits.get(key) for key in keys]
         if misses:
+            engine = self.backend.stats
+            retries, counters = engine.retries, dict(engine.extra)
             start = time.perf_counter()
             fresh = self.backend.generate([conversations[i] for i in misses], sampling)
             self.stats.add(fresh, time.perf_counter() - start)
-            self.stats.retries = self.backend.stats.retries
+            # The engine's own counters (retries, throttling, restarts) show through: what this call added.
+            self.stats.retries += engine.retries - retries
+            for key, value in engine.extra.items():
+                extra[key] = extra.get(key, 0) + value - counters.get(key, 0)
             self.cache.put_many([(keys[i], g) for i, g in zip(misses, fresh, strict=True)])
             for i, generation in zip(misses, fresh, strict=True):
                 out[i] = generation

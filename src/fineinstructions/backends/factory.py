@@ -26,6 +26,13 @@ def create_backend(config: BackendConfig) -> Backend:
                                        api_key=os.environ.get(config.api_key_env, ""),
                                        max_concurrency=config.max_concurrency, timeout_s=config.timeout_s,
                                        max_retries=config.max_retries)
+    if config.kind == "llamacpp_server":
+        from fineinstructions.backends.llama_server import LlamaServerBackend
+
+        # llama_cpp.server runs one request at a time: more than two in flight only queue against the timeout.
+        return LlamaServerBackend(config.model, n_ctx=config.n_ctx, n_threads=config.n_threads,
+                                  max_concurrency=min(config.max_concurrency, 2), timeout_s=config.timeout_s,
+                                  max_retries=config.max_retries, max_restarts=config.max_restarts)
     raise ValueError(f"unknown backend kind {config.kind!r}")
 
 

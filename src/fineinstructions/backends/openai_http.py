@@ -1,19 +1,25 @@
 """Any OpenAI-compatible chat-completions server (vLLM, llama.cpp server, SGLang, hosted APIs).
 
-Requests of a batch run concurrently up to `max_concurrency`; each is retried with exponential
-backoff and jitter on connection errors, timeouts, HTTP 429 and 5xx (honouring Retry-After). A request
-that still fails becomes a Generation with `error` set, so one bad request never sinks the batch.
+Requests of a batch run concurrently under an adaptive limit (`AdaptiveLimiter`: up to `max_concurrency`
+in flight, halved when the server signals overload). Each request is retried with exponential backoff and
+full jitter on connection errors, timeouts, HTTP 429 and 5xx (honouring Retry-After) and on a 200 whose
+body is not a usable completion. A circuit breaker stops sending to a server that keeps failing: while it is
+open, attempts are turned away without a network call and wait for its next probe. A request that still
+fails becomes a Generation with `error` set ("<reason>: <detail>"), so one bad request never sinks the batch.
+Counts of retries, throttled responses, breaker opens and the current limit are in `stats.extra`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -25,14 +31,32 @@ from fineinstructions.backends.base import (
     SamplingParams,
     approximate_token_count,
 )
+from fineinstructions.backends.resilience import AdaptiveLimiter, BreakerState, CircuitBreaker, Signal
 
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+_SERVER_FAILURE_STATUS = {408, 500, 502, 503, 504}  # count against the breaker; other answers show a live server
+
+
+class InvalidResponse(ValueError):
+    """A 200 whose body is not a chat completion (truncated, not JSON, no choices)."""
+
+
+@dataclass
+class _Outcome:
+    """What one attempt observed."""
+
+    generation: Generation | None = None
+    error: str = ""
+    signal: Signal = Signal.NEUTRAL
+    server_ok: bool | None = None  # the breaker's verdict: True alive, False failing, None no verdict
+    retryable: bool = True
+    retry_after: float | None = None
 
 
 class OpenAICompatibleBackend:
-    """Chat completions over HTTP with bounded concurrency, retries and timeouts."""
+    """Chat completions over HTTP with an adaptive concurrency limit, retries, timeouts and a circuit breaker."""
 
     def __init__(
         self,
@@ -44,7 +68,17 @@ class OpenAICompatibleBackend:
         max_retries: int = 4,
         backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
+        *,
+        adaptive_concurrency: bool = True,
+        breaker_failures: int = 5,
+        breaker_cooldown_s: float = 5.0,
+        max_retry_after_s: float = 60.0,
+        send_grammar: bool = False,
+        engine_alive: Callable[[], bool] | None = None,
     ):
+        """`send_grammar`: pass `SamplingParams.grammar` as the request's `grammar` field (llama.cpp servers).
+        `engine_alive`: a check of a local server process; when it says the engine died, a request that lost
+        its connection fails at once ("engine_dead") instead of retrying, so the owner can restart the engine."""
         self.base_url = base_url.rstrip("/")
         if not self.base_url.endswith("/v1"):
             self.base_url += "/v1"
@@ -55,30 +89,33 @@ class OpenAICompatibleBackend:
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
+        self.adaptive_concurrency = adaptive_concurrency
+        self.max_retry_after_s = max_retry_after_s
+        self.send_grammar = send_grammar
+        self.engine_alive = engine_alive
+        self.limiter = AdaptiveLimiter(max_concurrency)
+        self.breaker = CircuitBreaker(breaker_failures, breaker_cooldown_s)
         self.stats = BackendStats()
         self._rng = random.Random(0)
+        self._probe_settled: asyncio.Event | None = None
 
     def generate(self, conversations: Sequence[Conversation], sampling: SamplingParams) -> list[Generation]:
-        if sampling.grammar and not getattr(self, "_warned_grammar", False):
+        if sampling.grammar and not self.send_grammar and not getattr(self, "_warned_grammar", False):
             log.warning("%s: the OpenAI API has no GBNF grammar field; decoding is unconstrained", self.base_url)
             self._warned_grammar = True
         start = time.perf_counter()
         out = _run_sync(self._generate_all(list(conversations), sampling))
         self.stats.add(out, time.perf_counter() - start)
+        self.stats.extra.update(self.limiter.stats() | self.breaker.stats())
         return out
 
     async def _generate_all(self, conversations: list[Conversation], sampling: SamplingParams) -> list[Generation]:
-        limit = asyncio.Semaphore(self.max_concurrency)
+        self._probe_settled = asyncio.Event()
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         timeout = httpx.Timeout(self.timeout_s, connect=min(10.0, self.timeout_s))
         limits = httpx.Limits(max_connections=self.max_concurrency)
         async with httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout, limits=limits) as client:
-
-            async def one(conv: Conversation) -> Generation:
-                async with limit:
-                    return await self._request(client, conv, sampling)
-
-            return list(await asyncio.gather(*(one(c) for c in conversations)))
+            return list(await asyncio.gather(*(self._request(client, c, sampling) for c in conversations)))
 
     def _payload(self, conversation: Conversation, sampling: SamplingParams) -> dict[str, Any]:
         payload: dict[str, Any] = {
@@ -91,38 +128,140 @@ class OpenAICompatibleBackend:
         }
         if sampling.stop:
             payload["stop"] = list(sampling.stop)
+        if sampling.grammar and self.send_grammar:
+            payload["grammar"] = sampling.grammar
         return payload
 
     async def _request(self, client: httpx.AsyncClient, conv: Conversation, sampling: SamplingParams) -> Generation:
         start = time.perf_counter()
+        payload = self._payload(conv, sampling)
         last_error = ""
-        for attempt in range(self.max_retries + 1):
-            retry_after: float | None = None
-            try:
-                response = await client.post("/chat/completions", json=self._payload(conv, sampling))
-                if response.status_code == 200:
-                    return self._parse(response.json(), time.perf_counter() - start)
-                last_error = f"http_{response.status_code}: {response.text[:200]}"
-                if response.status_code not in RETRYABLE_STATUS:
+        attempt = 0
+        while True:
+            permit = await self.limiter.acquire()
+            if not self.breaker.allow():
+                self.limiter.release(permit, Signal.NEUTRAL)
+                if self.breaker.probing:  # another request is probing: its verdict decides, no attempt is used
+                    await self._wait_for_probe()
+                    continue
+                if last_error and "(then turned away" not in last_error:
+                    last_error += " (then turned away: circuit open)"
+                elif not last_error:
+                    last_error = (f"circuit_open: {self.breaker.consecutive_failures} consecutive failures, "
+                                  f"last: {self.breaker.last_error}")
+                delay = max(self._backoff(attempt), self.breaker.retry_in() + self._rng.uniform(0, self.backoff_s))
+            else:
+                outcome = await self._guarded_attempt(client, payload, permit)
+                if outcome.generation is not None:
+                    outcome.generation.seconds = time.perf_counter() - start
+                    return outcome.generation
+                last_error = outcome.error
+                if not outcome.retryable:
                     break
-                retry_after = _retry_after(response)
-            except (httpx.TransportError, ValueError, KeyError, IndexError, TypeError) as err:
-                last_error = f"{type(err).__name__}: {err}"
-            if attempt < self.max_retries:
-                self.stats.retries += 1
-                await asyncio.sleep(retry_after if retry_after is not None else self._backoff(attempt))
-        log.warning("request failed after %d attempt(s): %s", attempt + 1, last_error)
+                delay = self._backoff(attempt)
+                if outcome.retry_after is not None:
+                    delay = outcome.retry_after + self._rng.uniform(0, self.backoff_s)
+            if attempt >= self.max_retries:
+                break
+            attempt += 1
+            self.stats.retries += 1
+            await asyncio.sleep(delay)
+        # A dead local engine is its owner's to restart (LlamaServerBackend): not worth a warning per request.
+        level = logging.INFO if last_error.startswith("engine_dead") else logging.WARNING
+        log.log(level, "request failed after %d attempt(s): %s", attempt + 1, last_error)
+        self._count("failed." + last_error.split(":", 1)[0].split(" ", 1)[0])
         return Generation("", error=last_error, seconds=time.perf_counter() - start)
+
+    async def _guarded_attempt(self, client: httpx.AsyncClient, payload: dict[str, Any], permit: int) -> _Outcome:
+        """One network attempt, with its verdict handed to the limiter and the breaker (also when cancelled)."""
+        probe = self.breaker.state is BreakerState.HALF_OPEN
+        outcome = _Outcome(server_ok=None)
+        try:
+            outcome = await self._attempt(client, payload)
+        finally:
+            signal = outcome.signal if self.adaptive_concurrency or outcome.signal is Signal.SUCCESS else Signal.NEUTRAL
+            self.limiter.release(permit, signal)
+            if outcome.server_ok is True:
+                self.breaker.record_success()
+            elif outcome.server_ok is False:
+                self.breaker.record_failure(outcome.error[:200])
+            elif probe:
+                self.breaker.release_probe()
+            if probe:
+                self._settle_probe()
+        return outcome
+
+    async def _attempt(self, client: httpx.AsyncClient, payload: dict[str, Any]) -> _Outcome:
+        self._count("attempts")
+        try:
+            response = await client.post("/chat/completions", json=payload)
+        except httpx.TransportError as err:
+            error = f"{type(err).__name__}: {err}"
+            if self.engine_alive is not None and not self.engine_alive():
+                return _Outcome(error=f"engine_dead: {error}", retryable=False)
+            if isinstance(err, httpx.TimeoutException):
+                self._count("timeouts")
+                return _Outcome(error=error, signal=Signal.OVERLOAD, server_ok=False)
+            self._count("transport_errors")
+            # A refused connection says the server is not there, not that it is overloaded; a connection that
+            # was reset or dropped mid-request is how overloaded servers and their proxies shed load.
+            overload = isinstance(err, httpx.ReadError | httpx.WriteError | httpx.RemoteProtocolError)
+            return _Outcome(error=error, signal=Signal.OVERLOAD if overload else Signal.NEUTRAL, server_ok=False)
+        except httpx.RequestError as err:  # e.g. a body that does not decode
+            self._count("invalid_responses")
+            return _Outcome(error=f"invalid_response: {type(err).__name__}: {err}"[:300], server_ok=False)
+        status = response.status_code
+        if status == 200:
+            try:
+                return _Outcome(generation=self._parse(response.json(), 0.0), signal=Signal.SUCCESS, server_ok=True)
+            except (ValueError, KeyError, IndexError, TypeError, AttributeError, httpx.DecodingError) as err:
+                self._count("invalid_responses")
+                return _Outcome(error=f"invalid_response: {type(err).__name__}: {err}"[:300], server_ok=False)
+        error = f"http_{status}: {response.text[:200]}"
+        if status == 429:
+            self._count("throttled")
+        elif status >= 500:
+            self._count("server_errors")
+        return _Outcome(
+            error=error,
+            signal=Signal.OVERLOAD if status == 429 or status in _SERVER_FAILURE_STATUS else Signal.NEUTRAL,
+            server_ok=status not in _SERVER_FAILURE_STATUS,
+            retryable=status in RETRYABLE_STATUS,
+            retry_after=_retry_after(response, self.max_retry_after_s),
+        )
+
+    async def _wait_for_probe(self) -> None:
+        event = self._probe_settled
+        if event is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout=self.timeout_s + 1.0)
+
+    def _settle_probe(self) -> None:
+        """Wake the requests waiting for a probe's verdict."""
+        if self._probe_settled is not None:
+            self._probe_settled.set()
+            self._probe_settled = asyncio.Event()
+
+    def _count(self, key: str, n: float = 1.0) -> None:
+        self.stats.extra[key] = self.stats.extra.get(key, 0.0) + n
 
     def _backoff(self, attempt: int) -> float:
         """Exponential backoff with full jitter."""
         return self._rng.uniform(0, min(self.max_backoff_s, self.backoff_s * 2**attempt))
 
     @staticmethod
-    def _parse(body: dict[str, Any], seconds: float) -> Generation:
-        choice = body["choices"][0]
+    def _parse(body: Any, seconds: float) -> Generation:
+        if not isinstance(body, dict):
+            raise InvalidResponse(f"body is a {type(body).__name__}, not an object")
+        choices = body.get("choices")
+        if not choices or not isinstance(choices, list):
+            raise InvalidResponse(f"no choices{': ' + str(body['error'])[:200] if body.get('error') else ''}")
+        choice = choices[0]
         usage = body.get("usage") or {}
         text = choice["message"].get("content") or ""
+        if not isinstance(text, str):
+            raise InvalidResponse(f"content is a {type(text).__name__}")
         return Generation(
             text=text,
             prompt_tokens=int(usage.get("prompt_tokens", 0)),
@@ -139,12 +278,16 @@ class OpenAICompatibleBackend:
         pass
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    try:
-        return min(60.0, max(0.0, float(value))) if value else None
-    except ValueError:
-        return None
+def _retry_after(response: httpx.Response, cap: float = 60.0) -> float | None:
+    """The server's requested wait: `retry-after-ms` (OpenAI) or `Retry-After` in seconds, capped."""
+    for header, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = response.headers.get(header)
+        if value:
+            try:
+                return min(cap, max(0.0, float(value) * scale))
+            except ValueError:
+                continue  # an HTTP date: fall back to our own backoff
+    return None
 
 
 def _run_sync(coro):

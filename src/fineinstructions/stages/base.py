@@ -33,6 +33,10 @@ class StageResult:
     counters: dict[str, float] = field(default_factory=dict)  # stage-specific counts, summed into metrics
 
 
+# Backend stats that are levels, not counts: a difference of two readings means nothing.
+BACKEND_GAUGES = frozenset({"concurrency", "concurrency_min", "breaker_open"})
+
+
 @dataclass
 class StageStats:
     """Counts, drop reasons, time and tokens for one stage, mergeable across batches and shards."""
@@ -46,6 +50,7 @@ class StageStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     metrics: dict[str, float] = field(default_factory=dict)  # sums, e.g. "coverage_sum"
+    backend: dict[str, float] = field(default_factory=dict)  # engine-side counts: retries, cache hits, restarts
 
     def add_result(self, batch_size: int, result: StageResult, seconds: float) -> None:
         self.rows_in += batch_size
@@ -58,6 +63,11 @@ class StageStats:
         self.failed_requests += after.failures - before.failures
         self.prompt_tokens += after.prompt_tokens - before.prompt_tokens
         self.completion_tokens += after.completion_tokens - before.completion_tokens
+        counts = {"retries": after.retries - before.retries} | {
+            key: value - before.extra.get(key, 0) for key, value in after.extra.items() if key not in BACKEND_GAUGES}
+        for key, delta in counts.items():
+            if delta:
+                self.backend[key] = self.backend.get(key, 0) + delta
 
     def merge(self, other: StageStats) -> None:
         self.rows_in += other.rows_in
@@ -70,6 +80,8 @@ class StageStats:
         self.completion_tokens += other.completion_tokens
         for key, value in other.metrics.items():
             self.metrics[key] = self.metrics.get(key, 0.0) + value
+        for key, value in other.backend.items():
+            self.backend[key] = self.backend.get(key, 0) + value
 
     @property
     def completion_tokens_per_s(self) -> float:
@@ -87,6 +99,7 @@ class StageStats:
             "completion_tokens": self.completion_tokens,
             "completion_tokens_per_s": round(self.completion_tokens_per_s, 2),
             "metrics": self.metrics,
+            "backend": self.backend,
         }
 
     @classmethod
@@ -95,7 +108,7 @@ class StageStats:
             rows_in=data["rows_in"], rows_out=data["rows_out"], dropped=Counter(data["dropped"]),
             seconds=data["seconds"], requests=data["requests"], failed_requests=data["failed_requests"],
             prompt_tokens=data["prompt_tokens"], completion_tokens=data["completion_tokens"],
-            metrics=dict(data.get("metrics", {})),
+            metrics=dict(data.get("metrics", {})), backend=dict(data.get("backend", {})),
         )
 
 
