@@ -322,3 +322,24 @@ def test_managed_server_restarts_after_sigkill_mid_batch():
         process = backend.server.process
         backend.close()
     assert process is None or process.poll() is not None
+
+
+@pytest.mark.server
+def test_whole_pipeline_through_a_503_storm_completes_and_counts_it(proxy: FaultProxy, tmp_path):
+    from fineinstructions.config import BackendConfig
+    from fineinstructions.pipeline import Pipeline
+    from tests.test_pipeline import config_for
+
+    cfg = config_for(tmp_path, shard_size=4, top_k=1)
+    cfg.generator = BackendConfig(kind="openai", base_url=proxy.url, model=TEST_MODEL, max_concurrency=2,
+                                  timeout_s=60, max_retries=6)
+    cfg.templatize.max_tokens = 60
+    cfg.instantiate.max_tokens = 80
+    cfg.judge.max_tokens = 40
+    proxy.configure("503", storm=6)  # the first six requests of the run meet a dying server
+    summary = Pipeline(cfg, show_progress=False).run()
+    templatize = summary["stages"]["templatize"]
+    assert templatize["rows_in"] == 6 and templatize["failed_requests"] == 0  # every row got through
+    assert templatize["backend"]["server_errors"] >= 6 and templatize["backend"]["retries"] >= 6
+    assert templatize["backend"]["cache_misses"] >= 6
+    assert "backend_error" not in summary["stages"]["instantiate"]["dropped"]
