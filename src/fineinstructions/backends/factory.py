@@ -33,6 +33,13 @@ def create_backend(config: BackendConfig) -> Backend:
         return LlamaServerBackend(config.model, n_ctx=config.n_ctx, n_threads=config.n_threads,
                                   max_concurrency=min(config.max_concurrency, 2), timeout_s=config.timeout_s,
                                   max_retries=config.max_retries, max_restarts=config.max_restarts)
+    if config.kind == "vllm":
+        from fineinstructions.backends.vllm_engine import VLLMBackend
+
+        return VLLMBackend(config.model, max_model_len=config.n_ctx, dtype=config.dtype,
+                           gpu_memory_utilization=config.gpu_memory_utilization,
+                           tensor_parallel_size=config.tensor_parallel_size, kv_cache_gb=config.kv_cache_gb,
+                           enforce_eager=config.enforce_eager, n_threads=config.n_threads)
     raise ValueError(f"unknown backend kind {config.kind!r}")
 
 
