@@ -1,7 +1,7 @@
 """The same job on the local executor and on the Ray Data executor (a local Ray cluster): time and output.
 
     .venv/bin/python benchmarks/executor_overhead.py                                 # the real 135M model
-    .venv/bin/python benchmarks/executor_overhead.py --model qwen2.5-coder-0.5b-instruct --documents 16
+    .venv/bin/python benchmarks/executor_overhead.py --model scripted --documents 32   # 50 ms/call, keeps pairs
 
 On one machine Ray can only add cost (cluster start, actors that load their own engine per stage and
 window, shipping shards as rows); the figure is that cost. The output must be identical row for row.
@@ -47,6 +47,9 @@ def main() -> None:
     os.chdir(ROOT)  # the scripted engine is importable from here, in the driver and in the actors
     folder = Path(tempfile.mkdtemp(prefix="executors-"))
     model = None if args.model == "scripted" else args.model
+    if model is None:  # the scripted engine: 50 ms a call, and a judge that passes every pair
+        os.environ.setdefault("SCRIPTED_CALL_DELAY", "0.05")
+        os.environ["SCRIPTED_JUDGE"] = "pass"
     base = PipelineConfig.from_yaml(write_job(folder, args.queries, args.documents, model))
     local = base.model_copy(deep=True)
     local.run.output_dir = str(folder / "local")

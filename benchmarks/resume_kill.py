@@ -12,6 +12,7 @@ twice (scripted engine: every finished call is logged by the engine itself), and
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import signal
@@ -20,6 +21,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -37,6 +40,16 @@ def launch(config: Path, out: Path, env: dict[str, str]) -> subprocess.Popen:
 def rows(out: Path) -> list[tuple[str, str, str, str]]:
     pairs = read_records(out / "dataset", Pair) if (out / "dataset").exists() else []
     return sorted((p.document_id, p.template_id, p.instantiated_instruction, p.answer) for p in pairs)  # type: ignore[attr-defined]
+
+
+def stage_rows(out: Path) -> dict[str, list[str]]:
+    """Every row each stage committed, outputs and rejects, in a comparable form."""
+    found: dict[str, list[str]] = {}
+    for file in sorted((out / "work").glob("**/shard-*.parquet")):
+        key = str(file.parent.relative_to(out / "work"))
+        rows = pq.read_table(file).to_pylist()
+        found.setdefault(key, []).extend(json.dumps(r, sort_keys=True, default=str) for r in rows)
+    return {key: sorted(rows) for key, rows in found.items()}
 
 
 def count_lines(path: Path) -> int:
@@ -69,11 +82,12 @@ def main() -> None:
     reference_s = time.perf_counter() - start
     work_s = time.perf_counter() - started  # the part after start-up, where kills may land
     expected = rows(folder / "reference")
+    expected_stages = stage_rows(folder / "reference")
     total_shards = len(list((folder / "reference" / "work").glob("*/shard-*.parquet")))
     print(f"reference: {len(expected)} pairs, {count_lines(reference_log)} engine calls, {reference_s:.1f} s "
           f"({work_s:.1f} s after start-up)")
 
-    kills, mismatches, duplicates, lost, repaid, total_s = 0, 0, 0, 0, 0, 0.0
+    kills, mismatches, stage_mismatches, duplicates, lost, repaid, total_s = 0, 0, 0, 0, 0, 0, 0.0
     landed: dict[str, int] = {}
     for trial in range(args.trials):
         out, log = folder / f"trial-{trial:02d}", folder / f"trial-{trial:02d}.calls"
@@ -100,6 +114,7 @@ def main() -> None:
         got = rows(out)
         keys = [(d, t) for d, t, _, _ in got]
         mismatches += got != expected
+        stage_mismatches += stage_rows(out) != expected_stages
         duplicates += len(keys) - len(set(keys))
         lost += len(set(expected) - set(got))
         repaid += count_lines(log) - count_lines(reference_log)
@@ -109,6 +124,8 @@ def main() -> None:
           f"{dict(sorted(landed.items()))})")
     print(f"trials whose resumed output differs from the reference: {mismatches}; duplicate rows: {duplicates}; "
           f"lost rows: {lost}")
+    print(f"trials where any stage's committed rows (outputs and rejects) differ: {stage_mismatches} "
+          f"({sum(map(len, expected_stages.values()))} rows in {len(expected_stages)} stage folders)")
     if not args.model:
         print(f"engine calls paid twice: {repaid} in all = {repaid / max(kills, 1):.2f} per kill "
               f"(at most the batch in flight: 1 call at batch size 2)")

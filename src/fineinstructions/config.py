@@ -172,7 +172,7 @@ class RunConfig(Section):
     cpus_per_worker: float = Field(default=1.0, gt=0)  # ray: fractional CPUs are fine
     gpus_per_worker: float = Field(default=0.0, ge=0)  # ray: give GPU stages their GPUs (vLLM)
     ray_address: str | None = None  # ray: an existing cluster ("auto", "ray://host:10001"); None starts one
-    shards_in_flight: int | None = Field(default=None, ge=1)  # document shards per window; None: 2 x workers
+    shards_in_flight: int | None = Field(default=None, ge=1)  # shards per window; None: 2 (ray: 8) x workers
     request_cache: bool = True  # keep every finished model call in <output_dir>/cache/requests.sqlite
 
 

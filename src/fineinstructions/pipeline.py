@@ -243,7 +243,7 @@ class Pipeline:
         mc = cfg.match
         uses: Counter[str] = Counter()  # template uses in earlier shards: the corpus-wide cap resumes exactly
         deduplicator = PairDeduplicator(cfg.filter.near_duplicate_threshold)  # pairs kept in earlier shards
-        window = cfg.run.shards_in_flight or 2 * ex.workers
+        window = cfg.run.shards_in_flight or ex.default_window
         seen = 0
         shards = enumerate(batched(documents, cfg.run.shard_size))
         while group := list(itertools.islice(shards, window)):

@@ -78,6 +78,11 @@ class LocalExecutor:
 
     workers = 1
 
+    @property
+    def default_window(self) -> int:
+        """Document shards in flight when the config does not say: the memory bound of a run."""
+        return 2 * self.workers
+
     def __init__(self, work_dir: Path, batch_size: int = 8, console: Console | None = None,
                  show_progress: bool = True, backends: BackendPool | None = None):
         self.work_dir = Path(work_dir)

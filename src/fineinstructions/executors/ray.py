@@ -62,6 +62,11 @@ class RayExecutor(LocalExecutor):
         self.address = address
         self._started_ray = False
 
+    @property
+    def default_window(self) -> int:
+        # Each window starts a fresh actor pool per model stage (engines load again): fewer, larger windows.
+        return 8 * self.workers
+
     def __enter__(self) -> RayExecutor:
         import ray
 
