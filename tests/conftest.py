@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -51,30 +47,12 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def llama_server(test_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `llama_cpp.server` (OpenAI-compatible) serving the test model on 127.0.0.1."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(test_gguf), "--model_alias", TEST_MODEL,
-           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--n_threads", "2"]
-    with log.open("w") as handle:
-        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.time() + 120
+    from fineinstructions.backends.llama_server import ManagedLlamaServer
+
+    server = ManagedLlamaServer(test_gguf, TEST_MODEL, n_ctx=4096, n_threads=2,
+                                log_path=tmp_path_factory.mktemp("server") / "server.log")
+    server.start()
     try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"llama_cpp.server exited:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.time() > deadline:
-                raise RuntimeError(f"llama_cpp.server did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url
+        yield server.url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        server.stop()

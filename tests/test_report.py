@@ -19,25 +19,14 @@ from fineinstructions.cli import app
 from fineinstructions.config import BackendConfig, PipelineConfig, RunConfig, SourceConfig
 from fineinstructions.pipeline import Pipeline
 from fineinstructions.reporting import ReportError, load_run, push_to_hub, render_html, stage_dataset, write_report
+from tests.test_pipeline import DOCUMENTS as PIPELINE_DOCUMENTS
 from tests.test_pipeline import QUERIES, scripted
 
 runner = CliRunner()
 SECTIONS = ("quality", "funnel", "judge-scores", "coverage", "templates", "throughput", "samples", "config")
-DOCUMENTS = [  # two documents a shard; the second shard is where the unfinished run crashes
-    ("acid", "Acid rain is rain <script>alert('owned')</script> or any other form of precipitation that is "
-             "unusually acidic. It can have harmful effects on plants, aquatic animals and infrastructure. Acid "
-             "rain is caused by emissions of sulfur dioxide and nitrogen oxide, which react with the water "
-             "molecules in the atmosphere to produce acids."),
-    ("denmark", "Denmark is a Nordic country in Northern Europe. It is the most populous and politically central "
-                "constituent of the Kingdom of Denmark, a constitutionally unitary state that includes the "
-                "autonomous territories of the Faroe Islands and Greenland in the North Atlantic Ocean. Denmark "
-                "has a population of about six million people, most of whom live in cities."),
-    ("empty", "   "),
-    ("fluid", "In physics, fluid dynamics is a subdiscipline of fluid mechanics that describes the flow of fluids, "
-              "liquids and gases. It has several subdisciplines, including aerodynamics, the study of air and "
-              "other gases in motion, and hydrodynamics, the study of water and other liquids in motion. Fluid "
-              "dynamics has a wide range of applications, including calculating forces on aircraft."),
-]
+# Two documents a shard (the second shard is where the unfinished run crashes); one carries a script tag.
+DOCUMENTS = [(name, text.replace("Acid rain is rain", "Acid rain is rain <script>alert('owned')</script>", 1))
+             for name, text in PIPELINE_DOCUMENTS]
 
 
 def judged(score: int, crash_on: str | None = None):

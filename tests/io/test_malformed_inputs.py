@@ -32,6 +32,7 @@ import pytest
 from fineinstructions.io import readers
 from fineinstructions.io.readers import InputError, ReadStats, read_rows, rows_to_records, rows_to_templates
 from fineinstructions.records import Document
+from tests.test_pipeline import scripted as pipeline_scripted
 
 Build = Callable[[Path, pytest.MonkeyPatch], str]
 CONFIG_HEAD = "queries: {kind: sharegpt}\ndocuments: {kind: wikipedia}\n"
@@ -594,18 +595,10 @@ def write_messy_documents(root: Path) -> dict[str, int]:
 
 
 def scripted(conversation: list[dict[str, str]]) -> str:
-    """A stand-in model: instantiates with the document's first sentence as one excerpt, judges everything 5."""
-    system, user = conversation[0]["content"], conversation[-1]["content"]
-    if system.startswith(("You write one instruction", "You turn an instruction TEMPLATE")):
-        document = user.split("DOCUMENT:\n", 1)[1].split("\n\nTEMPLATE:", 1)[0]
-        template = user.split("TEMPLATE:\n", 1)[1]
-        sentence = re.split(r"(?<=\.)\s", document)[0].split()
-        instruction = re.sub(r"<fi>.*?</fi>", sentence[0], template)
-        return (f"<instruction>{instruction}</instruction>\n<answer><excerpt>{' '.join(sentence[:3])}<...>"
-                f"{' '.join(sentence[-3:])}</excerpt></answer>")
-    if system.startswith("You are a strict judge"):
+    """The pipeline tests' stand-in model, with every pair judged 5."""
+    if conversation[0]["content"].startswith("You are a strict judge"):
         return "<feedback>Fine.</feedback><score>5</score>"
-    raise AssertionError(system[:40])
+    return pipeline_scripted(conversation)
 
 
 def test_pipeline_completes_on_a_folder_of_good_and_malformed_documents(tmp_path: Path) -> None:
