@@ -127,3 +127,12 @@ def test_run_with_execution_overrides_and_a_bad_executor(tmp_path):
     # The execution settings are not part of the fingerprint: resuming with others is not refused.
     again = runner.invoke(app, ["run", "--config", str(config), "--workers", "1", "-q"])
     assert again.exit_code == 0, again.output
+
+
+def test_models_convert_reuses_the_cached_folder_and_refuses_unknown_names():
+    pytest.importorskip("gguf")
+    result = runner.invoke(app, ["models", "convert", "smollm2-135m-instruct"])
+    assert result.exit_code == 0, result.output
+    assert "smollm2-135m-instruct-hf" in result.output.replace("\n", "")
+    bad = runner.invoke(app, ["models", "convert", "no-such-model"])
+    assert bad.exit_code == 2 and "neither a registry model" in bad.output.replace("\n", " ")

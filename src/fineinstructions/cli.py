@@ -411,6 +411,19 @@ def models_fetch(names: Annotated[list[str], typer.Argument(help="Registry model
             raise _fail(str(err)) from err
 
 
+@models_app.command("convert")
+def models_convert(names: Annotated[list[str], typer.Argument(help="Registry model names or GGUF paths.")]) -> None:
+    """Convert GGUF models once into Hugging Face folders (safetensors) for vLLM or transformers."""
+    from fineinstructions.backends.convert import resolve_hf_folder
+    from fineinstructions.backends.models import ModelNotFound
+
+    for name in names:
+        try:
+            console.print(f"{name}: {resolve_hf_folder(name)}")
+        except (ModelNotFound, RuntimeError, OSError, ValueError) as err:
+            raise _fail(str(err)) from err
+
+
 def _export(records: list[Record], output: Path) -> None:
     from fineinstructions.io.atomic import atomic_path
     from fineinstructions.io.writers import write_records
