@@ -153,7 +153,8 @@ class Pipeline:
                 stage_stats = ex.stats
         finally:
             self.backends.close()
-        dataset = read_records(self.dataset_dir, Pair) if self.dataset_dir.exists() else []
+        # The summary needs counts and scores, not the documents: their text stays on disk.
+        dataset = read_records(self.dataset_dir, Pair, without=("text",)) if self.dataset_dir.exists() else []
         summary = build_summary(
             config=cfg, fingerprint=self.fingerprint, stage_stats=stage_stats, dataset=dataset,  # type: ignore[arg-type]
             dataset_dir=self.dataset_dir, read_stats=read_stats, index=index,

@@ -55,3 +55,15 @@ def test_atomic_dir_replaces_the_folder_whole_or_not_at_all(tmp_path):
         raise RuntimeError("died mid-write")
     assert (target / "a.txt").read_text() == "first"
     assert [p.name for p in tmp_path.iterdir()] == ["index"]  # no temporary folder left behind
+
+
+def test_read_records_can_leave_text_columns_unread(tmp_path):
+    from fineinstructions.io.writers import read_records, write_records
+    from fineinstructions.records import Pair
+
+    pair = Pair(document_id="d", template_id="t", text="a long document " * 100, template="What is <fi>x</fi>?",
+                instantiated_instruction="What is it?", answer="It is.", judge_score=5)
+    write_records(tmp_path / "p.parquet", [pair], Pair)
+    light = read_records(tmp_path / "p.parquet", Pair, without=("text",))
+    assert light[0].text == "" and light[0].answer == "It is." and light[0].judge_score == 5
+    assert read_records(tmp_path / "p.parquet", Pair)[0].text == pair.text

@@ -43,11 +43,21 @@ def _as_text(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def read_records(path: str | Path, record_type: type[Record]) -> list[Record]:
-    """All records of a Parquet file or folder of Parquet files (sorted by name)."""
+def read_records(path: str | Path, record_type: type[Record], without: Sequence[str] = ()) -> list[Record]:
+    """All records of a Parquet file or folder of Parquet files (sorted by name).
+
+    `without` names text columns left unread (they come back as ""), e.g. the document text of pairs
+    when only their counts and scores are needed.
+    """
     path = Path(path)
     files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+    columns = [name for name in record_type.arrow_schema().names if name not in without] if without else None
+    blank = dict.fromkeys(without, "")
     out: list[Record] = []
     for file in files:
-        out.extend(record_type.from_table(pq.read_table(file)))
+        table = pq.read_table(file, columns=columns)
+        if without:
+            out.extend(record_type.model_validate(row | blank) for row in table.to_pylist())
+        else:
+            out.extend(record_type.from_table(table))
     return out
