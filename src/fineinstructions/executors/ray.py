@@ -113,7 +113,7 @@ class RayExecutor(LocalExecutor):
             fn_constructor_kwargs={"recipe": recipe, "stage_name": stage_name, "out_dir": str(out_dir),
                                    "batch_size": self.batch_size},
             batch_size=1,
-            concurrency=min(self.workers, len(pending)),
+            compute=ray.data.ActorPoolStrategy(size=min(self.workers, len(pending))),
             num_cpus=self.cpus_per_worker,
             num_gpus=self.gpus_per_worker or None,
         )
