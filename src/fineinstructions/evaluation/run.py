@@ -1,0 +1,360 @@
+"""`fineinstructions evaluate`: two models answer the same held-out instructions and are compared.
+
+    EVAL_DIR/answers/<name>.json   one model's answers and reference log-likelihoods (reused when unchanged)
+    EVAL_DIR/answers.jsonl         every answer, one row per (model, instruction)
+    EVAL_DIR/judgments.jsonl       every judge call: instruction, order, verdict, raw reply
+    EVAL_DIR/scores.json           all figures (reference scores with bootstrap CIs, head-to-head, warnings)
+    EVAL_DIR/evaluation.png        training curves, win rate, ROUGE-L / F1, reference log-likelihood
+    EVAL_DIR/cache/requests.sqlite every finished answer and judge call, so a killed run resumes for free
+
+Every file is written atomically. Model "a" is the first model (the `pairs` arm of a training run),
+"b" the second (the `documents` arm); the win rate is a's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fineinstructions.backends.base import Backend, SamplingParams
+from fineinstructions.backends.cache import CachedBackend, RequestCache
+from fineinstructions.backends.models import DEFAULT_GENERATOR
+from fineinstructions.config import BackendConfig
+from fineinstructions.evaluation.answers import ModelAnswers, ModelSpec, answer_with_model
+from fineinstructions.evaluation.heldout import (
+    EvaluationInputError,
+    InstructionSet,
+    heldout_path,
+    load_instructions,
+)
+from fineinstructions.evaluation.judge import aggregate_judgments, judge_head_to_head
+from fineinstructions.evaluation.plots import read_metrics, write_evaluation_plot
+from fineinstructions.evaluation.scores import reference_scores
+from fineinstructions.evaluation.stats import BOOTSTRAP_RESAMPLES, bootstrap_ci, paired_bootstrap_ci
+from fineinstructions.io.atomic import atomic_path, remove_stale_temporaries, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+ARMS = (("pairs", "pairs/final"), ("documents", "documents/final"))
+TOKENIZER_WARNING = ("the models use different tokenizers: per-token log-likelihood and perplexity are not "
+                     "comparable across them; compare the per-character log-likelihood")
+
+
+def default_judge() -> BackendConfig:
+    """The embedded 1.5B instruction model through llama.cpp."""
+    return BackendConfig(kind="llamacpp", model=DEFAULT_GENERATOR)
+
+
+@dataclass
+class EvaluationSettings:
+    """How answers are generated and judged (greedy, 128 new tokens, the embedded 1.5B judge by default)."""
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    seed: int = 0
+    batch_size: int = 8
+    device: str = "auto"
+    dtype: str = "auto"
+    threads: int | None = None  # torch CPU threads (None: torch's default)
+    judge: BackendConfig | None = field(default_factory=default_judge)  # None: no head-to-head
+    judge_max_tokens: int = 32
+    judge_max_answer_chars: int = 1500
+    judge_batch_size: int = 16
+    judge_prompt_version: str = "v1"
+    bootstrap_resamples: int = BOOTSTRAP_RESAMPLES
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(temperature=self.temperature, max_tokens=self.max_new_tokens, seed=self.seed)
+
+    def describe(self) -> dict[str, Any]:
+        value = asdict(self)
+        value["judge"] = self.judge.model_dump() if self.judge else None
+        return value
+
+
+def train_dir_models(train_dir: str | Path) -> list[ModelSpec]:
+    """The two arms of a training run: pairs/final (a) and documents/final (b)."""
+    root = Path(train_dir)
+    if not root.is_dir():
+        raise EvaluationInputError(f"training run folder not found: {root}")
+    specs = []
+    for name, relative in ARMS:
+        folder = root / relative
+        if not (folder / "config.json").is_file():
+            raise EvaluationInputError(f"{root} has no finished {name} model ({relative}/config.json is missing); "
+                                       "finish `fineinstructions train` or pass --model NAME=PATH twice")
+        specs.append(ModelSpec(name, str(folder)))
+    return specs
+
+
+def check_models(models: Sequence[ModelSpec]) -> None:
+    """Two models with distinct names; local folders must hold a causal LM (checked from config.json alone)."""
+    from fineinstructions.backends.transformers_engine import NotACausalLM, check_causal_lm
+
+    if len(models) != 2:
+        raise EvaluationInputError(f"evaluate compares exactly two models, got {len(models)}")
+    if models[0].name == models[1].name:
+        raise EvaluationInputError(f"the two models need different names, both are {models[0].name!r}")
+    for spec in models:
+        path = Path(spec.path).expanduser()
+        looks_local = path.exists() or spec.path.startswith(("/", ".", "~"))
+        if not looks_local:
+            continue  # a Hub name: checked when it loads
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise EvaluationInputError(f"model {spec.name!r}: {path} is not a model folder (no config.json)")
+        try:
+            check_causal_lm(str(path))
+        except NotACausalLM as err:
+            raise EvaluationInputError(f"model {spec.name!r}: {err}") from err
+
+
+LL_METRICS = ("logprob_per_token", "logprob_per_char")
+
+
+def score_references(instructions: InstructionSet, answers: Sequence[ModelAnswers],
+                     resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict[str, Any] | None:
+    """ROUGE-L, token F1, exact match and reference log-likelihood per model (bootstrap CIs over instructions),
+    and the paired differences a - b. None when no instruction has a reference answer."""
+    references = {i.item_id: i.reference for i in instructions.items if i.reference is not None}
+    if not references:
+        return None
+    tokenizers_match = len({a.tokenizer_sha for a in answers}) == 1
+    values: dict[str, dict[str, dict[str, float]]] = {}  # model -> metric -> item id -> value
+    per_model: dict[str, Any] = {}
+    for model in answers:
+        series: dict[str, dict[str, float]] = {k: {} for k in ("rouge_l", "token_f1", "exact_match", *LL_METRICS)}
+        failures = 0
+        for row in model.rows:
+            reference = references.get(row["item_id"])
+            if reference is None:
+                continue
+            failures += row.get("error") is not None
+            for key, value in reference_scores(row["answer"] or "", reference).items():
+                series[key][row["item_id"]] = value
+            if row.get("reference_tokens") and row.get("reference_chars"):
+                series["logprob_per_token"][row["item_id"]] = row["reference_logprob"] / row["reference_tokens"]
+                series["logprob_per_char"][row["item_id"]] = row["reference_logprob"] / row["reference_chars"]
+        figures: dict[str, Any] = {k: bootstrap_ci(list(v.values()), resamples, seed) for k, v in series.items()}
+        token = figures["logprob_per_token"]
+        # Perplexity of the geometric mean per-token probability; its interval maps the log-prob interval.
+        figures["perplexity"] = ({"mean": math.exp(-token["mean"]), "ci_low": math.exp(-token["ci_high"]),
+                                  "ci_high": math.exp(-token["ci_low"]), "n": token["n"]}
+                                 if token["mean"] is not None else {"mean": None, "ci_low": None, "ci_high": None,
+                                                                    "n": 0})
+        figures["answer_failures"] = failures
+        per_model[model.name] = figures
+        values[model.name] = series
+    differences: dict[str, Any] = {}
+    if len(answers) == 2:
+        a, b = (values[m.name] for m in answers)
+        for key in a:
+            if key == "logprob_per_token" and not tokenizers_match:
+                continue  # token counts differ: per-token figures do not pair up
+            common = [i for i in a[key] if i in b[key]]
+            if common:
+                differences[key] = paired_bootstrap_ci([a[key][i] for i in common], [b[key][i] for i in common],
+                                                       resamples, seed)
+    return {"items": len(references), "tokenizers_match": tokenizers_match,
+            "warning": None if tokenizers_match else TOKENIZER_WARNING,
+            "per_model": per_model, "difference_a_minus_b": differences}
+
+
+def _answer_summary(model: ModelAnswers) -> dict[str, Any]:
+    ok = [r for r in model.rows if r.get("error") is None]
+    return {"name": model.name, "path": model.path, "prompt_format": model.prompt_format,
+            "tokenizer_sha": model.tokenizer_sha, "trained_on": model.meta.get("trained_on"),
+            "tokens_seen": model.meta.get("tokens_seen"), "answers": len(model.rows),
+            "answer_failures": len(model.rows) - len(ok),
+            "mean_answer_tokens": sum(r["completion_tokens"] for r in ok) / len(ok) if ok else None,
+            "mean_answer_words": sum(len(r["answer"].split()) for r in ok) / len(ok) if ok else None,
+            "hit_max_tokens": sum(r["finish_reason"] == "length" for r in ok),
+            "seconds": round(model.seconds, 2), "reused": model.reused}
+
+
+def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _run_judge(out_dir: Path, instructions: InstructionSet, answers: Sequence[ModelAnswers],
+               settings: EvaluationSettings, cache: RequestCache, judge_backend: Backend | None,
+               say: Any) -> dict[str, Any] | None:
+    if judge_backend is None and settings.judge is None:
+        return None
+    owned = None
+    if judge_backend is None:
+        from fineinstructions.backends.factory import create_backend
+
+        assert settings.judge is not None
+        try:
+            owned = judge_backend = create_backend(settings.judge)
+        except Exception as err:  # missing model, engine not installed, server unreachable: say so, keep scores
+            message = f"cannot start the judge backend ({settings.judge.kind} {settings.judge.model}): {err}"
+            log.error(message)
+            return {"error": message, "judge": settings.judge.model}
+    judge_id = judge_backend.model_id
+    cached = CachedBackend(judge_backend, cache, f"evaluate-judge:{settings.judge_prompt_version}")
+    a, b = answers
+    answers_a = {r["item_id"]: r["answer"] or "" for r in a.rows}
+    answers_b = {r["item_id"]: r["answer"] or "" for r in b.rows}
+    say(f"judging {len(instructions.items)} instructions in both orders with {judge_id}")
+    start = time.perf_counter()
+    try:
+        judgments = judge_head_to_head(cached, instructions.items, answers_a, answers_b,
+                                       prompt_version=settings.judge_prompt_version,
+                                       max_tokens=settings.judge_max_tokens,
+                                       max_answer_chars=settings.judge_max_answer_chars,
+                                       batch_size=settings.judge_batch_size, seed=settings.seed)
+    finally:
+        if owned is not None:
+            owned.close()
+    order_model = {"ab": (a.name, b.name), "ba": (b.name, a.name)}
+    rows = [j.to_json() | {"response_a_model": order_model[j.order][0], "response_b_model": order_model[j.order][1],
+                           "judge": judge_id} for j in judgments]
+    _write_jsonl(out_dir / "judgments.jsonl", rows)
+    result = aggregate_judgments(judgments, settings.bootstrap_resamples, settings.seed)
+    result |= {"model_a": a.name, "model_b": b.name, "judge": judge_id,
+               "prompt_version": settings.judge_prompt_version, "seconds": round(time.perf_counter() - start, 2),
+               "judge_calls": int(cached.stats.requests), "cache_hits": int(cached.stats.extra.get("cache_hits", 0))}
+    if result["failures"] == len(judgments) and judgments:
+        first = next((j.error for j in judgments if j.error), "unknown error")
+        result["error"] = f"the judge failed on all {len(judgments)} requests: {first}"
+    return result
+
+
+def evaluate(out_dir: str | Path, *, train_dir: str | Path | None = None, models: Sequence[ModelSpec] | None = None,
+             instructions: InstructionSet | None = None, settings: EvaluationSettings | None = None,
+             judge_backend: Backend | None = None, console: Any = None) -> dict[str, Any]:
+    """Run (or resume) an evaluation and return the figures written to scores.json.
+
+    Models come from `models` or from `train_dir`'s two arms; instructions from `instructions` or
+    `train_dir/heldout.jsonl`. `judge_backend`, when given, is used instead of `settings.judge` (and is not
+    closed). Raises EvaluationInputError on unusable input before any model is loaded.
+    """
+    settings = settings or EvaluationSettings()
+    out = Path(out_dir)
+
+    def say(message: str) -> None:
+        if console is not None:
+            console.print(message)
+        log.info(message)
+
+    if models is None:
+        if train_dir is None:
+            raise EvaluationInputError("name a training run folder or two models (--model NAME=PATH)")
+        models = train_dir_models(train_dir)
+    check_models(models)
+    if instructions is None:
+        if train_dir is None:
+            raise EvaluationInputError("name an instruction set (--instructions FILE) or a training run folder")
+        instructions = load_instructions(heldout_path(train_dir), "instruction", "reference", seed=settings.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
+    cache = RequestCache(out / "cache" / "requests.sqlite")
+    try:
+        answers: list[ModelAnswers] = []
+        for spec in models:
+            say(f"answering {len(instructions.items)} instructions with {spec.name} ({spec.path})")
+            try:
+                model_answers = answer_with_model(
+                    spec, instructions.items, out, settings.sampling(), batch_size=settings.batch_size,
+                    device=settings.device, dtype=settings.dtype, cache=cache, threads=settings.threads,
+                    progress=lambda name, done, total: log.info("%s: %d/%d answers", name, done, total))
+            except ValueError as err:  # NotACausalLM, a bad dtype or prompt format
+                raise EvaluationInputError(f"model {spec.name!r}: {err}") from err
+            if model_answers.reused:
+                say(f"  {spec.name}: reusing finished answers")
+            answers.append(model_answers)
+        _write_jsonl(out / "answers.jsonl", [row for model in answers for row in model.rows])
+        warnings = []
+        reference = score_references(instructions, answers, settings.bootstrap_resamples, settings.seed)
+        if reference and reference["warning"]:
+            warnings.append(reference["warning"])
+        pairwise = _run_judge(out, instructions, answers, settings, cache, judge_backend, say)
+        if pairwise and pairwise.get("error"):
+            warnings.append(pairwise["error"])
+        if pairwise and pairwise.get("unparseable"):
+            warnings.append(f"{pairwise['unparseable']} judge verdicts were unparseable (counted as ties)")
+    finally:
+        cache.close()
+    curves = {spec.name: read_metrics(Path(spec.path).expanduser().parent / "metrics.jsonl") for spec in models}
+    training = {name: _curve_summary(rows) for name, rows in curves.items() if rows}
+    scores = {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "train_dir": str(train_dir) if train_dir else None,
+              "instructions": instructions.describe(), "models": [_answer_summary(m) for m in answers],
+              "reference": reference, "pairwise": pairwise, "training": training, "warnings": warnings,
+              "settings": settings.describe()}
+    write_json_atomic(out / "scores.json", scores)
+    write_evaluation_plot(out / "evaluation.png", scores, curves)
+    if console is not None:
+        print_scores(scores, console)
+    return scores
+
+
+def _curve_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    last = rows[-1]
+    evals = [r["eval_loss"] for r in rows if r.get("eval_loss") is not None]
+    return {"steps": last.get("step"), "tokens": last.get("tokens"), "final_loss": last.get("loss"),
+            "final_eval_loss": evals[-1] if evals else None}
+
+
+def _fmt(stat: dict[str, Any] | None, digits: int = 3) -> str:
+    if not stat or stat.get("mean") is None:
+        return "-"
+    return f"{stat['mean']:.{digits}f} [{stat['ci_low']:.{digits}f}, {stat['ci_high']:.{digits}f}]"
+
+
+def print_scores(scores: dict[str, Any], console: Any) -> None:
+    """A rich table of the figures in scores.json."""
+    from rich.table import Table
+
+    names = [m["name"] for m in scores["models"]]
+    table = Table(title=f"evaluation on {scores['instructions']['items']} instructions "
+                        f"({scores['instructions']['source']})")
+    table.add_column("figure (95% CI)")
+    for name in names:
+        table.add_column(name, justify="right")
+    for label, key in (("answers failed", "answer_failures"), ("mean answer tokens", "mean_answer_tokens"),
+                       ("answers hitting max tokens", "hit_max_tokens")):
+        values = [m.get(key) for m in scores["models"]]
+        table.add_row(label, *("-" if v is None else (f"{v:.1f}" if isinstance(v, float) else str(v))
+                               for v in values))
+    reference = scores.get("reference")
+    if reference:
+        for label, key in (("ROUGE-L F1", "rouge_l"), ("token F1", "token_f1"), ("exact match", "exact_match"),
+                           ("ref. log-prob / token", "logprob_per_token"), ("ref. perplexity", "perplexity"),
+                           ("ref. log-prob / char", "logprob_per_char")):
+            digits = 2 if key == "perplexity" else 3
+            table.add_row(label, *(_fmt(reference["per_model"][n].get(key), digits) for n in names))
+    for name, summary in (scores.get("training") or {}).items():
+        if name in names:
+            table.caption = (table.caption or "") + (f"{name}: final loss {summary['final_loss']}, "
+                                                     f"{summary['tokens']} tokens. ")
+    console.print(table)
+    pairwise = scores.get("pairwise")
+    if pairwise and pairwise.get("win_rate", {}).get("mean") is not None:
+        counts = pairwise["judgment_outcomes"]
+        consistency = pairwise.get("position_consistency")
+        first = pairwise.get("first_position_preference")
+        console.print(
+            f"head-to-head ({pairwise['judge']}): win rate of {pairwise['model_a']} over {pairwise['model_b']} "
+            f"{_fmt(pairwise['win_rate'])}; judgments {counts['wins']} wins / {counts['ties']} ties / "
+            f"{counts['losses']} losses; Wilson on decisive instructions "
+            f"{_fmt_wilson(pairwise['wilson_decisive_instructions'])}; position consistency "
+            f"{'-' if consistency is None else f'{consistency:.2f}'}; first-position preference "
+            f"{'-' if first is None else f'{first:.2f}'}; unparseable {pairwise['unparseable']}, "
+            f"failed {pairwise['failures']}")
+    for warning in scores.get("warnings") or []:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+
+
+def _fmt_wilson(stat: dict[str, Any]) -> str:
+    if stat.get("rate") is None:
+        return "- (no decisive outcome)"
+    return f"{stat['rate']:.3f} [{stat['ci_low']:.3f}, {stat['ci_high']:.3f}] (n={stat['n']})"
