@@ -338,7 +338,7 @@ LicenseOpt = Annotated[str | None, typer.Option(
 @app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run folder (finished or not).")],
-    out: Annotated[Path | None, typer.Option(help="Folder for report.html and README.md [default: RUN_DIR/report].")]
+    out: Annotated[Path | None, typer.Option(help="Folder for report.html and README.md (default: RUN_DIR/report).")]
     = None,
     license: LicenseOpt = None,
 ) -> None:
@@ -375,6 +375,213 @@ def push(
     except (ReportError, OSError) as err:  # the Hub's HTTP and offline errors are OSErrors
         raise _fail(str(err)) from err
     console.print(f"pushed to {url}")
+
+
+# -- train ---------------------------------------------------------------------------------------------
+
+
+@app.command()
+def train(
+    run_dir: Annotated[list[Path], typer.Argument(
+        help="Run folders, dataset folders or Parquet files of pairs (several are pooled).")],
+    out: Annotated[Path, typer.Option(help="Training folder TRAIN_DIR (rerunning resumes it).")],
+    model_size: Annotated[str, typer.Option(help="Model preset: tiny (~3M), small (~20M), base (~105M), 1b.")]
+    = "tiny",
+    seq_len: Annotated[int, typer.Option(help="Tokens per packed block.")] = 256,
+    tokens: Annotated[int | None, typer.Option(
+        help="Training tokens per arm per epoch (default: the smaller arm's count).")] = None,
+    epochs: Annotated[float, typer.Option(help="Passes over the matched blocks (same for both arms).")] = 1.0,
+    batch_size: Annotated[int, typer.Option(help="Blocks per micro-batch.")] = 16,
+    grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = 1,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (cosine decay to lr/10).")] = 1e-3,
+    warmup_steps: Annotated[int | None, typer.Option(help="Linear warmup steps (default: 5% of the steps).")] = None,
+    mask_instructions: Annotated[bool, typer.Option(
+        help="No loss on the instruction (user) tokens of the pairs arm.")] = False,
+    tokenizer: Annotated[str | None, typer.Option(
+        help="Existing tokenizer: folder, registry model or Hub name (default: train a byte-level BPE).")] = None,
+    vocab_size: Annotated[int, typer.Option(help="Vocabulary of the trained BPE.")] = 8192,
+    heldout_fraction: Annotated[float, typer.Option(help="Documents held out of both arms (by id hash).")] = 0.1,
+    heldout_documents: Annotated[int | None, typer.Option(
+        help="Hold out exactly this many documents instead of a fraction.")] = None,
+    eval_fraction: Annotated[float, typer.Option(help="Share of blocks kept for validation loss.")] = 0.02,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto (bfloat16 on a GPU), float32 or bfloat16.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed of initial weights, example shuffle and data order.")] = 0,
+    checkpoint_every: Annotated[int, typer.Option(help="Optimizer steps between checkpoints.")] = 200,
+    log_every: Annotated[int, typer.Option(help="Optimizer steps between metrics.jsonl lines.")] = 10,
+    eval_every: Annotated[int, typer.Option(help="Optimizer steps between validation losses.")] = 100,
+    arms: Annotated[str, typer.Option(help="Arms to train, comma-separated.")] = "pairs,documents",
+    force: Annotated[bool, typer.Option(help="Start over if TRAIN_DIR holds another configuration.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Pre-train same-size models from scratch on the pairs vs the raw documents, token for token."""
+    from fineinstructions.training.run import TrainConfig, run_training, summary_table, train_errors
+
+    config = TrainConfig(
+        source=tuple(str(p) for p in run_dir), out=str(out), model_size=model_size, seq_len=seq_len, tokens=tokens,
+        epochs=epochs,
+        batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps,
+        mask_instructions=mask_instructions, tokenizer=tokenizer, vocab_size=vocab_size,
+        heldout_fraction=heldout_fraction, heldout_documents=heldout_documents, eval_fraction=eval_fraction,
+        seed=seed, device=device, dtype=dtype, log_every=log_every, eval_every=eval_every,
+        checkpoint_every=checkpoint_every, arms=tuple(a.strip() for a in arms.split(",") if a.strip()))
+    try:
+        manifest = run_training(config, console=None if quiet else console, force=force)
+    except train_errors() as err:
+        raise _fail(str(err)) from err
+    console.print(summary_table(manifest))
+    console.print(f"models: {out}/<arm>/final  held-out pairs: {out}/heldout.jsonl")
+
+
+# -- evaluate ------------------------------------------------------------------------------------------
+
+
+@app.command()
+def evaluate(
+    train_dir: Annotated[Path | None, typer.Argument(
+        help="Training folder TRAIN_DIR: its pairs/final (a) and documents/final (b) models and heldout.jsonl.")]
+    = None,
+    out: Annotated[Path, typer.Option(help="Evaluation folder EVAL_DIR (rerunning resumes it).")] = Path("eval"),
+    model: Annotated[list[str] | None, typer.Option(
+        help="NAME=PATH of a model (folder or Hub name), twice; the first is model a. Overrides TRAIN_DIR's.")]
+    = None,
+    instructions: Annotated[str | None, typer.Option(
+        help="Instruction set: .jsonl/.json/.parquet or hf:NAME (default: TRAIN_DIR/heldout.jsonl).")] = None,
+    instruction_field: Annotated[str, typer.Option(help="Field (dotted path, e.g. history.0.user) of the "
+                                                        "instruction.")] = "instruction",
+    reference_field: Annotated[str | None, typer.Option(
+        help="Field of the reference answer (default: reference for heldout.jsonl, none for --instructions).")]
+    = None,
+    split: Annotated[str, typer.Option(help="Split of an hf: dataset.")] = "train",
+    hf_config: Annotated[str | None, typer.Option(help="Config name of an hf: dataset.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Evaluate a seeded sample of this many instructions.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the sample, sampling and bootstrap.")] = 0,
+    max_new_tokens: Annotated[int, typer.Option(help="Answer length limit in tokens.")] = 128,
+    temperature: Annotated[float, typer.Option(help="Answer sampling temperature (0: greedy).")] = 0.0,
+    batch_size: Annotated[int, typer.Option(help="Sequences per model forward batch.")] = 8,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="CPU threads of the models and the judge (default: all).")]
+    = None,
+    judge_kind: Annotated[str, typer.Option(help="Judge backend kind (llamacpp, openai, vllm, transformers, ...).")]
+    = "llamacpp",
+    judge_model: Annotated[str, typer.Option(help="Judge model (registry name, path or served name).")]
+    = "qwen2.5-coder-1.5b-instruct",
+    judge_base_url: Annotated[str | None, typer.Option(help="Judge server URL (kind openai).")] = None,
+    judge_max_tokens: Annotated[int, typer.Option(help="Judge reply limit in tokens (one verdict line).")] = 32,
+    max_answer_chars: Annotated[int, typer.Option(help="Answers are cut to this many characters for the judge.")]
+    = 1500,
+    no_judge: Annotated[bool, typer.Option("--no-judge", help="Skip the judged head-to-head.")] = False,
+    judge_mode: Annotated[str, typer.Option(
+        help="pairwise (both orders, AlpacaEval-style), single (each answer rated 1-10 alone, no position) or both.")]
+    = "pairwise",
+) -> None:
+    """Compare two models on held-out instructions: reference scores and a judged head-to-head (both orders)."""
+    from pydantic import ValidationError
+
+    from fineinstructions.evaluation import EvaluationInputError, EvaluationSettings, ModelSpec, load_instructions
+    from fineinstructions.evaluation import evaluate as run_evaluate
+
+    if train_dir is None and not model:
+        raise typer.BadParameter("give a TRAIN_DIR or two --model NAME=PATH")
+    if train_dir is None and instructions is None:
+        raise typer.BadParameter("with --model, name the instructions with --instructions FILE")
+    try:
+        judge = None if no_judge else BackendConfig(kind=judge_kind, model=judge_model,  # type: ignore[arg-type]
+                                                    base_url=judge_base_url, n_threads=threads)
+    except ValidationError as err:
+        raise typer.BadParameter(f"judge backend: {err.errors()[0]['msg']}") from err
+    settings = EvaluationSettings(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                                  batch_size=batch_size, device=device, threads=threads, judge=judge,
+                                  judge_max_tokens=judge_max_tokens, judge_max_answer_chars=max_answer_chars,
+                                  judge_mode=judge_mode)
+    try:
+        specs = [ModelSpec.parse(m) for m in model] if model else None
+        if instructions is not None:
+            chosen = load_instructions(instructions, instruction_field, reference_field, limit, seed, split, hf_config)
+        elif limit is not None or instruction_field != "instruction" or reference_field:
+            from fineinstructions.evaluation.heldout import heldout_path
+
+            chosen = load_instructions(heldout_path(train_dir), instruction_field, reference_field or "reference",
+                                       limit, seed)
+        else:
+            chosen = None
+        scores = run_evaluate(out, train_dir=train_dir, models=specs, instructions=chosen, settings=settings,
+                              console=console)
+    except (EvaluationInputError, ValueError, FileNotFoundError) as err:
+        raise _fail(str(err)) from err
+    console.print(f"answers, judgments, scores.json and evaluation.png -> {out}")
+    if scores.get("pairwise") and scores["pairwise"].get("error"):
+        raise _fail(f"judge: {scores['pairwise']['error']} (the other figures are in {out}/scores.json)")
+
+
+# -- distill -------------------------------------------------------------------------------------------
+
+
+@app.command()
+def distill(
+    stage: Annotated[str, typer.Option(help="Stage to distil: templatize or instantiate.")],
+    student: Annotated[str, typer.Option(help="Student causal LM: model folder, registry model or Hub name.")],
+    out: Annotated[Path, typer.Option(help="Output folder (rerunning resumes it).")],
+    inputs: Annotated[str | None, typer.Option(
+        help="templatize: queries (.jsonl/.parquet, or sharegpt); instantiate: a run folder or (template, "
+             "document) rows.")] = None,
+    teacher_kind: Annotated[str, typer.Option(help="Teacher backend kind (llamacpp, openai, vllm, ...).")]
+    = "llamacpp",
+    teacher_model: Annotated[str, typer.Option(help="Teacher model (registry name, path or served name).")]
+    = "qwen2.5-coder-1.5b-instruct",
+    teacher_base_url: Annotated[str | None, typer.Option(help="Teacher server URL (kind openai).")] = None,
+    teacher_prompt_version: Annotated[str | None, typer.Option(
+        help="Prompt the teacher answers (default: the stage's, v2).")] = None,
+    student_prompt_version: Annotated[str | None, typer.Option(
+        help="Prompt the student is trained on and served with (default: query_templatizer / "
+             "template_instantiator, the released models' zero-shot contracts).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Inputs the teacher answers (held-out eval inputs extra).")]
+    = None,
+    examples: Annotated[Path | None, typer.Option(help="Train on this examples file (skips the teacher).")] = None,
+    extra_examples: Annotated[Path | None, typer.Option(help="Examples file added to the teacher's.")] = None,
+    max_null_share: Annotated[float, typer.Option(help="instantiate: most of the examples that may be null.")]
+    = 0.25,
+    retries: Annotated[int, typer.Option(help="templatize: teacher retries of a rejected query.")] = 0,
+    teacher_batch_size: Annotated[int, typer.Option(help="Prompts per teacher call.")] = 8,
+    teacher_max_tokens: Annotated[int | None, typer.Option(help="Teacher generation limit (default: the stage's).")]
+    = None,
+    epochs: Annotated[float, typer.Option(help="Passes over the examples.")] = 2.0,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (cosine decay to lr/10).")] = 5e-5,
+    batch_size: Annotated[int, typer.Option(help="Examples per optimizer step.")] = 8,
+    warmup_steps: Annotated[int, typer.Option(help="Warmup steps (at most a fifth of the run).")] = 10,
+    max_seq_len: Annotated[int, typer.Option(help="Longer examples are dropped (and counted), never cut.")] = 1024,
+    pack: Annotated[bool, typer.Option(help="Pack several examples per row instead of padding each.")] = False,
+    chat_template: Annotated[str | None, typer.Option(
+        help="Chat template (Jinja text or file) for a student tokenizer without one.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    eval: Annotated[int, typer.Option(help="Run the stage with teacher and student on N held-out inputs.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the data order.")] = 0,
+    force: Annotated[bool, typer.Option(help="Redo a finished or differently configured run.")] = False,
+) -> None:
+    """Fine-tune a small student on a teacher's accepted outputs for one stage (loss on the completion only)."""
+    from pydantic import ValidationError
+
+    from fineinstructions.distill.examples import DistillError
+    from fineinstructions.distill.run import DistillSettings
+    from fineinstructions.distill.run import distill as run_distill
+
+    try:
+        teacher = BackendConfig(kind=teacher_kind, model=teacher_model, base_url=teacher_base_url)  # type: ignore[arg-type]
+    except ValidationError as err:
+        raise _fail(f"teacher backend: {err.errors()[0]['msg']}") from err
+    try:
+        settings = DistillSettings(
+            stage=stage, student=student, out=out, inputs=inputs, teacher=teacher, examples=examples,
+            extra_examples=extra_examples, limit=limit, teacher_prompt_version=teacher_prompt_version,
+            student_prompt_version=student_prompt_version, teacher_batch_size=teacher_batch_size,
+            teacher_max_tokens=teacher_max_tokens, retries=retries, max_null_share=max_null_share, epochs=epochs,
+            lr=lr, batch_size=batch_size, warmup_steps=warmup_steps, max_seq_len=max_seq_len, pack=pack,
+            device=device, seed=seed, chat_template=chat_template, eval=eval, force=force)
+        summary = run_distill(settings, console=console)
+    except (DistillError, ValueError, FileNotFoundError) as err:
+        raise _fail(str(err)) from err
+    console.print(f"student: {out}/final  (backend kind transformers or vllm, with the stage's prompt_version "
+                  f"{summary['student_prompt_version']})")
 
 
 # -- models and sources --------------------------------------------------------------------------------

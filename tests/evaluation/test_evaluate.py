@@ -4,6 +4,7 @@ resume from the cache; bad input; the CLI."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,18 @@ def test_evaluate_a_training_run_with_a_real_judge_and_resume(train_dir: Path, t
     assert all(m["reused"] for m in again["models"])
     assert again["pairwise"]["judge_calls"] == 0 and again["pairwise"]["cache_hits"] == 6
     assert again["pairwise"]["win_rate"] == pairwise["win_rate"]
+    assert again["single"] is None  # pairwise is the default judge mode
+
+    # single-answer grading on top: the pairwise calls come from the cache, only the ratings are paid
+    both = evaluate(out, train_dir=train_dir, settings=replace(_settings(judge), judge_mode="both"))
+    assert both["pairwise"]["cache_hits"] == 6 and both["pairwise"]["win_rate"] == pairwise["win_rate"]
+    single = both["single"]
+    assert single["judgments"] == 6 and single["judge_calls"] == 6 and single["failures"] == 0
+    assert single["instructions"] == 3 and single["model_a"] == "pairs"
+    grades = [json.loads(line) for line in (out / "grades.jsonl").read_text().splitlines()]
+    assert len(grades) == 6 and {g["model"] for g in grades} == {"pairs", "documents"}
+    with pytest.raises(EvaluationInputError, match="judge mode"):
+        evaluate(out, train_dir=train_dir, settings=replace(_settings(judge), judge_mode="pointwise"))
 
 
 def test_judge_that_cannot_start_keeps_the_other_figures(train_dir: Path, tmp_path: Path):

@@ -8,9 +8,12 @@ from fineinstructions.backends.base import Conversation, Generation, SamplingPar
 from fineinstructions.backends.fake import FakeBackend
 from fineinstructions.evaluation.heldout import EvalItem
 from fineinstructions.evaluation.judge import (
+    aggregate_grades,
     aggregate_judgments,
+    grade_answers,
     judge_conversations,
     judge_head_to_head,
+    parse_rating,
     parse_verdict,
     truncate,
     winner_of,
@@ -126,3 +129,47 @@ def test_judge_failures_are_counted_not_scored(raise_error: bool):
     result = aggregate_judgments(judgments)
     assert result["failures"] == 4 and result["win_rate"]["mean"] is None and result["instructions_scored"] == 0
     assert all(j.error for j in judgments)
+
+
+# -- single-answer grading ---------------------------------------------------------------------------------
+
+RATINGS = {"Rating: 7": 7, "Rating: [[3]]": 3, "**Rating:** 10": 10, "rating = 1": 1, "[[9]]": 9, "8/10": 8,
+           "6": 6, "Score: 4/10\nIt is partly right.": 4, "Rating: 0": None, "Rating: 11": None, "": None,
+           "The answer is good.": None, "Rating: 5\nRating: 2": 2}
+
+
+@pytest.mark.parametrize(("text", "expected"), list(RATINGS.items()))
+def test_parse_rating(text: str, expected: int | None):
+    assert parse_rating(text) == expected
+
+
+def _response(conversation: Conversation) -> str:
+    return conversation[-1]["content"].split("RESPONSE:", 1)[1]
+
+
+def _grade(responder) -> dict:
+    judge = FakeBackend(responder, "fake-judge")
+    grades = grade_answers(judge, ITEMS, {"a": ANSWERS_A, "b": ANSWERS_B}, batch_size=4)
+    assert len(grades) == 2 * len(ITEMS) and len(judge.calls) == 2 * len(ITEMS)
+    assert all("RESPONSE A" not in c[-1]["content"] for c in judge.calls)  # one answer per call: no positions
+    return aggregate_grades(grades, "a", "b", resamples=500)
+
+
+def test_single_grading_compares_ratings_per_instruction():
+    result = _grade(lambda conv: "Rating: 8" if "ALPHA" in _response(conv) else "Rating: 3")
+    assert result["win_rate"] == {"mean": 1.0, "ci_low": 1.0, "ci_high": 1.0, "n": 6}
+    assert result["instruction_outcomes"] == {"wins": 6, "ties": 0, "losses": 0}
+    assert result["mean_rating"]["a"]["mean"] == 8.0 and result["mean_rating"]["b"]["mean"] == 3.0
+    assert result["rating_histogram"]["b"]["3"] == 6
+
+
+def test_single_grading_ties_and_unparseable_ratings():
+    result = _grade(lambda conv: "no idea" if "Question 0" in conv[-1]["content"] else "Rating: 5")
+    assert result["win_rate"]["mean"] == 0.5 and result["instructions_scored"] == 5
+    assert result["unparseable"] == 2 and result["failures"] == 0
+    assert result["wilson_decisive_instructions"]["rate"] is None
+
+
+def test_single_prompt_examples_parse():
+    prompt = load_prompt("single", "v1")
+    assert {parse_rating(output) for _, output in prompt.examples} == {10, 6, 2, 1}

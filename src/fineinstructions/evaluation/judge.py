@@ -202,3 +202,107 @@ def aggregate_judgments(judgments: Sequence[Judgment], resamples: int = BOOTSTRA
         "first_position_preference": (sum(j.verdict == "A" for j in decisive) / len(decisive)) if decisive else None,
         "decisive_verdicts": len(decisive),
     }
+
+
+# -- single-answer grading ---------------------------------------------------------------------------------
+# MT-Bench's other protocol: the judge rates each answer alone (1-10), so no answer is ever shown in a position a
+# small judge could favour; the two models' ratings of an instruction are compared afterwards.
+
+_RATING = re.compile(r"(?:rating|score|grade)\s*(?:is|:|=)?\s*\[*\s*(\d{1,2})(?:\s*/\s*10)?\s*\]*", re.I)
+_BRACKETED_RATING = re.compile(r"\[\[\s*(\d{1,2})\s*\]\]")
+_OUT_OF_TEN = re.compile(r"\b(\d{1,2})\s*/\s*10\b")
+_BARE_RATING = re.compile(r"^\s*(\d{1,2})\s*[.!]?\s*$")
+
+
+def parse_rating(text: str) -> int | None:
+    """A 1-10 rating from a judge's reply ("Rating: 7", "[[7]]", "7/10", a bare "7"), or None."""
+    cleaned = _MARKUP.sub("", text or "").strip()
+    if not cleaned:
+        return None
+    for pattern in (_RATING, _BRACKETED_RATING, _OUT_OF_TEN):
+        found = pattern.findall(cleaned)
+        if found:
+            value = int(found[-1])
+            return value if 1 <= value <= 10 else None
+    first_line = cleaned.splitlines()[0]
+    bare = _BARE_RATING.match(first_line)
+    if bare and 1 <= int(bare.group(1)) <= 10:
+        return int(bare.group(1))
+    return None
+
+
+@dataclass
+class Grade:
+    """One single-answer judge call: a model's answer to an instruction and its 1-10 rating."""
+
+    item_id: str
+    model: str
+    rating: int | None  # None: unparseable reply or failed call
+    raw: str
+    error: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def grade_answers(judge: Backend, items: Sequence[EvalItem], answers: Mapping[str, Mapping[str, str]], *,
+                  prompt_version: str = "v1", max_tokens: int = 16, max_answer_chars: int = 1500,
+                  batch_size: int = 16, seed: int = 0) -> list[Grade]:
+    """Rate every model's answer to every instruction (`answers`: model -> item_id -> answer)."""
+    prompt = load_prompt("single", prompt_version)
+    sampling = SamplingParams(temperature=0.0, max_tokens=max_tokens, seed=seed)
+    # Instruction-major order: the answers to one instruction share the prompt prefix up to the response.
+    requests = [(item.item_id, model, prompt.conversation(
+        instruction=item.instruction, response=truncate(by_item[item.item_id], max_answer_chars)))
+        for item in items for model, by_item in answers.items()]
+    grades: list[Grade] = []
+    unparseable = 0
+    for begin in range(0, len(requests), max(1, batch_size)):
+        batch = requests[begin : begin + batch_size]
+        try:
+            generations = judge.generate([conv for _, _, conv in batch], sampling)
+        except Exception as err:  # a custom or remote judge that raises: count the calls as failed
+            log.warning("judge backend failed on %d requests: %s", len(batch), err)
+            grades += [Grade(i, m, None, "", error=f"judge_error: {err}") for i, m, _ in batch]
+            continue
+        for (item_id, model, _), generation in zip(batch, generations, strict=True):
+            rating = parse_rating(generation.text) if generation.ok else None
+            if generation.ok and rating is None:
+                unparseable += 1
+                if unparseable <= LOGGED_UNPARSEABLE:
+                    log.warning("unparseable judge rating: %r", generation.text[:200])
+            grades.append(Grade(item_id, model, rating, generation.text, generation.error,
+                                generation.prompt_tokens, generation.completion_tokens))
+    return grades
+
+
+def aggregate_grades(grades: Sequence[Grade], model_a: str, model_b: str, resamples: int = BOOTSTRAP_RESAMPLES,
+                     seed: int = 0) -> dict[str, Any]:
+    """Mean rating per model and the win rate of a over b from per-instruction rating comparisons.
+
+    An instruction counts when both answers got a rating: a higher rating wins (1), an equal one ties (0.5).
+    """
+    ratings: dict[str, dict[str, int]] = {}
+    for g in grades:
+        if g.rating is not None:
+            ratings.setdefault(g.item_id, {})[g.model] = g.rating
+    both = [(r[model_a], r[model_b]) for r in ratings.values() if model_a in r and model_b in r]
+    scores = [1.0 if a > b else (0.5 if a == b else 0.0) for a, b in both]
+    outcomes = {"wins": sum(a > b for a, b in both), "ties": sum(a == b for a, b in both),
+                "losses": sum(a < b for a, b in both)}
+    per_model = {m: [r[m] for r in ratings.values() if m in r] for m in (model_a, model_b)}
+    return {
+        "win_rate": bootstrap_ci(scores, resamples, seed),
+        "wilson_decisive_instructions": wilson_interval(outcomes["wins"], outcomes["wins"] + outcomes["losses"]),
+        "instructions": len({g.item_id for g in grades}),
+        "instructions_scored": len(both),
+        "instruction_outcomes": outcomes,
+        "mean_rating": {m: bootstrap_ci([float(v) for v in values], resamples, seed)
+                        for m, values in per_model.items()},
+        "rating_histogram": {m: {str(k): values.count(k) for k in range(1, 11)} for m, values in per_model.items()},
+        "unparseable": sum(g.rating is None and g.error is None for g in grades),
+        "failures": sum(g.error is not None for g in grades),
+        "judgments": len(grades),
+    }

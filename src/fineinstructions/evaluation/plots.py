@@ -83,20 +83,25 @@ def write_evaluation_plot(path: Path, scores: Mapping[str, Any], curves: Mapping
     else:
         _no_data(curve_ax, "training curves", "no metrics.jsonl (models given with --model)")
 
-    pairwise = scores.get("pairwise") or {}
-    win = pairwise.get("win_rate") or {}
-    if win.get("mean") is not None and len(names) >= 2:
-        mean, low, high = win["mean"], win["ci_low"], win["ci_high"]
-        b_stat = {"mean": 1 - mean, "ci_low": 1 - high, "ci_high": 1 - low}
-        _interval_bars(win_ax, names[:2], [win, b_stat], colors)
+    judged = [(label, scores.get(key) or {}) for key, label in
+              (("pairwise", "head-to-head\n(both orders)"), ("single", "single-answer\nrating 1-10"))]
+    judged = [(label, result) for label, result in judged if (result.get("win_rate") or {}).get("mean") is not None]
+    if judged and len(names) >= 2:
+        for x, (_, result) in enumerate(judged):
+            win = result["win_rate"]
+            win_ax.bar([x], [win["mean"]], width=0.5, color=colors[0],
+                       yerr=[[win["mean"] - win["ci_low"]], [win["ci_high"] - win["mean"]]], capsize=6)
+            outcomes = result.get("instruction_outcomes", {})
+            win_ax.text(x, 0.03, f"{outcomes.get('wins', 0)}W/{outcomes.get('ties', 0)}T/{outcomes.get('losses', 0)}L",
+                        ha="center", fontsize=8, color="white")
+        win_ax.set_xticks(range(len(judged)), [label for label, _ in judged])
         win_ax.axhline(0.5, color="grey", linestyle=":")
         win_ax.set_ylim(0, 1)
-        win_ax.set_ylabel("win rate (ties = 0.5), 95% bootstrap CI")
-        counts = pairwise.get("judgment_outcomes", {})
-        win_ax.set_title(f"head-to-head ({pairwise.get('judge', 'judge')}): {counts.get('wins', 0)} wins, "
-                         f"{counts.get('ties', 0)} ties, {counts.get('losses', 0)} losses of {names[0]}", fontsize=9)
+        win_ax.set_ylabel(f"win rate of {names[0]} over {names[1]} (ties = 0.5), 95% CI")
+        win_ax.set_title(f"judged by {judged[0][1].get('judge', 'judge')} (instructions: wins/ties/losses)", fontsize=9)
     else:
-        _no_data(win_ax, "head-to-head", pairwise.get("error") or "no judge run")
+        errors = [(scores.get(k) or {}).get("error") for k in ("pairwise", "single")]
+        _no_data(win_ax, "judged comparison", next((e for e in errors if e), "no judge run"))
 
     reference = scores.get("reference") or {}
     per_model = reference.get("per_model") or {}

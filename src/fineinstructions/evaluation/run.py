@@ -33,7 +33,7 @@ from fineinstructions.evaluation.heldout import (
     heldout_path,
     load_instructions,
 )
-from fineinstructions.evaluation.judge import aggregate_judgments, judge_head_to_head
+from fineinstructions.evaluation.judge import aggregate_grades, aggregate_judgments, grade_answers, judge_head_to_head
 from fineinstructions.evaluation.plots import read_metrics, write_evaluation_plot
 from fineinstructions.evaluation.scores import reference_scores
 from fineinstructions.evaluation.stats import BOOTSTRAP_RESAMPLES, bootstrap_ci, paired_bootstrap_ci
@@ -49,6 +49,9 @@ TOKENIZER_WARNING = ("the models use different tokenizers: per-token log-likelih
 def default_judge() -> BackendConfig:
     """The embedded 1.5B instruction model through llama.cpp."""
     return BackendConfig(kind="llamacpp", model=DEFAULT_GENERATOR)
+
+
+JUDGE_MODES = ("pairwise", "single", "both")
 
 
 @dataclass
@@ -67,6 +70,8 @@ class EvaluationSettings:
     judge_max_answer_chars: int = 1500
     judge_batch_size: int = 16
     judge_prompt_version: str = "v1"
+    judge_mode: str = "pairwise"  # pairwise (AlpacaEval-style, both orders), single (each answer rated 1-10), both
+    grade_prompt_version: str = "v1"
     bootstrap_resamples: int = BOOTSTRAP_RESAMPLES
 
     def sampling(self) -> SamplingParams:
@@ -183,11 +188,13 @@ def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def _run_judge(out_dir: Path, instructions: InstructionSet, answers: Sequence[ModelAnswers],
-               settings: EvaluationSettings, cache: RequestCache, judge_backend: Backend | None,
-               say: Any) -> dict[str, Any] | None:
+def _run_judges(out_dir: Path, instructions: InstructionSet, answers: Sequence[ModelAnswers],
+                settings: EvaluationSettings, cache: RequestCache, judge_backend: Backend | None,
+                say: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The judged comparisons `settings.judge_mode` asks for: (pairwise head-to-head, single-answer grading)."""
     if judge_backend is None and settings.judge is None:
-        return None
+        return None, None
+    modes = ("pairwise", "single") if settings.judge_mode == "both" else (settings.judge_mode,)
     owned = None
     if judge_backend is None:
         from fineinstructions.backends.factory import create_backend
@@ -198,7 +205,21 @@ def _run_judge(out_dir: Path, instructions: InstructionSet, answers: Sequence[Mo
         except Exception as err:  # missing model, engine not installed, server unreachable: say so, keep scores
             message = f"cannot start the judge backend ({settings.judge.kind} {settings.judge.model}): {err}"
             log.error(message)
-            return {"error": message, "judge": settings.judge.model}
+            failed = {"error": message, "judge": settings.judge.model}
+            return (failed if "pairwise" in modes else None), (failed if "single" in modes else None)
+    try:
+        pairwise = _pairwise(out_dir, instructions, answers, settings, cache, judge_backend, say) \
+            if "pairwise" in modes else None
+        single = _single(out_dir, instructions, answers, settings, cache, judge_backend, say) \
+            if "single" in modes else None
+    finally:
+        if owned is not None:
+            owned.close()
+    return pairwise, single
+
+
+def _pairwise(out_dir: Path, instructions: InstructionSet, answers: Sequence[ModelAnswers],
+              settings: EvaluationSettings, cache: RequestCache, judge_backend: Backend, say: Any) -> dict[str, Any]:
     judge_id = judge_backend.model_id
     cached = CachedBackend(judge_backend, cache, f"evaluate-judge:{settings.judge_prompt_version}")
     a, b = answers
@@ -206,15 +227,11 @@ def _run_judge(out_dir: Path, instructions: InstructionSet, answers: Sequence[Mo
     answers_b = {r["item_id"]: r["answer"] or "" for r in b.rows}
     say(f"judging {len(instructions.items)} instructions in both orders with {judge_id}")
     start = time.perf_counter()
-    try:
-        judgments = judge_head_to_head(cached, instructions.items, answers_a, answers_b,
-                                       prompt_version=settings.judge_prompt_version,
-                                       max_tokens=settings.judge_max_tokens,
-                                       max_answer_chars=settings.judge_max_answer_chars,
-                                       batch_size=settings.judge_batch_size, seed=settings.seed)
-    finally:
-        if owned is not None:
-            owned.close()
+    judgments = judge_head_to_head(cached, instructions.items, answers_a, answers_b,
+                                   prompt_version=settings.judge_prompt_version,
+                                   max_tokens=settings.judge_max_tokens,
+                                   max_answer_chars=settings.judge_max_answer_chars,
+                                   batch_size=settings.judge_batch_size, seed=settings.seed)
     order_model = {"ab": (a.name, b.name), "ba": (b.name, a.name)}
     rows = [j.to_json() | {"response_a_model": order_model[j.order][0], "response_b_model": order_model[j.order][1],
                            "judge": judge_id} for j in judgments]
@@ -229,6 +246,29 @@ def _run_judge(out_dir: Path, instructions: InstructionSet, answers: Sequence[Mo
     return result
 
 
+def _single(out_dir: Path, instructions: InstructionSet, answers: Sequence[ModelAnswers],
+            settings: EvaluationSettings, cache: RequestCache, judge_backend: Backend, say: Any) -> dict[str, Any]:
+    judge_id = judge_backend.model_id
+    cached = CachedBackend(judge_backend, cache, f"evaluate-grade:{settings.grade_prompt_version}")
+    a, b = answers
+    by_model = {m.name: {r["item_id"]: r["answer"] or "" for r in m.rows} for m in (a, b)}
+    say(f"rating each answer to {len(instructions.items)} instructions alone (1-10) with {judge_id}")
+    start = time.perf_counter()
+    grades = grade_answers(cached, instructions.items, by_model, prompt_version=settings.grade_prompt_version,
+                           max_tokens=min(settings.judge_max_tokens, 16),
+                           max_answer_chars=settings.judge_max_answer_chars,
+                           batch_size=settings.judge_batch_size, seed=settings.seed)
+    _write_jsonl(out_dir / "grades.jsonl", [g.to_json() | {"judge": judge_id} for g in grades])
+    result = aggregate_grades(grades, a.name, b.name, settings.bootstrap_resamples, settings.seed)
+    result |= {"model_a": a.name, "model_b": b.name, "judge": judge_id,
+               "prompt_version": settings.grade_prompt_version, "seconds": round(time.perf_counter() - start, 2),
+               "judge_calls": int(cached.stats.requests), "cache_hits": int(cached.stats.extra.get("cache_hits", 0))}
+    if result["failures"] == len(grades) and grades:
+        first = next((g.error for g in grades if g.error), "unknown error")
+        result["error"] = f"the judge failed on all {len(grades)} requests: {first}"
+    return result
+
+
 def evaluate(out_dir: str | Path, *, train_dir: str | Path | None = None, models: Sequence[ModelSpec] | None = None,
              instructions: InstructionSet | None = None, settings: EvaluationSettings | None = None,
              judge_backend: Backend | None = None, console: Any = None) -> dict[str, Any]:
@@ -239,6 +279,8 @@ def evaluate(out_dir: str | Path, *, train_dir: str | Path | None = None, models
     closed). Raises EvaluationInputError on unusable input before any model is loaded.
     """
     settings = settings or EvaluationSettings()
+    if settings.judge_mode not in JUDGE_MODES:
+        raise EvaluationInputError(f"judge mode must be one of {', '.join(JUDGE_MODES)}, got {settings.judge_mode!r}")
     out = Path(out_dir)
 
     def say(message: str) -> None:
@@ -277,19 +319,22 @@ def evaluate(out_dir: str | Path, *, train_dir: str | Path | None = None, models
         reference = score_references(instructions, answers, settings.bootstrap_resamples, settings.seed)
         if reference and reference["warning"]:
             warnings.append(reference["warning"])
-        pairwise = _run_judge(out, instructions, answers, settings, cache, judge_backend, say)
-        if pairwise and pairwise.get("error"):
-            warnings.append(pairwise["error"])
+        pairwise, single = _run_judges(out, instructions, answers, settings, cache, judge_backend, say)
+        for result in (pairwise, single):
+            if result and result.get("error") and result["error"] not in warnings:
+                warnings.append(result["error"])
         if pairwise and pairwise.get("unparseable"):
             warnings.append(f"{pairwise['unparseable']} judge verdicts were unparseable (counted as ties)")
+        if single and single.get("unparseable"):
+            warnings.append(f"{single['unparseable']} judge ratings were unparseable (left out)")
     finally:
         cache.close()
     curves = {spec.name: read_metrics(Path(spec.path).expanduser().parent / "metrics.jsonl") for spec in models}
     training = {name: _curve_summary(rows) for name, rows in curves.items() if rows}
     scores = {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "train_dir": str(train_dir) if train_dir else None,
               "instructions": instructions.describe(), "models": [_answer_summary(m) for m in answers],
-              "reference": reference, "pairwise": pairwise, "training": training, "warnings": warnings,
-              "settings": settings.describe()}
+              "reference": reference, "pairwise": pairwise, "single": single, "training": training,
+              "warnings": warnings, "settings": settings.describe()}
     write_json_atomic(out / "scores.json", scores)
     write_evaluation_plot(out / "evaluation.png", scores, curves)
     if console is not None:
@@ -350,6 +395,17 @@ def print_scores(scores: dict[str, Any], console: Any) -> None:
             f"{'-' if consistency is None else f'{consistency:.2f}'}; first-position preference "
             f"{'-' if first is None else f'{first:.2f}'}; unparseable {pairwise['unparseable']}, "
             f"failed {pairwise['failures']}")
+    single = scores.get("single")
+    if single and single.get("win_rate", {}).get("mean") is not None:
+        counts = single["instruction_outcomes"]
+        means = single["mean_rating"]
+        console.print(
+            f"single-answer grading ({single['judge']}): win rate of {single['model_a']} over {single['model_b']} "
+            f"{_fmt(single['win_rate'])}; instructions {counts['wins']} wins / {counts['ties']} ties / "
+            f"{counts['losses']} losses; Wilson on decisive instructions "
+            f"{_fmt_wilson(single['wilson_decisive_instructions'])}; mean rating {single['model_a']} "
+            f"{_fmt(means[single['model_a']], 2)}, {single['model_b']} {_fmt(means[single['model_b']], 2)}; "
+            f"unparseable {single['unparseable']}, failed {single['failures']}")
     for warning in scores.get("warnings") or []:
         console.print(f"[yellow]warning:[/yellow] {warning}")
 

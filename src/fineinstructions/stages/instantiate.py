@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
-from fineinstructions.backends.base import Backend, Generation, SamplingParams
+from fineinstructions.backends.base import Backend, Conversation, Generation, SamplingParams
 from fineinstructions.contracts.excerpts import ExpandedAnswer, NormalizedText, expand_excerpts
 from fineinstructions.contracts.templates import (
     FI_SPAN,
@@ -91,8 +91,7 @@ class InstantiateStage(Stage):
             else:
                 rejected.append(Rejected(m.model_dump(exclude={"text"}), "template_without_variables"))
         matches = document_major(usable)
-        conversations = [self.prompt.conversation(document=self.prompt_document(m.text), template=m.template)
-                         for m in matches]
+        conversations = [self.conversation(m) for m in matches]
         generations = self.backend.generate(conversations, self.sampling)
         normalized: dict[str, NormalizedText] = {}
         passed: list[tuple[Match, ParsedInstantiation, ExpandedAnswer, int]] = []
@@ -118,6 +117,10 @@ class InstantiateStage(Stage):
         """True when the output names something from a few-shot example that its own document never mentions
         (small models copy example names into unrelated pairs)."""
         return any(name in text and name not in document for name in self._example_names)
+
+    def conversation(self, match: Match) -> Conversation:
+        """The chat request this stage sends for one (template, document) match."""
+        return self.prompt.conversation(document=self.prompt_document(match.text), template=match.template)
 
     def prompt_document(self, text: str) -> str:
         """The document as the prompt shows it: cut at a sentence end before `max_prompt_document_chars`.

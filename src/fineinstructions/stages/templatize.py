@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from fineinstructions.backends.base import Backend, Generation, SamplingParams
+from fineinstructions.backends.base import Backend, Conversation, Generation, SamplingParams
 from fineinstructions.contracts.templates import (
     FI_SPAN,
     ParsedTemplate,
@@ -57,13 +57,9 @@ class TemplatizeStage(Stage):
         rejected: list[Rejected] = []
         todo: list[Query] = []
         for query in batch:
-            text = query.text.strip()
-            if not text:
-                rejected.append(Rejected(query.model_dump(), "empty_query"))
-            elif len(text) > MAX_QUERY_CHARS:
-                rejected.append(Rejected(query.model_dump(), "query_too_long"))
-            elif looks_binary(text):
-                rejected.append(Rejected(query.model_dump(), "binary_query"))
+            reason = self.input_error(query)
+            if reason:
+                rejected.append(Rejected(query.model_dump(), reason))
             else:
                 todo.append(query)
         templates: dict[str, Template] = {}
@@ -76,11 +72,10 @@ class TemplatizeStage(Stage):
             sampling = SamplingParams(
                 temperature=self.temperature if attempt == 0 else self.retry_temperature,
                 max_tokens=self.max_tokens, seed=self.seed + attempt)
-            generations = self.backend.generate(
-                [self.prompt.conversation(query=q.text.strip()) for q in pending], sampling)
+            generations = self.backend.generate([self.conversation(q) for q in pending], sampling)
             still: list[Query] = []
             for query, generation in zip(pending, generations, strict=True):
-                outcome = self._check(query, generation)
+                outcome = self.check(query, generation)
                 if isinstance(outcome, str):
                     last_failure[query.query_id] = (outcome, generation.text)
                     if not outcome.startswith("backend_error"):
@@ -98,7 +93,24 @@ class TemplatizeStage(Stage):
                 rejected.append(Rejected(query.model_dump() | {"output": output}, reason))
         return StageResult([templates[q.query_id] for q in todo if q.query_id in templates], rejected)
 
-    def _check(self, query: Query, generation: Generation) -> ParsedTemplate | str:
+    @staticmethod
+    def input_error(query: Query) -> str | None:
+        """Why a query is dropped before any model call (None when it is sent)."""
+        text = query.text.strip()
+        if not text:
+            return "empty_query"
+        if len(text) > MAX_QUERY_CHARS:
+            return "query_too_long"
+        if looks_binary(text):
+            return "binary_query"
+        return None
+
+    def conversation(self, query: Query) -> Conversation:
+        """The chat request this stage sends for one query."""
+        return self.prompt.conversation(query=query.text.strip())
+
+    def check(self, query: Query, generation: Generation) -> ParsedTemplate | str:
+        """Parse and gate one generation: the template, or the named reason it is rejected."""
         if not generation.ok:
             return f"backend_error: {generation.error}"
         parsed = parse_templatizer_output(generation.text)
