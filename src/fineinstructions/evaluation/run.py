@@ -237,13 +237,7 @@ def _pairwise(out_dir: Path, instructions: InstructionSet, answers: Sequence[Mod
                            "judge": judge_id} for j in judgments]
     _write_jsonl(out_dir / "judgments.jsonl", rows)
     result = aggregate_judgments(judgments, settings.bootstrap_resamples, settings.seed)
-    result |= {"model_a": a.name, "model_b": b.name, "judge": judge_id,
-               "prompt_version": settings.judge_prompt_version, "seconds": round(time.perf_counter() - start, 2),
-               "judge_calls": int(cached.stats.requests), "cache_hits": int(cached.stats.extra.get("cache_hits", 0))}
-    if result["failures"] == len(judgments) and judgments:
-        first = next((j.error for j in judgments if j.error), "unknown error")
-        result["error"] = f"the judge failed on all {len(judgments)} requests: {first}"
-    return result
+    return _with_run_facts(result, answers, cached, settings.judge_prompt_version, start, judgments)
 
 
 def _single(out_dir: Path, instructions: InstructionSet, answers: Sequence[ModelAnswers],
@@ -260,12 +254,18 @@ def _single(out_dir: Path, instructions: InstructionSet, answers: Sequence[Model
                            batch_size=settings.judge_batch_size, seed=settings.seed)
     _write_jsonl(out_dir / "grades.jsonl", [g.to_json() | {"judge": judge_id} for g in grades])
     result = aggregate_grades(grades, a.name, b.name, settings.bootstrap_resamples, settings.seed)
-    result |= {"model_a": a.name, "model_b": b.name, "judge": judge_id,
-               "prompt_version": settings.grade_prompt_version, "seconds": round(time.perf_counter() - start, 2),
+    return _with_run_facts(result, answers, cached, settings.grade_prompt_version, start, grades)
+
+
+def _with_run_facts(result: dict[str, Any], answers: Sequence[ModelAnswers], cached: CachedBackend,
+                    prompt_version: str, start: float, calls: Sequence[Any]) -> dict[str, Any]:
+    """A judged comparison's figures plus who judged what, how long it took, what was paid, and a total failure."""
+    result |= {"model_a": answers[0].name, "model_b": answers[1].name, "judge": cached.model_id,
+               "prompt_version": prompt_version, "seconds": round(time.perf_counter() - start, 2),
                "judge_calls": int(cached.stats.requests), "cache_hits": int(cached.stats.extra.get("cache_hits", 0))}
-    if result["failures"] == len(grades) and grades:
-        first = next((g.error for g in grades if g.error), "unknown error")
-        result["error"] = f"the judge failed on all {len(grades)} requests: {first}"
+    if calls and result["failures"] == len(calls):
+        first = next((c.error for c in calls if c.error), "unknown error")
+        result["error"] = f"the judge failed on all {len(calls)} requests: {first}"
     return result
 
 
