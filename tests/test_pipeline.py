@@ -13,7 +13,7 @@ from fineinstructions.config import BackendConfig, PipelineConfig, RunConfig, So
 from fineinstructions.contracts.excerpts import expand_excerpts
 from fineinstructions.io.writers import read_records
 from fineinstructions.pipeline import ConfigChanged, Pipeline
-from fineinstructions.records import Match, Pair
+from fineinstructions.records import Match, Pair, Template
 
 DOCUMENTS = [
     ("acid", "Acid rain is rain or any other form of precipitation that is unusually acidic. It can have harmful "
@@ -204,3 +204,51 @@ def test_a_ready_template_bank_skips_templatize(tmp_path):
     assert summary["index"]["templates"] == 2
     assert not any(c[0]["content"].startswith("You turn a real user query") for c in backend.calls)
     assert {p.template_id for p in read_records(tmp_path / "run" / "dataset", Pair)} <= {"ft-1", "ft-3"}
+
+
+def test_each_model_stage_is_served_by_its_own_backend(tmp_path):
+    cfg = config_for(tmp_path)
+    cfg.templatize.backend = BackendConfig(kind="custom", model="tests.scripted_backend:make", n_ctx=1001)
+    cfg.judge.backend = BackendConfig(kind="custom", model="tests.scripted_backend:make", n_ctx=1002)
+    pipeline = Pipeline(cfg, show_progress=False)
+    engines = {name: FakeBackend(scripted, model_id=f"{name}-model") for name in ("templatizer", "instantiator",
+                                                                                     "judge")}
+    pipeline.backends.register(cfg.templatize.backend, engines["templatizer"])
+    pipeline.backends.register(cfg.generator, engines["instantiator"])
+    pipeline.backends.register(cfg.judge.backend, engines["judge"])
+    summary = pipeline.run()
+    prompts = {name: {c[0]["content"][:20] for c in engine.calls} for name, engine in engines.items()}
+    assert prompts["templatizer"] == {"You turn a real user"}
+    assert all(p.startswith(("You write one", "You turn an instruc")) for p in prompts["instantiator"])
+    assert prompts["judge"] == {"You are a strict jud"}
+    templates = read_records(tmp_path / "run" / "work" / "templatize", Template)
+    assert templates and {t.model_id for t in templates} == {"templatizer-model"}
+    pairs = read_records(tmp_path / "run" / "dataset", Pair)
+    assert pairs and {(p.instantiator_model, p.judge_model) for p in pairs} == {("instantiator-model", "judge-model")}
+    assert summary["models"]["templatize"] == summary["models"]["judge"] == "tests.scripted_backend:make"
+
+
+@pytest.mark.model
+@pytest.mark.server
+def test_three_real_engines_serve_templatize_instantiate_and_judge(tmp_path, llama_server, test_gguf):
+    """llama.cpp in-process templatizes, a llama.cpp server on 127.0.0.1 instantiates, transformers judges."""
+    from fineinstructions.backends.convert import resolve_hf_folder
+
+    cfg = config_for(tmp_path, shard_size=4, top_k=1)
+    cfg.templatize.backend = BackendConfig(kind="llamacpp", model=str(test_gguf), n_ctx=2048)
+    cfg.generator = BackendConfig(kind="openai", base_url=llama_server, model="smollm2-135m-instruct",
+                                  max_concurrency=2)
+    cfg.judge.backend = BackendConfig(kind="transformers", model=str(resolve_hf_folder("smollm2-135m-instruct")),
+                                      n_ctx=2048, max_concurrency=4)
+    cfg.templatize.max_tokens, cfg.instantiate.max_tokens, cfg.judge.max_tokens = 80, 120, 40
+    cfg.templates = None
+    summary = Pipeline(cfg, show_progress=False).run()
+    stages = summary["stages"]
+    assert stages["templatize"]["requests"] >= 6 and stages["templatize"]["completion_tokens"] > 0
+    templates = read_records(tmp_path / "run" / "work" / "templatize", Template)
+    assert {t.model_id for t in templates} <= {test_gguf.name}
+    if stages.get("instantiate", {}).get("requests"):  # the 135M model may leave no valid template to match
+        assert stages["instantiate"]["completion_tokens"] > 0
+    for pair in read_records(tmp_path / "run" / "work" / "judge", Pair):
+        assert pair.instantiator_model == "smollm2-135m-instruct"
+        assert pair.judge_model not in ("", "smollm2-135m-instruct", test_gguf.name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -26,7 +26,9 @@ class SourceConfig(Section):
     kind: Literal["path", "sharegpt", "wikipedia"] = "path"
     path: str | None = None
     split: str = "train"
-    hf_config: str | None = None
+    hf_config: str | None = None  # hf: only: the dataset's config name
+    revision: str | None = None  # hf: only: a branch, tag or commit of a Hub dataset (pin it)
+    data_files: str | list[str] | dict[str, str | list[str]] | None = None  # hf: only: files (globs) to read
     text_field: str = "text"
     id_field: str | None = None
     title_field: str | None = None
@@ -45,6 +47,8 @@ class SourceConfig(Section):
             error = hf_name_error(self.path[3:], check_path=False)  # a local folder may appear before the run
             if error:
                 raise ValueError(error)
+        elif self.revision is not None or self.data_files is not None:
+            raise ValueError("`revision` and `data_files` apply to hf: sources only")
         return self
 
 
@@ -59,6 +63,7 @@ class BackendConfig(Section):
 
     kind: Literal["llamacpp", "openai", "custom", "llamacpp_server", "vllm", "transformers"] = "llamacpp"
     model: str = DEFAULT_GENERATOR
+    revision: str | None = None  # vllm: a branch, tag or commit of a Hub model (pin it)
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     n_ctx: int = Field(default=4096, ge=1)
@@ -78,6 +83,8 @@ class BackendConfig(Section):
     def _url_needed(self) -> BackendConfig:
         if self.kind == "openai" and not self.base_url:
             raise ValueError("an 'openai' backend needs `base_url`, e.g. http://127.0.0.1:8000/v1")
+        if self.revision is not None and self.kind != "vllm":
+            raise ValueError(f"`revision` pins a Hub model for the vllm backend; a {self.kind!r} backend has none")
         return self
 
 
@@ -98,7 +105,8 @@ class QueryFilterConfig(Section):
 
 
 class TemplatizeConfig(Section):
-    prompt_version: str = "v2"
+    backend: BackendConfig | None = None  # the model that serves this stage; None: the generator
+    prompt_version: str = "v2"  # v2, v1, query_templatizer (the released model's contract)
     max_tokens: int = Field(default=200, ge=1)
     temperature: float = Field(default=0.0, ge=0)
     retries: int = Field(default=2, ge=0)
@@ -110,7 +118,10 @@ class TemplatizeConfig(Section):
 class MatchConfig(Section):
     """Embedding retrieval of templates for documents (DESIGN.md §2)."""
 
-    embedder: str = DEFAULT_EMBEDDER
+    embedder: str = DEFAULT_EMBEDDER  # the packaged MiniLM, a sentence-transformers folder, or a Hub name online
+    embedder_revision: str | None = None  # a branch, tag or commit of a Hub embedder (pin it)
+    embedder_device: str = "auto"  # cpu, cuda, cuda:N, mps, or auto (a GPU when there is one)
+    embedder_batch_size: int = Field(default=32, ge=1)  # texts (or windows) per forward pass
     top_k: int = Field(default=6, ge=1)
     coverage_chunks: int = Field(default=10, ge=0)  # K local vectors; 0 = global vector only
     sigma: float = Field(default=0.05, gt=0)
@@ -134,6 +145,7 @@ class MatchConfig(Section):
 class InstantiateConfig(Section):
     """Template instantiation with excerpt answers, and the gates each pair must pass."""
 
+    backend: BackendConfig | None = None  # the model that serves this stage; None: the generator
     prompt_version: str = "v2"  # v2, v1, template_instantiator (the released model's JSON contract)
     max_tokens: int = Field(default=400, ge=1)
     temperature: float = Field(default=0.0, ge=0)
@@ -146,7 +158,8 @@ class InstantiateConfig(Section):
 
 
 class JudgeConfig(Section):
-    prompt_version: str = "v2"
+    backend: BackendConfig | None = None  # the model that serves this stage; None: judge_backend, else the generator
+    prompt_version: str = "v2"  # v2, v1, flow_judge (Flow-Judge's rubric format)
     max_tokens: int = Field(default=160, ge=1)
     temperature: float = Field(default=0.0, ge=0)
     min_score: int = Field(default=4, ge=1, le=5)
@@ -180,14 +193,20 @@ class RunConfig(Section):
 
 EXECUTION_FIELDS = ("output_dir", "executor", "workers", "cpus_per_worker", "gpus_per_worker", "ray_address",
                     "shards_in_flight", "request_cache")
+# Settings outside `run` that change where and how fast, not what: a run embedded on a GPU may resume on a CPU.
+SECTION_EXECUTION_FIELDS = {"match": ("embedder_device", "embedder_batch_size")}
+# Fields added after runs were made: left out of the fingerprint while unset (at any depth), so those runs
+# still resume.
+LATER_OPTIONAL_FIELDS = frozenset({"backend", "revision", "embedder_revision", "data_files"})
+GenerativeStage = Literal["templatize", "instantiate", "judge"]
 
 
 class PipelineConfig(Section):
-    queries: SourceConfig
+    queries: SourceConfig | None = None  # real user queries to templatize (not needed with `templates`)
     documents: SourceConfig
     templates: SourceConfig | None = None  # a ready template bank: skips query filtering and templatize
-    generator: BackendConfig = BackendConfig()
-    judge_backend: BackendConfig | None = None  # None: the generator's model judges too
+    generator: BackendConfig = BackendConfig()  # serves every model stage that names no backend of its own
+    judge_backend: BackendConfig | None = None  # older spelling of judge.backend
     query_filter: QueryFilterConfig = QueryFilterConfig()
     templatize: TemplatizeConfig = TemplatizeConfig()
     match: MatchConfig = MatchConfig()
@@ -196,12 +215,36 @@ class PipelineConfig(Section):
     filter: FilterConfig = FilterConfig()
     run: RunConfig = RunConfig()
 
+    @model_validator(mode="after")
+    def _queries_or_templates(self) -> PipelineConfig:
+        if self.queries is None and self.templates is None:
+            raise ValueError("give `queries` (to templatize) or `templates` (a ready template bank)")
+        return self
+
+    @model_validator(mode="after")
+    def _one_judge_backend(self) -> PipelineConfig:
+        if self.judge_backend is not None and self.judge.backend is not None:
+            raise ValueError("give the judge's model once: `judge.backend` (or the older `judge_backend`), not both")
+        return self
+
+    def backend_for(self, stage: GenerativeStage) -> BackendConfig:
+        """The backend that serves a model stage: its own section's `backend`, else the generator."""
+        own: BackendConfig | None = getattr(self, stage).backend
+        if stage == "judge":
+            own = own or self.judge_backend
+        return own or self.generator
+
     def fingerprint(self) -> str:
-        """Hash of everything that changes the output (the output folder itself does not)."""
+        """Hash of everything that changes the output (the output folder and execution settings do not)."""
         data = self.model_dump(mode="json")
         for name in EXECUTION_FIELDS:
             data["run"].pop(name, None)
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        for section, names in SECTION_EXECUTION_FIELDS.items():
+            for name in names:
+                data[section].pop(name, None)
+        if data["queries"] is None:  # a bank-only run (allowed since `queries` became optional)
+            data.pop("queries")
+        return hashlib.sha256(json.dumps(_without_unset(data), sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> PipelineConfig:
@@ -216,6 +259,12 @@ class PipelineConfig(Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _without_unset(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` without the LATER_OPTIONAL_FIELDS that are None, at any depth."""
+    return {key: _without_unset(value) if isinstance(value, dict) else value for key, value in data.items()
+            if not (key in LATER_OPTIONAL_FIELDS and value is None)}
 
 
 def demo_config(output_dir: str = "runs/demo", queries: int = 24, documents: int = 12, seed: int = 0,

@@ -64,7 +64,7 @@ def load_queries(source: SourceConfig, stats: ReadStats) -> list[Query]:
         return sample(list(sharegpt_queries()), source.limit, source.seed)
     if source.kind == "wikipedia":
         raise ValueError("the wikipedia source holds documents, not queries")
-    rows = read_rows(source.path or "", source.split, stats, source.hf_config)
+    rows = source_rows(source, stats)
     return list(rows_to_records(rows, Query, source.text_field, source.id_field, None,
                                 source=_source_name(source), stats=stats, limit=source.limit))  # type: ignore[arg-type]
 
@@ -75,9 +75,14 @@ def load_documents(source: SourceConfig, stats: ReadStats) -> Iterable[Document]
         return demo_documents(source.limit or 10**9, source.seed)
     if source.kind == "sharegpt":
         raise ValueError("the sharegpt source holds queries, not documents")
-    rows = read_rows(source.path or "", source.split, stats, source.hf_config)
+    rows = source_rows(source, stats)
     return rows_to_records(rows, Document, source.text_field, source.id_field, source.title_field,  # type: ignore[return-value]
                            source=_source_name(source), stats=stats, limit=source.limit)
+
+
+def source_rows(source: SourceConfig, stats: ReadStats) -> Iterator[dict[str, Any]]:
+    """The raw rows of a file, folder or `hf:` source, with its Hugging Face settings."""
+    return read_rows(source.path or "", source.split, stats, source.hf_config, source.revision, source.data_files)
 
 
 def _source_name(source: SourceConfig) -> str:
@@ -133,6 +138,8 @@ class Pipeline:
         if cfg.templates is not None:
             queries: list[Query] = []
             documents = load_documents(cfg.documents, read_stats["documents"])
+        elif cfg.queries is None:
+            raise ValueError("a run needs `queries` to templatize, or a ready `templates` bank")
         elif cfg.documents.kind == "wikipedia" and cfg.documents.near_queries and cfg.queries.kind == "sharegpt":
             queries, documents = topical_demo_sample(cfg.queries.limit or 24, cfg.documents.limit or 12,
                                                      self.embedder, cfg.queries.seed)
@@ -196,7 +203,7 @@ class Pipeline:
         """A ready template bank (ours or the released FineTemplates) instead of templatizing queries."""
         source = self.config.templates
         assert source is not None
-        rows = read_rows(source.path or "", source.split, read_stats["templates"], source.hf_config)
+        rows = source_rows(source, read_stats["templates"])
         return list(rows_to_templates(rows, read_stats["templates"], source.limit))
 
     def _dedup_templates(self, ex: LocalExecutor, templates: list[Template]) -> list[Template]:
@@ -226,7 +233,9 @@ class Pipeline:
     @property
     def embedder(self) -> Embedder:
         if not hasattr(self, "_embedder"):
-            self._embedder = Embedder(self.config.match.embedder)
+            mc = self.config.match
+            self._embedder = Embedder(mc.embedder, device=mc.embedder_device, batch_size=mc.embedder_batch_size,
+                                      revision=mc.embedder_revision)
         return self._embedder
 
     def _documents(self, ex: LocalExecutor, index: TemplateIndex | ShardedTemplateIndex,

@@ -48,23 +48,23 @@ class StageRecipe:
             from fineinstructions.stages.templatize import TemplatizeStage
 
             tc = cfg.templatize
-            return TemplatizeStage(backends.get(cfg.generator, f"templatize/{tc.prompt_version}"), tc.prompt_version,
-                                   tc.max_tokens, tc.temperature, cfg.run.seed, tc.retries, tc.retry_temperature,
-                                   tc.min_intent_overlap)
+            return TemplatizeStage(backends.get(cfg.backend_for("templatize"), f"templatize/{tc.prompt_version}"),
+                                   tc.prompt_version, tc.max_tokens, tc.temperature, cfg.run.seed, tc.retries,
+                                   tc.retry_temperature, tc.min_intent_overlap)
         if self.stage == "match":
             return self._match_stage()
         if self.stage == "instantiate":
             from fineinstructions.stages.instantiate import InstantiateStage
 
             ic = cfg.instantiate
-            return InstantiateStage(backends.get(cfg.generator, f"instantiate/{ic.prompt_version}"),
+            return InstantiateStage(backends.get(cfg.backend_for("instantiate"), f"instantiate/{ic.prompt_version}"),
                                     ic.prompt_version, ic.max_tokens, ic.temperature, cfg.run.seed, ic.min_coverage,
                                     self.fingerprint, ic.min_copy_words, ic.min_answer_words, ic.max_answer_chars,
                                     ic.max_prompt_document_chars, ic.constrained)
         from fineinstructions.stages.judge import JudgeStage
 
         jc = cfg.judge
-        return JudgeStage(backends.get(cfg.judge_backend or cfg.generator, f"judge/{jc.prompt_version}"),
+        return JudgeStage(backends.get(cfg.backend_for("judge"), f"judge/{jc.prompt_version}"),
                           jc.prompt_version, jc.max_tokens, jc.temperature, cfg.run.seed)
 
 
@@ -78,7 +78,8 @@ class StageRecipe:
         mc = self.config.match
         if mc.max_template_uses is not None:
             raise ValueError("matching with a corpus-wide template cap runs shard after shard, not on workers")
-        embedder = Embedder(mc.embedder)
+        embedder = Embedder(mc.embedder, device=mc.embedder_device, batch_size=mc.embedder_batch_size,
+                                      revision=mc.embedder_revision)
         index = TemplateIndex.load(Path(self.config.run.output_dir) / "index", embedder, nprobe=mc.nprobe,
                                    ef_search=mc.ef_search, refine_k_factor=mc.refine_k_factor)
         return MatchStage(index, embedder, mc.top_k, mc.coverage_chunks, mc.sigma, mc.alpha, mc.min_score,

@@ -73,7 +73,9 @@ def build_summary(config: PipelineConfig, fingerprint: str, stage_stats: dict[st
         "config_fingerprint": fingerprint,
         "models": {
             "generator": config.generator.model,
-            "judge": (config.judge_backend or config.generator).model,
+            "templatize": config.backend_for("templatize").model if config.templates is None else None,
+            "instantiate": config.backend_for("instantiate").model,
+            "judge": config.backend_for("judge").model,
             "embedder": config.match.embedder,
         },
         "inputs": inputs | {

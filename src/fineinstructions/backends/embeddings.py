@@ -12,17 +12,35 @@ import numpy as np
 from fineinstructions.backends.models import resolve_embedder
 
 
-class Embedder:
-    """A sentence-transformers model (the packaged all-MiniLM-L6-v2 by default), on CPU unless told."""
+def resolve_device(device: str | None) -> str:
+    """`auto` (or None): the first CUDA GPU when there is one, else Apple's MPS, else the CPU."""
+    if device not in (None, "", "auto"):
+        return str(device)
+    import torch
 
-    def __init__(self, model: str = "all-minilm-l6-v2", device: str | None = None, batch_size: int = 32):
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+class Embedder:
+    """A sentence-transformers model (the packaged all-MiniLM-L6-v2 by default) on `device` (auto: a GPU
+    when there is one), encoding `batch_size` texts per forward pass; `revision` pins a Hub model."""
+
+    def __init__(self, model: str = "all-minilm-l6-v2", device: str | None = "auto", batch_size: int = 32,
+                 revision: str | None = None):
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()  # our own progress bars report the work
 
         self.model_id = model
-        self.model = SentenceTransformer(resolve_embedder(model), device=device or "cpu")
+        self.revision = revision
+        self.device = resolve_device(device)
+        self.model = SentenceTransformer(resolve_embedder(model), device=self.device, revision=revision)
         self.batch_size = batch_size
         self.dimension = int(self.model.get_embedding_dimension()
                              if hasattr(self.model, "get_embedding_dimension")
@@ -32,6 +50,8 @@ class Embedder:
     def fingerprint(self) -> str:
         """Identifies the embedding space, so an index is never queried with another model's vectors."""
         key = f"{self.model_id}|{self.dimension}|{self.model.max_seq_length}"
+        if self.revision is not None:
+            key += f"|{self.revision}"
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:

@@ -44,7 +44,7 @@ def create_backend(config: BackendConfig) -> Backend:
         return VLLMBackend(config.model, max_model_len=config.n_ctx, dtype=config.dtype,
                            gpu_memory_utilization=config.gpu_memory_utilization,
                            tensor_parallel_size=config.tensor_parallel_size, kv_cache_gb=config.kv_cache_gb,
-                           enforce_eager=config.enforce_eager, n_threads=config.n_threads)
+                           enforce_eager=config.enforce_eager, n_threads=config.n_threads, revision=config.revision)
     raise ValueError(f"unknown backend kind {config.kind!r}")
 
 

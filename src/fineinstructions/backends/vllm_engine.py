@@ -57,12 +57,13 @@ class VLLMBackend:
         n_threads: int | None = None,
         seed: int = 0,
         enable_prefix_caching: bool = True,
+        revision: str | None = None,
         **engine_kwargs: Any,
     ):
         """Start the engine (tens of seconds). On a CPU, `kv_cache_gb` (default 2) sizes the KV cache,
         `enforce_eager` defaults to True (compiling the model costs minutes at start on a few cores) and
         `n_threads` binds vLLM's compute threads to the first `n_threads` cores this process may use (default:
-        all of them, as llama.cpp; `VLLM_CPU_OMP_THREADS_BIND`, when set, wins)."""
+        all of them, as llama.cpp; `VLLM_CPU_OMP_THREADS_BIND`, when set, wins). `revision` pins a Hub model."""
         try:
             from vllm import LLM
         except ImportError as err:
@@ -71,6 +72,9 @@ class VLLMBackend:
 
         self.model_id = model
         self.path = resolve_vllm_model(model)
+        if revision is not None and self.path == model and not Path(model).expanduser().exists():
+            # a Hub name: weights and tokenizer at the same commit (a local folder has no revisions)
+            engine_kwargs.update(revision=revision, tokenizer_revision=revision)
         cpu = on_cpu()
         if kv_cache_gb is None and cpu:
             kv_cache_gb = CPU_KV_CACHE_GB

@@ -87,15 +87,19 @@ class ReadStats:
 
 
 def read_rows(source: str, split: str = "train", stats: ReadStats | None = None,
-              hf_config: str | None = None) -> Iterator[dict[str, Any]]:
+              hf_config: str | None = None, revision: str | None = None,
+              data_files: str | list[str] | dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
     """Rows of `source`: a .jsonl/.json file (optionally compressed), a .parquet file, a text file, a folder of
-    these, or `hf:NAME` (a Hugging Face dataset by name or local path, streamed).
+    these, or `hf:NAME` (a Hugging Face dataset by name or local path, streamed; `hf_config`, `revision` and
+    `data_files` are passed to `datasets.load_dataset`).
 
     Raises `InputError` at once (not when the rows are first pulled) when the input cannot be read at all.
     """
     stats = stats if stats is not None else ReadStats()
     if source.startswith("hf:"):
-        return _read_hf(source[3:], split, hf_config, stats)
+        return _read_hf(source[3:], split, hf_config, stats, revision, data_files)
+    if revision is not None or data_files is not None:
+        raise InputError(f"`revision` and `data_files` apply to hf: sources only, not {source}")
     path = Path(source).expanduser()
     if not path.exists():
         hint = " (for a Hugging Face dataset use hf:NAME)" if not source.startswith(("/", ".", "~")) else ""
@@ -444,17 +448,28 @@ def hf_name_error(name: str, check_path: bool = True) -> str | None:
     return f"{name!r} is not a Hugging Face dataset name (owner/name: letters, digits, '-', '_', '.')"
 
 
-def _read_hf(name: str, split: str, config: str | None, stats: ReadStats) -> Iterator[dict[str, Any]]:
-    """Stream a Hugging Face dataset by hub name (online) or local path (offline)."""
+def _read_hf(name: str, split: str, config: str | None, stats: ReadStats, revision: str | None = None,
+             data_files: str | list[str] | dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+    """Stream a Hugging Face dataset by hub name (online) or local path (offline).
+
+    A local folder has no revisions: `revision` applies to Hub names only and is ignored for a folder.
+    """
     error = hf_name_error(name)
     if error:
         raise InputError(error)
     import datasets
 
+    local = Path(name).expanduser().exists()
+    options: dict[str, Any] = {"streaming": True}
+    if revision is not None and not local:
+        options["revision"] = revision
+    if data_files is not None:
+        options["data_files"] = data_files
+    pinned = f" at revision {revision}" if "revision" in options else ""
     try:
-        dataset = datasets.load_dataset(name, config, split=split, streaming=True)
+        dataset = datasets.load_dataset(name, config, split=split, **options)
     except Exception as err:  # datasets raises many types (missing, offline, bad config)
-        raise InputError(f"cannot load Hugging Face dataset {name!r} (split {split!r}): {err}") from err
+        raise InputError(f"cannot load Hugging Face dataset {name!r}{pinned} (split {split!r}): {err}") from err
     return _hf_rows(dataset, name, stats)
 
 

@@ -55,11 +55,17 @@ class RunView:
 
     def models(self) -> dict[str, str]:
         """The configured model of each role."""
-        generator = (self.config.get("generator") or {}).get("model", "")
-        judge = (self.config.get("judge_backend") or self.config.get("generator") or {}).get("model", "")
-        templatizer = "-" if self.config.get("templates") else generator
+        generator = self.config.get("generator") or {}
+
+        def model_of(stage: str, *older: str) -> str:
+            own = (self.config.get(stage) or {}).get("backend")
+            for key in older:
+                own = own or self.config.get(key)
+            return str((own or generator).get("model", ""))
+
+        templatizer = "-" if self.config.get("templates") else model_of("templatize")
         return {"templatize": templatizer, "match": (self.config.get("match") or {}).get("embedder", ""),
-                "instantiate": generator, "judge": judge}
+                "instantiate": model_of("instantiate"), "judge": model_of("judge", "judge_backend")}
 
     def model_ids(self) -> dict[str, str]:
         """The model ids stored on the rows per model stage (what the engine reported, e.g. a GGUF file)."""
