@@ -82,3 +82,49 @@ def test_a_template_bank_run_needs_no_queries_and_hub_settings_need_an_hf_source
     with pytest.raises(ValidationError, match="hf: sources only"):
         PipelineConfig.model_validate({"queries": {"path": "q.jsonl", "revision": "main"},
                                        "documents": {"path": "docs.jsonl"}})
+
+
+BASE = "queries: {kind: sharegpt}\ndocuments: {kind: wikipedia}\n"
+
+
+@pytest.mark.parametrize("extra", ["match: {top_k: '3'}", "run: {shard_size: true}", "match: {top_k: 3.0}",
+                                   "generator: {timeout_s: '3'}", "query_filter: {moderation: 'yes'}",
+                                   "templatize: {retry_temperature: -1}"])
+def test_values_are_not_coerced_and_retry_temperature_is_not_negative(tmp_path, extra):
+    bad = tmp_path / "c.yaml"
+    bad.write_text(BASE + extra + "\n")
+    with pytest.raises(ValidationError):
+        PipelineConfig.from_yaml(bad)
+
+
+def test_yaml_ints_still_fill_float_fields(tmp_path):
+    good = tmp_path / "c.yaml"
+    good.write_text(BASE + "generator: {timeout_s: 3}\nmatch: {sigma: 1}\ntemplatize: {retry_temperature: 0}\n")
+    cfg = PipelineConfig.from_yaml(good)
+    assert cfg.generator.timeout_s == 3.0 and isinstance(cfg.generator.timeout_s, float) and cfg.match.sigma == 1
+
+
+def test_a_duplicate_yaml_key_is_refused_with_its_line(tmp_path):
+    bad = tmp_path / "c.yaml"
+    bad.write_text(BASE + "match:\n  top_k: 3\n  sigma: 0.1\n  top_k: 5\n")
+    with pytest.raises(ValueError, match=r"duplicate key 'top_k' on line 6 \(first given on line 4\)"):
+        PipelineConfig.from_yaml(bad)
+    bad.write_text(BASE + "run: {seed: 1}\nrun: {seed: 2}\n")
+    with pytest.raises(ValueError, match="duplicate key 'run' on line 4"):
+        PipelineConfig.from_yaml(bad)
+    bad.write_text(BASE + "defaults: &d {top_k: 3}\n")  # anchors and merge keys still load (then fail as unknown)
+    with pytest.raises(ValidationError, match="defaults"):
+        PipelineConfig.from_yaml(bad)
+    bad.write_text(BASE + "x: &d {top_k: 3}\nmatch: {<<: *d, top_k: 4}\n")
+    with pytest.raises(ValidationError, match="x"):
+        PipelineConfig.from_yaml(bad)
+
+
+def test_request_limits_are_execution_settings_left_out_of_the_fingerprint():
+    a, b = demo_config("anywhere"), demo_config("anywhere")
+    assert a.generator.request_deadline_s is None and a.generator.max_retry_after_s == 60.0
+    b.generator = b.generator.model_copy(update={"request_deadline_s": 30.0, "max_response_bytes": 1024,
+                                                 "max_retry_after_s": 5.0})
+    assert b.fingerprint() == a.fingerprint() == "7855e9e92f06b567"
+    a.judge.backend, b.judge.backend = a.generator, b.generator  # at any depth
+    assert b.fingerprint() == a.fingerprint()

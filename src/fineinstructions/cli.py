@@ -104,6 +104,12 @@ def _run_pipeline(cfg: PipelineConfig, force: bool, quiet: bool) -> None:
     except (ConfigChanged, InputError, ValueError, FileNotFoundError) as err:
         raise _fail(str(err)) from err
     print_summary(summary, console)
+    failures = summary.get("unresolved_engine_failures", 0)
+    if failures:
+        stages = ", ".join(f"{name} {stats['engine_failures']}" for name, stats in summary["stages"].items()
+                           if stats.get("engine_failures"))
+        raise _fail(f"{failures} requests failed through the engine ({stages}); their rows are not lost: "
+                    f"rerun the same command to retry them (and only them)")
 
 
 # -- one subcommand per stage -------------------------------------------------------------------------

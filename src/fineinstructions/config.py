@@ -14,7 +14,9 @@ from fineinstructions.backends.models import DEFAULT_EMBEDDER, DEFAULT_GENERATOR
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown keys are refused, and values are not coerced (no "3" or true for an int; an int is a float)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class SourceConfig(Section):
@@ -78,6 +80,11 @@ class BackendConfig(Section):
     tensor_parallel_size: int = Field(default=1, ge=1)  # vllm: GPUs one model is split over
     kv_cache_gb: float | None = Field(default=None, gt=0)  # vllm: KV cache size (default on a CPU: 2)
     enforce_eager: bool | None = None  # vllm: None = eager on a CPU (compiling costs minutes), compiled on a GPU
+    # openai, llamacpp_server: limits of one HTTP attempt (BACKEND_EXECUTION_FIELDS: not in the fingerprint).
+    # Wall-clock seconds for connect + headers + the whole body; None: 4 x timeout_s (timeout_s bounds each read).
+    request_deadline_s: float | None = Field(default=None, gt=0)
+    max_response_bytes: int = Field(default=8 * 1024 * 1024, ge=1)  # a larger body is a retryable fault
+    max_retry_after_s: float = Field(default=60.0, ge=0)  # cap on the wait a server asks for (Retry-After)
 
     @model_validator(mode="after")
     def _url_needed(self) -> BackendConfig:
@@ -110,7 +117,7 @@ class TemplatizeConfig(Section):
     max_tokens: int = Field(default=200, ge=1)
     temperature: float = Field(default=0.0, ge=0)
     retries: int = Field(default=2, ge=0)
-    retry_temperature: float = 0.7
+    retry_temperature: float = Field(default=0.7, ge=0)
     min_intent_overlap: float = Field(default=0.5, ge=0, le=1)
     near_duplicate_threshold: float | None = Field(default=0.85, gt=0, le=1)  # template dedup
 
@@ -189,15 +196,19 @@ class RunConfig(Section):
     ray_address: str | None = None  # ray: an existing cluster ("auto", "ray://host:10001"); None starts one
     shards_in_flight: int | None = Field(default=None, ge=1)  # shards per window; None: 2 (ray: 8) x workers
     request_cache: bool = True  # keep every finished model call in <output_dir>/cache/requests.sqlite
+    retry_engine_failures: bool = True  # a rerun retries requests that failed through the engine's fault
 
 
 EXECUTION_FIELDS = ("output_dir", "executor", "workers", "cpus_per_worker", "gpus_per_worker", "ray_address",
-                    "shards_in_flight", "request_cache")
+                    "shards_in_flight", "request_cache", "retry_engine_failures")
 # Settings outside `run` that change where and how fast, not what: a run embedded on a GPU may resume on a CPU.
 SECTION_EXECUTION_FIELDS = {"match": ("embedder_device", "embedder_batch_size")}
 # Fields added after runs were made: left out of the fingerprint while unset (at any depth), so those runs
 # still resume.
 LATER_OPTIONAL_FIELDS = frozenset({"backend", "revision", "embedder_revision", "data_files"})
+# BackendConfig limits of one HTTP request: they bound how long and how much a run waits for its server, never
+# what it asks, so they are left out of the fingerprint wherever a backend appears.
+BACKEND_EXECUTION_FIELDS = frozenset({"request_deadline_s", "max_response_bytes", "max_retry_after_s"})
 GenerativeStage = Literal["templatize", "instantiate", "judge"]
 
 
@@ -244,13 +255,14 @@ class PipelineConfig(Section):
                 data[section].pop(name, None)
         if data["queries"] is None:  # a bank-only run (allowed since `queries` became optional)
             data.pop("queries")
-        return hashlib.sha256(json.dumps(_without_unset(data), sort_keys=True).encode()).hexdigest()[:16]
+        data = _without_unset(_without(data, BACKEND_EXECUTION_FIELDS))
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> PipelineConfig:
         path = Path(path)
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+            raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (safe)
         except (OSError, yaml.YAMLError) as err:
             raise ValueError(f"cannot read config {path}: {err}") from err
         if not isinstance(raw, dict):
@@ -259,6 +271,32 @@ class PipelineConfig(Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a mapping with a key given twice (plain safe_load keeps the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: merged keys may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} on line {line} (first given on line {seen[key]})", None)
+                seen[key] = line
+            except TypeError:  # an unhashable key: the SafeLoader reports it
+                continue
+        return super().construct_mapping(node, deep=deep)
+
+
+def _without(data: dict[str, Any], names: frozenset[str]) -> dict[str, Any]:
+    """`data` without the keys in `names`, at any depth."""
+    return {key: _without(value, names) if isinstance(value, dict) else value for key, value in data.items()
+            if key not in names}
 
 
 def _without_unset(data: dict[str, Any]) -> dict[str, Any]:

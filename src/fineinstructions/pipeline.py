@@ -213,17 +213,24 @@ class Pipeline:
                       whole_shard=True)
 
     def _index(self, templates: list[Template]) -> TemplateIndex | ShardedTemplateIndex:
+        """The FAISS index of the templates, reused while its key holds: the templates, the embedding model
+        and the index settings (the match shards depend on the same key)."""
         mc = self.config.match
         index_dir = self.root / "index"
         embedder = self.embedder
-        key = "|".join([mc.index, str(mc.index_shards), str(mc.train_size),
-                        ",".join(sorted({t.template_id for t in templates}))])
+        content = hashlib.sha256()
+        for t in sorted(templates, key=lambda t: t.template_id):
+            content.update(f"{t.template_id}\x00{t.template}\x00{t.compatible_document_description}\x00".encode())
+        key = "|".join([mc.index, str(mc.index_shards), str(mc.train_size), embedder.fingerprint,
+                        content.hexdigest()])
         stamp = self.root / "index.sha"
         want = hashlib.sha256(key.encode()).hexdigest()
+        self.index_key = want
         if stamp.is_file() and stamp.read_text().strip() == want and index_dir.is_dir():
             return TemplateIndex.load(index_dir, embedder, nprobe=mc.nprobe, ef_search=mc.ef_search,
                                       refine_k_factor=mc.refine_k_factor)
         self.console.log(f"indexing {len(templates)} templates with {embedder.model_id} ({mc.index})")
+        stamp.unlink(missing_ok=True)  # a kill while saving must not leave a stamp over a half-new index
         built = build_index(templates, embedder, mc.index, mc.index_shards, mc.train_size)
         built.configure(mc.nprobe, mc.ef_search, mc.refine_k_factor)
         built.save(index_dir)
@@ -253,6 +260,7 @@ class Pipeline:
         mc = cfg.match
         uses: Counter[str] = Counter()  # template uses in earlier shards: the corpus-wide cap resumes exactly
         deduplicator = PairDeduplicator(cfg.filter.near_duplicate_threshold)  # pairs kept in earlier shards
+        kept_before = hashlib.sha256()  # digest of the pairs kept in earlier shards
         window = cfg.run.shards_in_flight or ex.default_window
         seen = 0
         shards = enumerate(batched(documents, cfg.run.shard_size))
@@ -262,14 +270,15 @@ class Pipeline:
             matches: list[tuple[int, list[Match]]] = []
             if mc.max_template_uses is None and ex.workers > 1:
                 # No cap, so shards are independent: the workers map the saved index and match in parallel.
-                found_by_shard = ex.run_shards("match", self._recipe("match"), group)
+                found_by_shard = ex.run_shards("match", self._recipe("match"), group, depends=self.index_key)
                 matches = [(shard, found_by_shard[shard]) for shard, _ in group]  # type: ignore[misc]
             else:
                 for shard, records in group:
                     found = ex.run("match", lambda: MatchStage(
                         index, self.embedder, mc.top_k, mc.coverage_chunks, mc.sigma, mc.alpha, mc.min_score,
                         mc.per_vector_k, mc.mmr_lambda, mc.max_template_uses, mc.popularity_weight, mc.max_windows,
-                        mc.min_document_words, mc.max_document_chars, prior_uses=uses), shard, records, Match)
+                        mc.min_document_words, mc.max_document_chars, prior_uses=uses), shard, records, Match,
+                        depends=f"{self.index_key}|{_counter_digest(uses)}")
                     uses.update(m.template_id for m in found)  # type: ignore[attr-defined]
                     matches.append((shard, found))  # type: ignore[arg-type]
             ex.expect("instantiate", sum(len(m) for _, m in matches))
@@ -281,12 +290,24 @@ class Pipeline:
                 # A document's pairs must meet in one filter batch, so the filter sees the whole shard.
                 kept = ex.run("filter", lambda: FilterStage(
                     cfg.judge.min_score, cfg.instantiate.min_coverage, cfg.filter.token_budget,
-                    cfg.filter.max_pairs_per_document, deduplicator), shard, judged[shard], Pair, whole_shard=True)
+                    cfg.filter.max_pairs_per_document, deduplicator), shard, judged[shard], Pair, whole_shard=True,
+                    depends=kept_before.hexdigest())
                 deduplicator.remember(kept)  # type: ignore[arg-type]  # idempotent; rebuilds the state on resume
-                part = self.dataset_dir / f"part-{shard:05d}.parquet"
-                if not part.is_file():
-                    write_records(part, kept, Pair)
+                for pair in kept:  # what later shards' dedup depends on
+                    kept_before.update(f"{pair.document_id}\x00{pair.template_id}\x00".encode())
+                write_part(self.dataset_dir / f"part-{shard:05d}.parquet", kept)  # type: ignore[arg-type]
         return seen
+
+
+def write_part(part: Path, kept: list[Pair]) -> None:
+    """Write a dataset part unless it already holds exactly these pairs (a resumed or retried shard)."""
+    if part.is_file() and read_records(part, Pair) == kept:
+        return
+    write_records(part, kept, Pair)
+
+
+def _counter_digest(counts: Counter[str]) -> str:
+    return hashlib.sha256(json.dumps(sorted(counts.items())).encode()).hexdigest()[:16]
 
 
 def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
@@ -309,8 +330,8 @@ def make_executor(config: PipelineConfig, work_dir: Path, console: Console, show
 
         return RayExecutor(work_dir, run.batch_size, console, show_progress, backends, workers=run.workers,
                            cpus_per_worker=run.cpus_per_worker, gpus_per_worker=run.gpus_per_worker,
-                           address=run.ray_address)
-    return LocalExecutor(work_dir, run.batch_size, console, show_progress, backends)
+                           address=run.ray_address, retry_engine_failures=run.retry_engine_failures)
+    return LocalExecutor(work_dir, run.batch_size, console, show_progress, backends, run.retry_engine_failures)
 
 
 def configure_logging(verbose: bool = False) -> None:

@@ -87,6 +87,9 @@ def build_summary(config: PipelineConfig, fingerprint: str, stage_stats: dict[st
         "index": {"templates": index.ntotal, "duplicates_removed": index.duplicates_removed, "kind": index.spec}
         if index is not None else None,
         "stages": stages,
+        # Requests that failed through the engine's fault (an outage) and still lack an answer: a rerun
+        # retries them (and only them); the CLI exits non-zero while any remain.
+        "unresolved_engine_failures": sum(stage_stats[name].engine_failures for name in stages),
         "quality": quality(stage_stats, dataset),
         "elapsed_s": round(elapsed_s, 1),
     }

@@ -75,6 +75,21 @@ def corrupt_row_group(path: Path, group: int) -> None:
     path.write_bytes(bytes(raw))
 
 
+def deep(levels: int = 10_000) -> str:
+    """A JSON list nested `levels` deep: far past what Python's parser recurses into."""
+    return "[" * levels + "]" * levels
+
+
+def deep_row(levels: int = 10_000) -> str:
+    return '{"id": "x", "text": ' + deep(levels) + "}"
+
+
+def fifo_in_folder(d: Path, mp: pytest.MonkeyPatch) -> str:
+    write(d / "docs" / "a.jsonl", jsonl(good(1)))
+    os.mkfifo(d / "docs" / "b.jsonl")  # opening it would block until a writer comes
+    return str(d / "docs")
+
+
 def config(d: Path, text: str) -> str:
     return write(d / "config.yaml", text)
 
@@ -300,6 +315,10 @@ CASES = [
              good(1), '{"id": "x", "text": "broken \\ud800 text"}',
              '{"id": "g2", "text": "Good document g2. \\ud83d\\ude00"}')),
          Rows(["g1", "g2"], {"lone_surrogate": 1}), "a valid escaped pair (emoji) is kept"),
+    Case("jsonl: deeply nested line", "a line nested 10,000 levels; one nested 300 levels",
+         lambda d, mp: write(d / "docs.jsonl", jsonl(good(1), deep_row(), good(2), deep_row(300), good(3))),
+         Rows(["g1", "g2", "g3"], {"json_too_deep": 2}),
+         f"more than MAX_JSON_DEPTH ({readers.MAX_JSON_DEPTH}) levels; never a RecursionError"),
     # -- fields -------------------------------------------------------------------------------------------
     Case("field: text missing", "a row without the text field",
          lambda d, mp: write(d / "docs.jsonl", jsonl(good(1), row(id="x", body="no text"), good(2))),
@@ -359,6 +378,18 @@ CASES = [
     Case("json: file too large", "a .json over MAX_JSON_FILE_BYTES (lowered to 64 here)",
          limited("MAX_JSON_FILE_BYTES", 64, lambda d, mp: write(d / "docs.json", "[" + good(1) + ", " + good(2) + "]")),
          Fails("larger than 64 bytes: .* convert it to JSON Lines")),
+    Case("json: deeply nested element", "one element of a list nested 10,000 levels",
+         lambda d, mp: write(d / "docs.json", "[" + ", ".join([good(1), deep_row(), good(2)]) + "]"),
+         Rows(["g1", "g2"], {"json_too_deep": 1}), "the list is parsed element by element"),
+    Case("json: deeply nested and truncated", "a list with a 10,000-level element, cut off",
+         lambda d, mp: write(d / "docs.json", "[" + ", ".join([good(1), deep_row(), good(2)]) + ', {"id": "g3'),
+         Rows(["g1", "g2"], {"json_too_deep": 1, "truncated_json": 1})),
+    Case("json: deeply nested whole file", '{"data": [...]} holding a 10,000-level value',
+         lambda d, mp: write(d / "docs.json", '{"data": [' + good(1) + ", " + deep_row() + "]}"),
+         Rows([], {"json_too_deep": 1}), "the file is skipped"),
+    Case("json: deeply nested JSON Lines", "JSON Lines named .json, one line nested 10,000 levels",
+         lambda d, mp: write(d / "docs.json", jsonl(good(1), deep_row(), good(2))),
+         Rows(["g1", "g2"], {"json_too_deep": 1}), "read as JSON Lines"),
     Case("json: whitespace only", "a .json file of blanks",
          lambda d, mp: write(d / "docs.json", " \n\n "), Fails("holds no JSON")),
     # -- Parquet --------------------------------------------------------------------------------------------
@@ -418,6 +449,12 @@ CASES = [
          "files read in path order, subfolders walked; text files are documents only in a folder of text files"),
     Case("folder: symlink loop and dangling link", "docs/loop -> docs, docs/gone.jsonl -> missing file", symlinks,
          Rows(["g1"], {"unreadable_file": 1}), "the loop is walked once"),
+    Case("folder: named pipe", "a FIFO docs/b.jsonl beside a good file", fifo_in_folder,
+         Rows(["g1"], {}, {"special_file": 1}), "never opened: a pipe would block the walk"),
+    Case("file: named pipe of Parquet", "a FIFO named docs.parquet",
+         lambda d, mp: os.mkfifo(d / "docs.parquet") or str(d / "docs.parquet"),
+         Fails("is a named pipe: Parquet needs a seekable file"),
+         "JSON Lines and JSON from a pipe or stdin (-) are read as a stream"),
     Case("folder: no permission", "chmod 000 on the input folder", unreadable_folder,
          Fails("cannot read folder .*: Permission denied"), root_can_read=True),
     Case("folder: subfolder without permission", "chmod 000 on a subfolder", unreadable_subfolder,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Protocol, runtime_checkable
@@ -43,10 +44,21 @@ class Generation:
         return self.error is None
 
 
+# Failures caused by the request itself: the same request fails again, so a rerun does not retry it.
+_ROW_CAUSED = re.compile(r"^(prompt_too_long|http_(400|413|422)\b|engine_error: prompt of )|exceed context window")
+
+
+def is_engine_failure(error: str | None) -> bool:
+    """Whether a failed request failed because of the engine or service (down, overloaded, timed out,
+    unauthorised), not because of the request (too long, malformed): only those are worth a retry later."""
+    return error is not None and not _ROW_CAUSED.search(error)
+
+
 @dataclass
 class BackendStats:
     requests: int = 0
     failures: int = 0
+    engine_failures: int = 0  # failures a later retry may resolve (is_engine_failure)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
@@ -56,6 +68,7 @@ class BackendStats:
     def add(self, generations: Sequence[Generation], seconds: float) -> None:
         self.requests += len(generations)
         self.failures += sum(not g.ok for g in generations)
+        self.engine_failures += sum(is_engine_failure(g.error) for g in generations)
         self.prompt_tokens += sum(g.prompt_tokens for g in generations)
         self.completion_tokens += sum(g.completion_tokens for g in generations)
         self.seconds += seconds

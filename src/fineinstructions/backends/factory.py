@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from typing import Any
 
 from fineinstructions.backends.base import Backend
 from fineinstructions.backends.cache import CachedBackend, RequestCache
@@ -25,14 +26,15 @@ def create_backend(config: BackendConfig) -> Backend:
         return OpenAICompatibleBackend(config.base_url or "", config.model,
                                        api_key=os.environ.get(config.api_key_env, ""),
                                        max_concurrency=config.max_concurrency, timeout_s=config.timeout_s,
-                                       max_retries=config.max_retries)
+                                       max_retries=config.max_retries, **_http_limits(config))
     if config.kind == "llamacpp_server":
         from fineinstructions.backends.llama_server import LlamaServerBackend
 
         # llama_cpp.server runs one request at a time: more than two in flight only queue against the timeout.
         return LlamaServerBackend(config.model, n_ctx=config.n_ctx, n_threads=config.n_threads,
                                   max_concurrency=min(config.max_concurrency, 2), timeout_s=config.timeout_s,
-                                  max_retries=config.max_retries, max_restarts=config.max_restarts)
+                                  max_retries=config.max_retries, max_restarts=config.max_restarts,
+                                  **_http_limits(config))
     if config.kind == "transformers":
         from fineinstructions.backends.transformers_engine import TransformersBackend
 
@@ -46,6 +48,12 @@ def create_backend(config: BackendConfig) -> Backend:
                            tensor_parallel_size=config.tensor_parallel_size, kv_cache_gb=config.kv_cache_gb,
                            enforce_eager=config.enforce_eager, n_threads=config.n_threads, revision=config.revision)
     raise ValueError(f"unknown backend kind {config.kind!r}")
+
+
+def _http_limits(config: BackendConfig) -> dict[str, Any]:
+    """The per-request limits of an HTTP backend: total deadline, body size, Retry-After cap."""
+    return {"request_deadline_s": config.request_deadline_s, "max_response_bytes": config.max_response_bytes,
+            "max_retry_after_s": config.max_retry_after_s}
 
 
 def load_custom_backend(spec: str) -> Backend:

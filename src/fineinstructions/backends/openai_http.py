@@ -2,17 +2,21 @@
 
 Requests of a batch run concurrently under an adaptive limit (`AdaptiveLimiter`: up to `max_concurrency`
 in flight, halved when the server signals overload). Each request is retried with exponential backoff and
-full jitter on connection errors, timeouts, HTTP 429 and 5xx (honouring Retry-After) and on a 200 whose
-body is not a usable completion. A circuit breaker stops sending to a server that keeps failing: while it is
-open, attempts are turned away without a network call and wait for its next probe. A request that still
-fails becomes a Generation with `error` set ("<reason>: <detail>"), so one bad request never sinks the batch.
-Counts of retries, throttled responses, breaker opens and the current limit are in `stats.extra`.
+full jitter on connection errors, timeouts, HTTP 429 and 5xx (honouring Retry-After, capped) and on a 200
+whose body is not a usable completion. `timeout_s` bounds each read; an attempt as a whole (connect, headers,
+the whole body) also has a deadline and its body a size cap, so a server trickling bytes cannot hold a batch:
+missing either is a retryable fault ("deadline_exceeded", "response_too_large"). A circuit breaker stops
+sending to a server that keeps failing: while it is open, attempts are turned away without a network call
+and wait for its next probe. A request that still fails becomes a Generation with `error` set
+("<reason>: <detail>"), so one bad request never sinks the batch. Counts of retries, throttled responses,
+deadlines, oversized bodies, breaker opens and the current limit are in `stats.extra`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import random
@@ -37,10 +41,17 @@ log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 _SERVER_FAILURE_STATUS = {408, 500, 502, 503, 504}  # count against the breaker; other answers show a live server
+DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+DEADLINE_TIMEOUTS = 4  # request_deadline_s=None: this many timeout_s (connect, write, first byte, body)
+_ERROR_BODY_BYTES = 4096  # of a non-200 body: enough for the error text, the rest is not read
 
 
 class InvalidResponse(ValueError):
     """A 200 whose body is not a chat completion (truncated, not JSON, no choices)."""
+
+
+class ResponseTooLarge(ValueError):
+    """A 200 whose body is larger than `max_response_bytes`."""
 
 
 @dataclass
@@ -73,10 +84,14 @@ class OpenAICompatibleBackend:
         breaker_failures: int = 5,
         breaker_cooldown_s: float = 5.0,
         max_retry_after_s: float = 60.0,
+        request_deadline_s: float | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         send_grammar: bool = False,
         engine_alive: Callable[[], bool] | None = None,
     ):
-        """`send_grammar`: pass `SamplingParams.grammar` as the request's `grammar` field (llama.cpp servers).
+        """`request_deadline_s`: wall-clock limit of one attempt, body included (None: 4 x `timeout_s`);
+        `max_response_bytes`: the largest (decoded) 200 body read; `max_retry_after_s`: cap on a server's
+        Retry-After. `send_grammar`: pass `SamplingParams.grammar` as the request's `grammar` field (llama.cpp servers).
         `engine_alive`: a check of a local server process; when it says the engine died, a request that lost
         its connection fails at once ("engine_dead") instead of retrying, so the owner can restart the engine."""
         self.base_url = base_url.rstrip("/")
@@ -91,6 +106,8 @@ class OpenAICompatibleBackend:
         self.max_backoff_s = max_backoff_s
         self.adaptive_concurrency = adaptive_concurrency
         self.max_retry_after_s = max_retry_after_s
+        self.request_deadline_s = DEADLINE_TIMEOUTS * timeout_s if request_deadline_s is None else request_deadline_s
+        self.max_response_bytes = max_response_bytes
         self.send_grammar = send_grammar
         self.engine_alive = engine_alive
         self.limiter = AdaptiveLimiter(max_concurrency)
@@ -194,7 +211,15 @@ class OpenAICompatibleBackend:
     async def _attempt(self, client: httpx.AsyncClient, payload: dict[str, Any]) -> _Outcome:
         self._count("attempts")
         try:
-            response = await client.post("/chat/completions", json=payload)
+            async with asyncio.timeout(self.request_deadline_s):
+                response, body = await self._exchange(client, payload)
+        except TimeoutError:  # the deadline, not a per-read timeout (those are httpx.TimeoutException)
+            self._count("deadline_exceeded")
+            return _Outcome(error=f"deadline_exceeded: no complete response within {self.request_deadline_s:g} s",
+                            signal=Signal.OVERLOAD, server_ok=False)
+        except ResponseTooLarge as err:
+            self._count("response_too_large")
+            return _Outcome(error=f"response_too_large: {err}", signal=Signal.OVERLOAD, server_ok=False)
         except httpx.TransportError as err:
             error = f"{type(err).__name__}: {err}"
             if self.engine_alive is not None and not self.engine_alive():
@@ -213,11 +238,11 @@ class OpenAICompatibleBackend:
         status = response.status_code
         if status == 200:
             try:
-                return _Outcome(generation=self._parse(response.json(), 0.0), signal=Signal.SUCCESS, server_ok=True)
-            except (ValueError, KeyError, IndexError, TypeError, AttributeError, httpx.DecodingError) as err:
+                return _Outcome(generation=self._parse(json.loads(body), 0.0), signal=Signal.SUCCESS, server_ok=True)
+            except (ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
                 self._count("invalid_responses")
                 return _Outcome(error=f"invalid_response: {type(err).__name__}: {err}"[:300], server_ok=False)
-        error = f"http_{status}: {response.text[:200]}"
+        error = f"http_{status}: {body.decode('utf-8', errors='replace')[:200]}"
         if status == 429:
             self._count("throttled")
         elif status >= 500:
@@ -230,12 +255,32 @@ class OpenAICompatibleBackend:
             retry_after=_retry_after(response, self.max_retry_after_s),
         )
 
+    async def _exchange(self, client: httpx.AsyncClient, payload: dict[str, Any]) -> tuple[httpx.Response, bytes]:
+        """Send one request and read its body: all of a 200 (up to `max_response_bytes`), the start of others."""
+        async with client.stream("POST", "/chat/completions", json=payload) as response:
+            ok = response.status_code == 200
+            limit = self.max_response_bytes if ok else _ERROR_BODY_BYTES
+            declared = response.headers.get("content-length", "")
+            if ok and declared.isdigit() and int(declared) > limit and "content-encoding" not in response.headers:
+                raise ResponseTooLarge(f"content-length {declared} > max_response_bytes {limit}")
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > limit:
+                    if ok:
+                        raise ResponseTooLarge(f"body over max_response_bytes {limit}")
+                    chunks.append(chunk[: len(chunk) - (size - limit)])
+                    break
+                chunks.append(chunk)
+            return response, b"".join(chunks)
+
     async def _wait_for_probe(self) -> None:
         event = self._probe_settled
         if event is None:
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout=self.timeout_s + 1.0)
+            await asyncio.wait_for(event.wait(), timeout=self.request_deadline_s + 1.0)
 
     def _settle_probe(self) -> None:
         """Wake the requests waiting for a probe's verdict."""

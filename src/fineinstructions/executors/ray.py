@@ -20,7 +20,7 @@ from typing import Any
 from rich.console import Console
 
 from fineinstructions.backends.factory import BackendPool
-from fineinstructions.executors.local import LocalExecutor, commit_shard, read_committed, shard_name
+from fineinstructions.executors.local import LocalExecutor, commit_shard, read_committed, shard_digest, shard_name
 from fineinstructions.io.writers import read_records
 from fineinstructions.recipes import StageRecipe
 from fineinstructions.records import Record
@@ -40,10 +40,10 @@ class ShardWorker:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         shards, stats = [], []
-        for shard, payload in zip(batch["shard"], batch["records"], strict=True):
+        for shard, payload, digest in zip(batch["shard"], batch["records"], batch["digest"], strict=True):
             records = [self.recipe.input_type.model_validate_json(row) for row in json.loads(payload)]
             _, shard_stats = commit_shard(self.stage, self.stage_name, int(shard), records, self.recipe.output_type,
-                                          self.out_dir, self.batch_size)
+                                          self.out_dir, self.batch_size, digest=str(digest))
             shards.append(int(shard))
             stats.append(json.dumps(shard_stats.to_dict()))
         return {"shard": shards, "stats": stats}
@@ -54,8 +54,9 @@ class RayExecutor(LocalExecutor):
 
     def __init__(self, work_dir: Path, batch_size: int = 8, console: Console | None = None,
                  show_progress: bool = True, backends: BackendPool | None = None, workers: int = 1,
-                 cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0, address: str | None = None):
-        super().__init__(work_dir, batch_size, console, show_progress, backends)
+                 cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0, address: str | None = None,
+                 retry_engine_failures: bool = True):
+        super().__init__(work_dir, batch_size, console, show_progress, backends, retry_engine_failures)
         self.workers = workers
         self.cpus_per_worker = cpus_per_worker
         self.gpus_per_worker = gpus_per_worker
@@ -89,7 +90,7 @@ class RayExecutor(LocalExecutor):
             ray.shutdown()
 
     def run_shards(self, stage_name: str, recipe: StageRecipe,
-                   shards: Sequence[tuple[int, Sequence[Record]]]) -> dict[int, list[Record]]:
+                   shards: Sequence[tuple[int, Sequence[Record]]], depends: str = "") -> dict[int, list[Record]]:
         """Committed shards are read back; the others run on the actor pool, whichever actor is free."""
         import ray
 
@@ -99,13 +100,15 @@ class RayExecutor(LocalExecutor):
         results: dict[int, list[Record]] = {}
         pending: list[dict[str, Any]] = []
         for shard, records in shards:
-            committed = read_committed(out_dir, shard, recipe.output_type)
+            digest = shard_digest(records, depends)
+            committed = read_committed(out_dir, shard, recipe.output_type, digest, self.retry_engine_failures)
             if committed is not None:
                 results[shard], shard_stats = committed
                 stats.merge(shard_stats)
                 self.progress.advance(task, len(records))
             else:
-                pending.append({"shard": shard, "records": json.dumps([r.model_dump_json() for r in records])})
+                pending.append({"shard": shard, "digest": digest,
+                                "records": json.dumps([r.model_dump_json() for r in records])})
         if not pending:
             return results
         dataset = ray.data.from_items(pending, override_num_blocks=len(pending)).map_batches(
@@ -124,4 +127,5 @@ class RayExecutor(LocalExecutor):
             self.progress.advance(task, shard_stats.rows_in)
             self._show_rate(task, stats, StageStats())
             results[shard] = read_records(out_dir / f"{shard_name(shard)}.parquet", recipe.output_type)
+            self.computed.add((stage_name, shard))
         return results

@@ -9,6 +9,16 @@ Bad input gets a clear error and loses nothing else:
 - inside a folder, a file that cannot be read is skipped and counted (`unreadable_file`), and a file that is
   not input (hidden, zero bytes, another format) is counted in `ReadStats.ignored_files`. Hidden files include
   the temporary files of an interrupted atomic write, so a half-written file is never read as input.
+  A named pipe, socket or device inside a folder is counted as ignored (`special_file`), never opened.
+
+JSON nested deeper than `MAX_JSON_DEPTH` levels (Python's parser and the code downstream recurse once per
+level) is skipped and counted as `json_too_deep`: a JSONL line or one element of a .json list, or a whole .json
+file when its top value is not a list (e.g. `{"data": [...]}` nested too deep).
+
+A named pipe, a character device (e.g. `/dev/fd/N` of a process substitution) and stdin (`-`) are read once as a
+stream: the format is sniffed from the first bytes (gzip, bz2, xz, zstd by their magic bytes; then a JSON list
+or JSON Lines), which are kept and read again from memory, never by reopening the input. Parquet needs a
+seekable file and is refused from such an input with an `InputError`.
 
 `tests/io/test_malformed_inputs.py` lists every kind of malformed input and its handling.
 """
@@ -25,6 +35,8 @@ import lzma
 import math
 import os
 import re
+import stat
+import sys
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -45,6 +57,8 @@ COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd"}  # fo
 MAX_TEXT_FILE_BYTES = 50 * 1024 * 1024  # a larger text file is skipped (file_too_large)
 MAX_LINE_BYTES = 50 * 1024 * 1024  # a longer JSONL line is skipped without being held in memory (line_too_long)
 MAX_JSON_FILE_BYTES = 1024 * 1024 * 1024  # a .json file is parsed whole: larger ones must be JSONL
+MAX_JSON_DEPTH = 200  # a JSON row nested deeper is skipped (json_too_deep); real data nests a few levels
+SNIFF_BYTES = 4096  # bytes of a stream without a format suffix (stdin, a pipe) looked at to tell its format
 LOGGED_PER_REASON = 5  # skips logged at WARNING per reason; the rest at DEBUG (the counts stay exact)
 
 _MAGIC = {"gzip": b"\x1f\x8b", "bz2": b"BZh", "xz": b"\xfd7zXZ\x00", "zstd": b"\x28\xb5\x2f\xfd"}
@@ -54,7 +68,10 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # a JSON escape that may 
 _DECOMPRESSION_ERRORS = (EOFError, OSError, zlib.error, lzma.LZMAError, pa.ArrowException)
 _HF_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 SUPPORTED = ".jsonl/.ndjson, .json (optionally .gz/.bz2/.xz/.zst), .parquet, text files (.txt, .md, ...), " \
-            "a folder of these, or hf:NAME"
+            "a folder of these, - (JSON Lines or a JSON list on stdin), or hf:NAME"
+_JSON_STRUCTURE = re.compile(r'["\[\]{}]')
+_JSON_STRING_REST = re.compile(r'[^"\\]*(?:\\.[^"\\]*)*"', re.S)  # the rest of a JSON string after its quote
+_TOO_DEEP = object()  # stands for an element of a JSON list nested too deep to parse
 
 
 class InputError(ValueError):
@@ -90,8 +107,9 @@ def read_rows(source: str, split: str = "train", stats: ReadStats | None = None,
               hf_config: str | None = None, revision: str | None = None,
               data_files: str | list[str] | dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
     """Rows of `source`: a .jsonl/.json file (optionally compressed), a .parquet file, a text file, a folder of
-    these, or `hf:NAME` (a Hugging Face dataset by name or local path, streamed; `hf_config`, `revision` and
-    `data_files` are passed to `datasets.load_dataset`).
+    these, `-` (stdin: JSON Lines or a JSON list, optionally compressed), or `hf:NAME` (a Hugging Face dataset
+    by name or local path, streamed; `hf_config`, `revision` and `data_files` are passed to
+    `datasets.load_dataset`).
 
     Raises `InputError` at once (not when the rows are first pulled) when the input cannot be read at all.
     """
@@ -100,6 +118,10 @@ def read_rows(source: str, split: str = "train", stats: ReadStats | None = None,
         return _read_hf(source[3:], split, hf_config, stats, revision, data_files)
     if revision is not None or data_files is not None:
         raise InputError(f"`revision` and `data_files` apply to hf: sources only, not {source}")
+    if source == "-":
+        if sys.stdin is None:
+            raise InputError("- reads stdin, but this process has no stdin")
+        return _stream_rows(sys.stdin.buffer, "stdin", "stdin", None, None, "a stream", stats, close=False)
     path = Path(source).expanduser()
     if not path.exists():
         hint = " (for a Hugging Face dataset use hf:NAME)" if not source.startswith(("/", ".", "~")) else ""
@@ -136,6 +158,21 @@ def _file_kind(path: Path) -> tuple[str | None, str | None]:
 def _open_file(path: Path, name: str, stats: ReadStats) -> Iterator[dict[str, Any]]:
     """Check a file can be read (raising InputError if not) and return an iterator over its rows."""
     fmt, compression = _file_kind(path)
+    try:
+        mode = path.stat().st_mode
+    except OSError as err:
+        raise InputError(f"cannot read {path}: {err.strerror or err}") from err
+    if not stat.S_ISREG(mode):  # a named pipe or a device: opened once, read as a stream
+        if fmt is None and compression is not None:  # without a suffix (e.g. /dev/fd/63) the format is sniffed
+            raise InputError(f"unknown input format for {path}: use {SUPPORTED}")
+        what = _special_kind(mode)
+        if fmt == "parquet":
+            raise InputError(f"{path} is {what}: Parquet needs a seekable file, copy it to a regular file first")
+        try:
+            handle = path.open("rb")
+        except OSError as err:
+            raise InputError(f"cannot read {path}: {err.strerror or err}") from err
+        return _stream_rows(handle, str(path), name, fmt, compression, what, stats)
     if fmt is None:
         raise InputError(f"unknown input format for {path}: use {SUPPORTED}")
     try:
@@ -160,6 +197,138 @@ def _open_file(path: Path, name: str, stats: ReadStats) -> Iterator[dict[str, An
     if fmt == "json":
         return _json_rows(path, name, compression, stats)
     return _jsonl_rows(_open_binary(path, compression), name, stats)
+
+
+def _special_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    return "not a regular file"
+
+
+class _Rejoined(io.RawIOBase):
+    """The bytes `head` already read from `stream`, then the rest of `stream`: a stream sniffed without seeking.
+
+    Closing it closes `closes` (the layers below it that this reader owns).
+    """
+
+    def __init__(self, head: bytes, stream: IO[bytes], *closes: IO[bytes]) -> None:
+        super().__init__()
+        self._head, self._pos, self._stream, self._closes = head, 0, stream, closes
+        self._read = getattr(stream, "read1", stream.read)  # what is there, without waiting for a full buffer
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._pos < len(self._head):
+            n = min(len(buffer), len(self._head) - self._pos)
+            buffer[:n] = self._head[self._pos:self._pos + n]
+            self._pos += n
+            return n
+        data = self._read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                for layer in self._closes:
+                    layer.close()
+            finally:
+                super().close()
+
+
+def _read_head(stream: IO[bytes], size: int) -> bytes:
+    """Up to `size` bytes from the start of `stream` (fewer only at its end), however a pipe delivers them."""
+    head = b""
+    while len(head) < size:
+        more = stream.read(size - len(head))
+        if not more:
+            break
+        head += more
+    return head
+
+
+def _stream_rows(raw: IO[bytes], label: str, name: str, fmt: str | None, compression: str | None, what: str,
+                 stats: ReadStats, close: bool = True) -> Iterator[dict[str, Any]]:
+    """Rows of an input that can be read only once (a named pipe, a device, stdin), opened as `raw`.
+
+    Its compression (by magic bytes) and, when its name gives none (`fmt` None), its format (a JSON list or JSON
+    Lines) are sniffed from its first bytes, which are then read again from memory: nothing is lost or reread.
+    """
+    owned = [raw] if close else []
+    try:
+        return _sniffed_rows(raw, label, name, fmt, compression, what, stats, owned)
+    except BaseException:
+        for layer in reversed(owned):
+            layer.close()
+        raise
+
+
+def _sniffed_rows(raw: IO[bytes], label: str, name: str, fmt: str | None, compression: str | None, what: str,
+                  stats: ReadStats, owned: list[IO[bytes]]) -> Iterator[dict[str, Any]]:
+    try:
+        head = _read_head(raw, 8)
+    except OSError as err:
+        raise InputError(f"cannot read {label}: {err.strerror or err}") from err
+    if not head:
+        raise InputError(f"{label} is empty (0 bytes)")
+    magic = next((c for c, m in _MAGIC.items() if head.startswith(m)), None)
+    if compression and magic != compression:
+        raise InputError(f"{label} is named {Path(label).suffix} but is not {compression}-compressed")
+    if fmt is None and head.startswith(b"PAR1"):
+        raise InputError(f"{label} is {what} holding Parquet: Parquet needs a seekable file, pass a regular file")
+    if fmt is None:
+        compression = magic
+    stream: IO[bytes] = io.BufferedReader(_Rejoined(head, raw, *owned))
+    owned[:] = [stream]
+    if compression:
+        decompressed = _decompressor(stream, compression)
+        owned[:] = [decompressed, stream]
+        head = b""
+        if fmt is None:
+            try:
+                head = _read_head(decompressed, SNIFF_BYTES)
+            except _DECOMPRESSION_ERRORS as err:
+                raise InputError(f"cannot decompress {label}: {err}") from err
+            if not head:
+                raise InputError(f"{label} is empty (nothing in its {compression} data)")
+        stream = io.BufferedReader(_Rejoined(head, decompressed, decompressed, stream))
+        owned[:] = [stream]
+    elif fmt is None:
+        head = _read_head(stream, SNIFF_BYTES)
+        stream = io.BufferedReader(_Rejoined(head, stream, stream))
+        owned[:] = [stream]
+    if head.startswith(_UTF16_BOMS):
+        raise InputError(f"{label} is UTF-16 encoded: save it as UTF-8")
+    if fmt is None:
+        start = head.removeprefix(_UTF8_BOM).lstrip()[:1]
+        if start not in (b"[", b"{", b""):
+            raise InputError(f"cannot tell the format of {label} ({what}): it does not start with a JSON object "
+                             f"or list; give it a name ending in {SUPPORTED.split(' (')[0]}, or use a regular file")
+        fmt = "json" if start == b"[" else "jsonl"
+    if fmt == "text":
+        return _text_stream_rows(stream, Path(name).stem, name, stats)
+    if fmt == "json":
+        return _json_stream_rows(stream, label, name, stats)
+    return _jsonl_rows(stream, name, stats)
+
+
+def _decompressor(stream: IO[bytes], compression: str) -> IO[bytes]:
+    """A reader of `stream`'s decompressed bytes (closing it leaves `stream` open)."""
+    if compression == "gzip":
+        return gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[return-value]
+    if compression == "bz2":
+        return bz2.BZ2File(stream, "rb")
+    if compression == "xz":
+        return lzma.LZMAFile(stream, "rb")
+    return pa.CompressedInputStream(pa.PythonFile(stream, mode="r"), "zstd")  # type: ignore[return-value]
 
 
 def _open_binary(path: Path, compression: str | None) -> IO[bytes]:
@@ -221,8 +390,14 @@ def _parse_line(line: bytes, where: str, stats: ReadStats) -> dict[str, Any] | N
         reason = "malformed_json" if line.endswith(b"\n") else "truncated_last_line"
         stats.skip(reason, f"{where} ({err.msg}, column {err.colno})")
         return None
+    except RecursionError:  # nested thousands of levels: too deep for the parser
+        stats.skip("json_too_deep", f"{where} (nested too deep to parse)")
+        return None
     if not isinstance(row, dict):
         stats.skip("not_an_object", f"{where} ({_json_kind(row)})")
+        return None
+    if line.count(b"[") + line.count(b"{") > MAX_JSON_DEPTH and _deeper_than(row, MAX_JSON_DEPTH):
+        stats.skip("json_too_deep", f"{where} (nested more than {MAX_JSON_DEPTH} levels)")
         return None
     if _SURROGATE_ESCAPE.search(line) and _bad_unicode(row):
         stats.skip("lone_surrogate", where)
@@ -234,7 +409,7 @@ def _json_rows(path: Path, name: str, compression: str | None, stats: ReadStats)
     """A JSON list of objects (or an object with a 'data'/'rows' list), parsed now so errors raise at once.
 
     A truncated list yields its complete objects and counts `truncated_json` once; JSON Lines in a .json file
-    are read as JSON Lines.
+    are read as JSON Lines. An element nested too deep is skipped (`json_too_deep`), the others are kept.
     """
     if compression is None and path.stat().st_size > MAX_JSON_FILE_BYTES:
         raise InputError(f"{path} is larger than {MAX_JSON_FILE_BYTES:,} bytes: a .json file is parsed whole, "
@@ -244,8 +419,22 @@ def _json_rows(path: Path, name: str, compression: str | None, stats: ReadStats)
             raw = handle.read(MAX_JSON_FILE_BYTES + 1)
     except _DECOMPRESSION_ERRORS as err:
         raise InputError(f"cannot decompress {path}: {err}") from err
+    return _json_bytes_rows(raw, str(path), name, stats)
+
+
+def _json_stream_rows(stream: IO[bytes], label: str, name: str, stats: ReadStats) -> Iterator[dict[str, Any]]:
+    """`_json_rows` for a stream (a named pipe, stdin), read to its end now."""
+    try:
+        with stream:
+            raw = stream.read(MAX_JSON_FILE_BYTES + 1)
+    except _DECOMPRESSION_ERRORS as err:
+        raise InputError(f"cannot read or decompress {label}: {err}") from err
+    return _json_bytes_rows(raw, label, name, stats)
+
+
+def _json_bytes_rows(raw: bytes, label: str, name: str, stats: ReadStats) -> Iterator[dict[str, Any]]:
     if len(raw) > MAX_JSON_FILE_BYTES:
-        raise InputError(f"{path} holds more than {MAX_JSON_FILE_BYTES:,} bytes of JSON: convert it to .jsonl")
+        raise InputError(f"{label} holds more than {MAX_JSON_FILE_BYTES:,} bytes of JSON: convert it to .jsonl")
     raw = raw.removeprefix(_UTF8_BOM)
     bad_bytes = False
     try:
@@ -255,24 +444,39 @@ def _json_rows(path: Path, name: str, compression: str | None, stats: ReadStats)
         text = raw.decode("utf-8", "surrogateescape")
     check_unicode = bad_bytes or bool(_SURROGATE_ESCAPE.search(raw))
     if not text.strip():
-        raise InputError(f"{path} holds no JSON (only whitespace)")
+        raise InputError(f"{label} holds no JSON (only whitespace)")
     truncated = False
+    start = text.lstrip()[:1]
     try:
         value: Any = json.loads(text)
     except json.JSONDecodeError as err:
-        start = text.lstrip()[:1]
         if start == "[" and not text.rstrip().endswith("]"):
-            value, truncated = _json_array_prefix(text), True
+            value, _, _ = _json_array_items(text)
+            truncated = True
         elif start == "{" and err.msg == "Extra data":
-            log.warning("%s holds JSON Lines, not one JSON value: reading it line by line", path)
+            log.warning("%s holds JSON Lines, not one JSON value: reading it line by line", label)
             return _jsonl_rows(io.BytesIO(raw), name, stats)
         else:
-            raise InputError(f"cannot parse {path} as JSON: {err.msg} at line {err.lineno}, "
+            raise InputError(f"cannot parse {label} as JSON: {err.msg} at line {err.lineno}, "
                              f"column {err.colno}") from err
+    except RecursionError:  # one value nested too deep: parse the list element by element, skipping it
+        if start == "[":
+            value, error, closed = _json_array_items(text)
+            if error is not None and text.rstrip().endswith("]"):
+                raise InputError(f"cannot parse {label} as JSON: {error.msg} at line {error.lineno}, "
+                                 f"column {error.colno}") from error
+            truncated = not closed
+        else:
+            first_end = _json_value_end(text, len(text) - len(text.lstrip()))
+            if start == "{" and first_end is not None and text[first_end:].strip():
+                log.warning("%s holds JSON Lines, not one JSON value: reading it line by line", label)
+                return _jsonl_rows(io.BytesIO(raw), name, stats)
+            stats.skip("json_too_deep", f"{name} (the whole file: nested too deep to parse)")
+            return iter(())
     rows = value.get("data", value.get("rows")) if isinstance(value, dict) else value
     if not isinstance(rows, list):
         found = f"an object with keys {sorted(value)[:8]}" if isinstance(value, dict) else _json_kind(value)
-        raise InputError(f"{path}: expected a JSON list of objects (or an object with a 'data' or 'rows' list), "
+        raise InputError(f"{label}: expected a JSON list of objects (or an object with a 'data' or 'rows' list), "
                          f"found {found}")
     return _json_list_rows(rows, name, stats, truncated, check_unicode, bad_bytes)
 
@@ -287,8 +491,12 @@ def _json_kind(value: Any) -> str:
 def _json_list_rows(rows: list[Any], name: str, stats: ReadStats, truncated: bool, check_unicode: bool,
                     bad_bytes: bool) -> Iterator[dict[str, Any]]:
     for i, row in enumerate(rows):
-        if not isinstance(row, dict):
+        if row is _TOO_DEEP:
+            stats.skip("json_too_deep", f"{name}[{i}] (nested too deep to parse)")
+        elif not isinstance(row, dict):
             stats.skip("not_an_object", f"{name}[{i}] ({_json_kind(row)})")
+        elif _deeper_than(row, MAX_JSON_DEPTH):
+            stats.skip("json_too_deep", f"{name}[{i}] (nested more than {MAX_JSON_DEPTH} levels)")
         elif check_unicode and _bad_unicode(row):
             stats.skip("not_utf8" if bad_bytes else "lone_surrogate", f"{name}[{i}]")
         else:
@@ -298,8 +506,12 @@ def _json_list_rows(rows: list[Any], name: str, stats: ReadStats, truncated: boo
         stats.skip("truncated_json", f"{name} (cut off after {len(rows)} complete values)")
 
 
-def _json_array_prefix(text: str) -> list[Any]:
-    """The complete values of a JSON array whose text was cut off."""
+def _json_array_items(text: str) -> tuple[list[Any], json.JSONDecodeError | None, bool]:
+    """The values of the JSON list in `text` parsed one at a time: (values, first syntax error, closed).
+
+    Parsing stops at the first syntax error or where the text is cut off (`closed` is False then). A value
+    nested too deep for the parser is skipped over and stands as `_TOO_DEEP` in the values.
+    """
     decoder = json.JSONDecoder()
     values: list[Any] = []
     pos, n = text.index("[") + 1, len(text)
@@ -307,12 +519,55 @@ def _json_array_prefix(text: str) -> list[Any]:
         while pos < n and text[pos] in " \t\r\n,":
             pos += 1
         if pos >= n:
-            return values
+            return values, None, False
+        if text[pos] == "]":
+            return values, None, True
         try:
             value, pos = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError:
-            return values
+        except json.JSONDecodeError as err:
+            return values, err, False
+        except RecursionError:
+            end = _json_value_end(text, pos)
+            if end is None:
+                return values, None, False
+            value, pos = _TOO_DEEP, end
         values.append(value)
+
+
+def _json_value_end(text: str, pos: int) -> int | None:
+    """Where the JSON list or object starting at `pos` ends (brackets counted, strings stepped over, no
+    recursion), or None when the text ends first."""
+    depth = 0
+    while True:
+        match = _JSON_STRUCTURE.search(text, pos)
+        if match is None:
+            return None
+        char, pos = match.group(), match.end()
+        if char == '"':
+            rest = _JSON_STRING_REST.match(text, pos)
+            if rest is None:
+                return None
+            pos = rest.end()
+        elif char in "[{":
+            depth += 1
+        else:
+            depth -= 1
+            if depth <= 0:
+                return pos
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """True when lists and objects nest more than `limit` levels in `value` (itself level 1); no recursion."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 def _parquet_rows(parquet: pq.ParquetFile, name: str, stats: ReadStats) -> Iterator[dict[str, Any]]:
@@ -334,7 +589,20 @@ def _text_file_rows(path: Path, rel: str, stats: ReadStats) -> Iterator[dict[str
     if path.stat().st_size > MAX_TEXT_FILE_BYTES:
         stats.skip("file_too_large", rel)
         return
-    raw = path.read_bytes()
+    yield from _text_rows(path.read_bytes(), path.stem, rel, stats)
+
+
+def _text_stream_rows(stream: IO[bytes], title: str, rel: str, stats: ReadStats) -> Iterator[dict[str, Any]]:
+    """`_text_file_rows` for a stream (a named pipe): read to its end, at most MAX_TEXT_FILE_BYTES held."""
+    with stream:
+        raw = stream.read(MAX_TEXT_FILE_BYTES + 1)
+        if len(raw) > MAX_TEXT_FILE_BYTES:
+            stats.skip("file_too_large", rel)
+            return
+    yield from _text_rows(raw, title, rel, stats)
+
+
+def _text_rows(raw: bytes, title: str, rel: str, stats: ReadStats) -> Iterator[dict[str, Any]]:
     if b"\x00" in raw[:4096]:
         stats.skip("binary_file", rel)
         return
@@ -344,7 +612,7 @@ def _text_file_rows(path: Path, rel: str, stats: ReadStats) -> Iterator[dict[str
         stats.skip("not_utf8", rel)
         return
     stats.rows += 1
-    yield {"id": rel, "text": text.replace("\r\n", "\n").replace("\r", "\n"), "title": path.stem}
+    yield {"id": rel, "text": text.replace("\r\n", "\n").replace("\r", "\n"), "title": title}
 
 
 # -- folders ---------------------------------------------------------------------------------------------
@@ -392,11 +660,13 @@ def _folder_files(root: Path, stats: ReadStats) -> list[Path]:
                 stats.ignore("unsupported_format", rel)
                 continue
             try:
-                size = entry.stat().st_size
+                st = entry.stat()
             except OSError as err:  # e.g. a dangling symlink
                 stats.skip("unreadable_file", f"{rel} ({err.strerror or err})")
                 continue
-            if size == 0:
+            if not stat.S_ISREG(st.st_mode):  # a named pipe would block the walk (or lose data): not input
+                stats.ignore("special_file", rel)
+            elif st.st_size == 0:
                 stats.ignore("empty_file", rel)
             else:
                 files.append(path)
@@ -498,17 +768,20 @@ def _field(row: dict[str, Any], name: str) -> Any:
 
 
 def _bad_unicode(value: Any) -> bool:
-    """True when a string anywhere in `value` cannot be written as UTF-8 (a lone surrogate)."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return True
-        return False
-    if isinstance(value, dict):
-        return any(_bad_unicode(k) or _bad_unicode(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_bad_unicode(v) for v in value)
+    """True when a string anywhere in `value` cannot be written as UTF-8 (a lone surrogate); no recursion."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
     return False
 
 

@@ -47,6 +47,7 @@ class StageStats:
     seconds: float = 0.0
     requests: int = 0
     failed_requests: int = 0
+    engine_failures: int = 0  # failed requests a rerun retries (the engine's fault, not the row's)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     metrics: dict[str, float] = field(default_factory=dict)  # sums, e.g. "coverage_sum"
@@ -61,6 +62,7 @@ class StageStats:
     def add_backend_delta(self, before: BackendStats, after: BackendStats) -> None:
         self.requests += after.requests - before.requests
         self.failed_requests += after.failures - before.failures
+        self.engine_failures += after.engine_failures - before.engine_failures
         self.prompt_tokens += after.prompt_tokens - before.prompt_tokens
         self.completion_tokens += after.completion_tokens - before.completion_tokens
         counts = {"retries": after.retries - before.retries} | {
@@ -76,6 +78,7 @@ class StageStats:
         self.seconds += other.seconds
         self.requests += other.requests
         self.failed_requests += other.failed_requests
+        self.engine_failures += other.engine_failures
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
         for key, value in other.metrics.items():
@@ -95,6 +98,7 @@ class StageStats:
             "seconds": round(self.seconds, 3),
             "requests": self.requests,
             "failed_requests": self.failed_requests,
+            "engine_failures": self.engine_failures,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "completion_tokens_per_s": round(self.completion_tokens_per_s, 2),
@@ -107,7 +111,8 @@ class StageStats:
         return cls(
             rows_in=data["rows_in"], rows_out=data["rows_out"], dropped=Counter(data["dropped"]),
             seconds=data["seconds"], requests=data["requests"], failed_requests=data["failed_requests"],
-            prompt_tokens=data["prompt_tokens"], completion_tokens=data["completion_tokens"],
+            engine_failures=data.get("engine_failures", 0), prompt_tokens=data["prompt_tokens"],
+            completion_tokens=data["completion_tokens"],
             metrics=dict(data.get("metrics", {})), backend=dict(data.get("backend", {})),
         )
 
