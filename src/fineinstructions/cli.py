@@ -95,15 +95,21 @@ def run(
 
 
 def _run_pipeline(cfg: PipelineConfig, force: bool, quiet: bool) -> None:
+    from fineinstructions.io.run_folder import RunFolderError
     from fineinstructions.pipeline import ConfigChanged, Pipeline, configure_logging
     from fineinstructions.summary import print_summary
 
     configure_logging()
     try:
         summary = Pipeline(cfg, console=err_console, show_progress=not quiet, force=force).run()
-    except (ConfigChanged, InputError, ValueError, FileNotFoundError) as err:
+    except (ConfigChanged, RunFolderError, InputError, ValueError, FileNotFoundError) as err:
         raise _fail(str(err)) from err
     print_summary(summary, console)
+    empty = [name for name in ("queries", "documents") if summary["inputs"].get(name) == 0
+             and (name == "documents" or cfg.templates is None)]
+    if empty:
+        skipped = {k: v for k, v in summary["inputs"].items() if k.endswith("_read_skips") and v}
+        raise _fail(f"no usable {' or '.join(empty)} in the inputs" + (f" (skipped: {skipped})" if skipped else ""))
     failures = summary.get("unresolved_engine_failures", 0)
     if failures:
         stages = ", ".join(f"{name} {stats['engine_failures']}" for name, stats in summary["stages"].items()

@@ -30,6 +30,15 @@ from fineinstructions.config import PipelineConfig, SourceConfig
 from fineinstructions.executors.local import LocalExecutor, chunked
 from fineinstructions.io.atomic import remove_stale_temporaries, write_json_atomic, write_text_atomic
 from fineinstructions.io.readers import ReadStats, read_rows, rows_to_records, rows_to_templates
+from fineinstructions.io.run_folder import (
+    MARKER,
+    RunFolderError,
+    RunLock,
+    check_claimable,
+    check_outside_inputs,
+    temporary_folders,
+    write_marker,
+)
 from fineinstructions.io.sources import (
     demo_documents,
     demo_queries,
@@ -116,21 +125,50 @@ class Pipeline:
         return False
 
     def _claim_folder(self) -> None:
-        """Write the config and fingerprint (once the inputs opened), clearing another config's outputs."""
+        """Write the config and fingerprint (once the inputs opened); a forced run with another config first
+        clears everything derived from the old one (the request cache stays: it is keyed by each request)."""
         if self._check_folder():
-            shutil.rmtree(self.work, ignore_errors=True)
-            shutil.rmtree(self.dataset_dir, ignore_errors=True)
-        self.root.mkdir(parents=True, exist_ok=True)
-        removed = remove_stale_temporaries(self.root)
+            for derived in (self.work, self.dataset_dir, self.root / "index", self.root / "report"):
+                shutil.rmtree(derived, ignore_errors=True)
+            for derived_file in ("index.sha", "summary.json"):
+                (self.root / derived_file).unlink(missing_ok=True)
+        removed = remove_stale_temporaries(self.root, temporary_folders(self.root))
         if removed:
             log.info("removed %d temporary files left by a killed run", removed)
+        write_marker(self.root)
         write_text_atomic(self.root / "config.yaml", self.config.to_yaml())
         write_text_atomic(self.root / "fingerprint", self.fingerprint + "\n")
         if self.config.run.request_cache and self.backends.cache is None:
             self.backends.cache = RequestCache(request_cache_path(self.root))
 
     def run(self) -> dict[str, Any]:
-        """Run (or resume) every stage; return the summary, also written to summary.json."""
+        """Run (or resume) every stage; return the summary, also written to summary.json.
+
+        The folder must be empty, new or one of this project's run folders, outside the inputs; the run holds
+        an exclusive lock on it from before the fingerprint check to the end (a second run is refused)."""
+        cfg = self.config
+        check_claimable(self.root)
+        check_outside_inputs(self.root, [s.path or "" for s in (cfg.queries, cfg.documents, cfg.templates)
+                                         if s is not None and s.kind == "path"])
+        created = not self.root.exists()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise RunFolderError(f"cannot create the run folder {self.root}: {err.strerror or err}") from err
+        lock = RunLock(self.root)
+        try:
+            lock.acquire()
+            try:
+                return self._run()
+            except BaseException:
+                if created and not (self.root / MARKER).exists():  # the inputs did not open: leave no folder
+                    lock.release()
+                    shutil.rmtree(self.root, ignore_errors=True)
+                raise
+        finally:
+            lock.release()
+
+    def _run(self) -> dict[str, Any]:
         started = time.perf_counter()
         self._check_folder()
         cfg = self.config

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,8 @@ def atomic_dir(directory: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it replaces `directory` in one rename, on error it is removed."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    remove_stale_temporaries(directory.parent, [directory.parent], name=directory.name)  # orphans of killed runs
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-{os.getpid()}-", dir=directory.parent))
     try:
         yield tmp
     except BaseException:
@@ -53,14 +55,26 @@ def atomic_dir(directory: str | Path) -> Iterator[Path]:
     tmp.rename(directory)
 
 
-def remove_stale_temporaries(root: str | Path) -> int:
-    """Delete temporary files and folders under `root` left by processes that no longer run (a SIGKILL
-    between writing and renaming); return how many. Those of live processes are left alone."""
+# The temporaries this module makes: `.NAME.tmp-PID` (files), `.NAME.tmp-PID-RANDOM` (folders) and, from
+# older versions, `.NAME.tmp-RANDOM` (folders, random characters from tempfile).
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.tmp-(?:(?P<pid>\d+)(?:-[a-z0-9_]+)?|[a-z0-9_]+)$")
+
+
+def remove_stale_temporaries(root: str | Path, folders: Iterable[Path] | None = None, name: str | None = None) -> int:
+    """Delete the temporaries this module made whose process no longer runs (a SIGKILL between writing and
+    renaming); return how many. Only directly inside `folders` when given (else anywhere under `root`), only
+    names this module makes (and only those for target `name`, when given); those of live processes stay."""
+    candidates = (p for folder in folders for p in (Path(folder).iterdir() if Path(folder).is_dir() else ())) \
+        if folders is not None else Path(root).rglob(".*.tmp-*")
     removed = 0
-    for path in Path(root).rglob(".*.tmp-*"):
-        owner = path.name.rsplit(".tmp-", 1)[1]
-        if path.is_file() and owner.isdigit() and _alive(int(owner)):
+    for path in list(candidates):
+        match = _TEMPORARY.match(path.name)
+        if match is None or (name is not None and match["name"] != name):
             continue
+        if match["pid"] is not None and _alive(int(match["pid"])):
+            continue
+        if match["pid"] is None and path.is_file():
+            continue  # not one of ours: files always carry their pid
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
         else:

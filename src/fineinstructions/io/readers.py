@@ -47,6 +47,7 @@ from typing import IO, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fineinstructions.io.run_folder import is_run_folder
 from fineinstructions.records import Document, Query, Template
 
 log = logging.getLogger(__name__)
@@ -620,7 +621,8 @@ def _text_rows(raw: bytes, title: str, rel: str, stats: ReadStats) -> Iterator[d
 
 def _folder_files(root: Path, stats: ReadStats) -> list[Path]:
     """Input files under `root` in path order. Hidden, empty and foreign files are counted as ignored; the
-    `rejects/` folders of stage outputs (and `stats/` beside `shard-N.parquet` files) are not input.
+    `rejects/` folders of stage outputs (and `stats/` beside `shard-N.parquet` files) and run folders below
+    `root` are not input.
 
     A folder of text files is a corpus (one document a file); beside data files (.jsonl, .json, .parquet) text
     files are a README and the like, so they are counted as ignored (`text_beside_data`), not read.
@@ -651,6 +653,8 @@ def _folder_files(root: Path, stats: ReadStats) -> list[Path]:
             if _is_dir(entry):
                 if entry.name == "rejects":
                     stats.ignore("stage_rejects", rel)  # a stage's dropped rows, not input
+                elif is_run_folder(path):
+                    stats.ignore("run_folder", rel)  # a run's outputs inside its inputs would feed the run itself
                 elif stage_output and entry.name == "stats":
                     stats.ignore("stage_stats", rel)
                 else:
