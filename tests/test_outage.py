@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -27,7 +27,7 @@ class ScriptedServer:
     """An OpenAI-compatible server on 127.0.0.1 answering with the scripted model; `down` names the stages
     whose requests get a 503 (an outage), `calls` counts the requests that reached it per stage."""
 
-    def __init__(self) -> None:
+    def __init__(self, respond: Callable[[list[dict[str, str]]], str] = scripted) -> None:
         self.down: set[str] = set()
         self.calls: dict[str, int] = {stage: 0 for stage in PROMPT_PREFIX}
         server = self
@@ -45,7 +45,7 @@ class ScriptedServer:
                     self.send_response(503)
                     self.end_headers()
                     return
-                text = scripted(messages)
+                text = respond(messages)
                 payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": text},
                                                    "finish_reason": "stop"}],
                                       "usage": {"prompt_tokens": 10, "completion_tokens": len(text.split())}})

@@ -194,6 +194,44 @@ def test_cli_report_and_push_to_dir_layout(runs, tmp_path):
     assert result.exit_code == 2 and (tmp_path / "busy" / "notes.txt").read_text() == "mine"
 
 
+def test_a_readme_that_is_not_ours_is_not_replaced(runs, tmp_path):
+    from fineinstructions.reporting.card import CARD_MARKER
+
+    out = tmp_path / "report"
+    out.mkdir()
+    theirs = "# My dataset\n\nHand-written notes that took a week.\n"
+    (out / "README.md").write_text(theirs)
+    with pytest.raises(ReportError, match=r"README\.md exists and was not written by fineinstructions") as err:
+        write_report(runs["full"], out)
+    assert str(out / "README.md") in str(err.value) and "\n" not in str(err.value)
+    assert (out / "README.md").read_text() == theirs and not (out / "report.html").exists()  # nothing written
+    result = runner.invoke(app, ["report", str(runs["full"]), "--out", str(out)])
+    assert result.exit_code == 2 and "not written by fineinstructions" in flat(result.output)
+    assert (out / "README.md").read_text() == theirs
+    # A README.md that merely looks like a card (front matter, other tags) is not ours either.
+    (out / "README.md").write_text("---\nlicense: mit\ntags:\n- synthetic\n---\n# Other card\n")
+    with pytest.raises(ReportError):
+        write_report(runs["full"], out)
+    # Asked to, it is replaced.
+    _, card_path = write_report(runs["full"], out, overwrite=True)
+    card = card_path.read_text()
+    assert CARD_MARKER in card and front_matter(card)["tags"][-1] == "fineinstructions"
+    # Our own earlier card is replaced as before, also one written before the marker existed.
+    write_report(runs["empty"], out)
+    assert "0 synthetic instruction-answer pairs" in card_path.read_text()
+    card_path.write_text(card.replace(CARD_MARKER + "\n", ""))
+    write_report(runs["full"], out)
+    assert CARD_MARKER in card_path.read_text()
+    # The staged upload folder follows the same rule.
+    staged = stage_dataset(runs["full"], tmp_path / "staged")
+    (staged / "README.md").write_text(theirs)
+    with pytest.raises(ReportError, match="not written by fineinstructions"):
+        stage_dataset(runs["full"], staged)
+    assert (staged / "README.md").read_text() == theirs
+    assert CARD_MARKER in (stage_dataset(runs["full"], staged, overwrite=True) / "README.md").read_text()
+    assert CARD_MARKER in (stage_dataset(runs["full"], staged) / "README.md").read_text()  # ours: restaged
+
+
 def test_cli_errors_are_clear(runs, tmp_path):
     result = runner.invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 2 and "not a run folder" in flat(result.output)

@@ -41,6 +41,8 @@ ModelOpt = Annotated[str, typer.Option(help="Registry model name or GGUF path (o
 UrlOpt = Annotated[str | None, typer.Option(help="OpenAI-compatible server URL; llama.cpp in-process if unset.")]
 BatchOpt = Annotated[int, typer.Option(help="Rows per backend call.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+OverwriteOpt = Annotated[bool, typer.Option(help="Replace a README.md in the output folder that fineinstructions "
+                                                 "did not write.")]
 
 
 def _fail(message: str) -> typer.Exit:
@@ -353,12 +355,13 @@ def report(
     out: Annotated[Path | None, typer.Option(help="Folder for report.html and README.md (default: RUN_DIR/report).")]
     = None,
     license: LicenseOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Write a run's HTML report (funnel, scores, coverage, templates, throughput, samples) and dataset card."""
     from fineinstructions.reporting import ReportError, write_report
 
     try:
-        html_path, card_path = write_report(run_dir, out, license=license)
+        html_path, card_path = write_report(run_dir, out, license=license, overwrite=overwrite)
     except ReportError as err:
         raise _fail(str(err)) from err
     console.print(f"report: {html_path}\ndataset card: {card_path}")
@@ -374,13 +377,14 @@ def push(
     to_dir: Annotated[Path | None, typer.Option(help="Write the folder that would be uploaded here instead.")] = None,
     license: LicenseOpt = None,
     allow_unfinished: Annotated[bool, typer.Option(help="Publish a run that has not finished.")] = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Upload the dataset's Parquet parts and its card to the Hugging Face Hub (or stage them with --to-dir)."""
     from fineinstructions.reporting import ReportError, push_to_hub, stage_dataset
 
     try:
         if to_dir is not None:
-            folder = stage_dataset(run_dir, to_dir, repo_id, license, allow_unfinished)
+            folder = stage_dataset(run_dir, to_dir, repo_id, license, allow_unfinished, overwrite=overwrite)
             console.print(f"staged {len(list((folder / 'data').glob('*.parquet')))} parts and README.md in {folder}")
             return
         url = push_to_hub(run_dir, repo_id, private, token, license, allow_unfinished)

@@ -161,6 +161,10 @@ class InstantiateConfig(Section):
     min_answer_words: int = Field(default=3, ge=1)
     max_answer_chars: int = Field(default=6000, ge=1)
     max_prompt_document_chars: int = Field(default=8000, ge=100)  # longer documents are cut in the prompt
+    # The instruction must be an instance of its template: this share of the template's own words (outside
+    # <fi>) in order, and at most this many times the length of the filled template (words outside variables).
+    min_instance_share: float = Field(default=0.6, ge=0, le=1)
+    max_instance_length_ratio: float = Field(default=2.0, gt=0)
     constrained: bool = False  # llama.cpp: decode under the prompt's grammar (excerpt ends <= 5 words)
 
 
@@ -205,7 +209,10 @@ EXECUTION_FIELDS = ("output_dir", "executor", "workers", "cpus_per_worker", "gpu
 SECTION_EXECUTION_FIELDS = {"match": ("embedder_device", "embedder_batch_size")}
 # Fields added after runs were made: left out of the fingerprint while unset (at any depth), so those runs
 # still resume.
-LATER_OPTIONAL_FIELDS = frozenset({"backend", "revision", "embedder_revision", "data_files"})
+# Each maps to the value that means "as before the field existed" (dropped from the fingerprint).
+LATER_OPTIONAL_FIELDS: dict[str, object] = {"backend": None, "revision": None, "embedder_revision": None,
+                                            "data_files": None, "min_instance_share": 0.6,
+                                            "max_instance_length_ratio": 2.0}
 # BackendConfig limits of one HTTP request: they bound how long and how much a run waits for its server, never
 # what it asks, so they are left out of the fingerprint wherever a backend appears.
 BACKEND_EXECUTION_FIELDS = frozenset({"request_deadline_s", "max_response_bytes", "max_retry_after_s"})
@@ -300,9 +307,9 @@ def _without(data: dict[str, Any], names: frozenset[str]) -> dict[str, Any]:
 
 
 def _without_unset(data: dict[str, Any]) -> dict[str, Any]:
-    """`data` without the LATER_OPTIONAL_FIELDS that are None, at any depth."""
+    """`data` without the LATER_OPTIONAL_FIELDS that hold their "as before" value, at any depth."""
     return {key: _without_unset(value) if isinstance(value, dict) else value for key, value in data.items()
-            if not (key in LATER_OPTIONAL_FIELDS and value is None)}
+            if not (key in LATER_OPTIONAL_FIELDS and value == LATER_OPTIONAL_FIELDS[key])}
 
 
 def demo_config(output_dir: str = "runs/demo", queries: int = 24, documents: int = 12, seed: int = 0,

@@ -60,7 +60,8 @@ class StageRecipe:
             return InstantiateStage(backends.get(cfg.backend_for("instantiate"), f"instantiate/{ic.prompt_version}"),
                                     ic.prompt_version, ic.max_tokens, ic.temperature, cfg.run.seed, ic.min_coverage,
                                     self.fingerprint, ic.min_copy_words, ic.min_answer_words, ic.max_answer_chars,
-                                    ic.max_prompt_document_chars, ic.constrained)
+                                    ic.max_prompt_document_chars, ic.constrained, ic.min_instance_share,
+                                    ic.max_instance_length_ratio)
         from fineinstructions.stages.judge import JudgeStage
 
         jc = cfg.judge

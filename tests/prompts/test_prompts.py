@@ -7,7 +7,7 @@ import json
 import pytest
 
 from fineinstructions.contracts.excerpts import expand_excerpts
-from fineinstructions.contracts.templates import parse_templatizer_output
+from fineinstructions.contracts.templates import instance_error, parse_templatizer_output
 from fineinstructions.prompts import load_prompt
 from fineinstructions.stages.instantiate import parse_instantiation
 from fineinstructions.stages.judge import parse_judgement
@@ -33,6 +33,7 @@ def test_instantiate_examples_resolve_with_full_coverage_or_are_null(version):
         assert expanded.resolved, expanded.unresolved
         assert expanded.coverage >= 0.8
         assert "<fi>" not in parsed.instruction
+        assert instance_error(parsed.instruction, example_input["template"]) is None, parsed.instruction
         outcomes.append("pair")
     assert set(outcomes) == {"null", "pair"}  # the prompt shows both behaviours
 
@@ -89,3 +90,26 @@ def test_templatize_v2_covers_many_query_styles():
     assert any(q.lower().startswith("act as") for q in queries)  # role-play
     assert any("Python" in q or "React" in q for q in queries)  # coding
     assert any(q.count(".") + q.count("?") >= 2 for q in queries)  # multi-sentence
+
+
+@pytest.mark.parametrize(("name", "version"), [("instantiate", "v1"), ("instantiate", "v2"),
+                                               ("instantiate", "written.v1"), ("judge", "v1"), ("judge", "v2"),
+                                               ("judge", "flow_judge")])
+def test_a_field_holding_every_marker_of_its_prompt_cannot_close_its_field(name, version):
+    """A document made of the prompt's own labels and tags, neutralised by the stage, leaves the message laid
+    out as the prompt's own layout with harmless fields."""
+    from fineinstructions.backends.fake import FakeBackend
+    from fineinstructions.stages.instantiate import InstantiateStage
+    from fineinstructions.stages.judge import JudgeStage
+
+    stage = (InstantiateStage if name == "instantiate" else JudgeStage)(FakeBackend(lambda c: ""), version)
+    prompt, guard = stage.prompt, stage.guard
+    hostile = " ".join([f"\n\n{label}:\n" for label in guard.labels]
+                       + [f"<{tag}> </{tag}>" for tag in guard.tags])
+    fields = {"document": guard.neutralize(hostile), "template": "T", "instruction": "I", "answer": "A"}
+    plain = {"document": "D", "template": "T", "instruction": "I", "answer": "A"}
+    user, reference = prompt.render_user(**fields), prompt.render_user(**plain)
+    for marker in [f"{label}:" for label in guard.labels] + [f"<{tag}>" for tag in guard.tags] \
+            + [f"</{tag}>" for tag in guard.tags]:
+        assert user.count(marker) == reference.count(marker), marker
+    assert guard.labels or guard.tags

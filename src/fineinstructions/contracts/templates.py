@@ -1,10 +1,13 @@
-"""Instruction templates: `<fi>description</fi>` variables, validation, and templatizer output parsing."""
+"""Instruction templates: `<fi>description</fi>` variables, validation, templatizer output parsing, whether an
+instruction is an instance of its template, and keeping a prompt's field text from closing its field."""
 
 from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from dataclasses import dataclass
+from functools import cache
 
 FI_SPAN = re.compile(r"<fi>(.*?)</fi>", re.S)
 _FI_TAG = re.compile(r"</?\s*fi\s*>", re.I)
@@ -171,3 +174,165 @@ def query_template_error(query: str, template: str, min_intent_overlap: float = 
     if intent_overlap(query, template) < min_intent_overlap:
         return "intent_changed"
     return None
+
+
+# -- Instances of a template ------------------------------------------------------------------------------
+
+_WORD = re.compile(r"\w+")
+DEFAULT_MIN_INSTANCE_SHARE = 0.6
+DEFAULT_MAX_INSTANCE_LENGTH_RATIO = 2.0
+
+
+def _words(text: str) -> list[str]:
+    """Lower-cased word tokens; punctuation, spacing and case are ignored."""
+    return _WORD.findall(unicodedata.normalize("NFKC", text).casefold())
+
+
+@dataclass(frozen=True)
+class InstanceMatch:
+    """How an instruction lines up with its template's own words (those outside `<fi>` variables).
+
+    `share`: the template's words found in the instruction, in order (1.0 when it has none).
+    `length_ratio`: the instruction's words over those of the template as filled in, where everything that
+    stands where a variable stands counts as the variable's value and words inserted elsewhere do not count.
+    """
+
+    template_words: int
+    matched: int
+    value_words: int
+    inserted_words: int
+    instruction_words: int
+
+    @property
+    def share(self) -> float:
+        return self.matched / self.template_words if self.template_words else 1.0
+
+    @property
+    def length_ratio(self) -> float:
+        return self.instruction_words / max(1, self.template_words + self.value_words)
+
+
+def instance_match(instruction: str, template: str) -> InstanceMatch:
+    """Align the instruction with the template's own words (a longest common subsequence of word tokens)."""
+    literal: list[str] = []
+    variable_before: list[bool] = []  # per gap g (before literal word g; gap len(literal) is the end)
+    pending_variable = False
+    for piece in re.split(r"(<fi>.*?</fi>)", template, flags=re.S):
+        if FI_SPAN.fullmatch(piece):
+            pending_variable = True
+            continue
+        for word in _words(piece):
+            literal.append(word)
+            variable_before.append(pending_variable)
+            pending_variable = False
+    variable_before.append(pending_variable)
+    words = _words(instruction)
+    n, m = len(literal), len(words)
+    # lcs[i][j]: longest common subsequence of literal[i:] and words[j:]
+    lcs = [[0] * (m + 1) for _ in range(n + 1)]
+    for i in range(n - 1, -1, -1):
+        row, below = lcs[i], lcs[i + 1]
+        for j in range(m - 1, -1, -1):
+            row[j] = below[j + 1] + 1 if literal[i] == words[j] else max(below[j], row[j + 1])
+    pairs: list[tuple[int, int]] = []
+    i = j = 0
+    while i < n and j < m:
+        if literal[i] == words[j] and lcs[i][j] == lcs[i + 1][j + 1] + 1:
+            pairs.append((i, j))
+            i, j = i + 1, j + 1
+        elif lcs[i + 1][j] >= lcs[i][j + 1]:
+            i += 1
+        else:
+            j += 1
+    value_words = inserted_words = 0
+    previous_i, previous_j = -1, -1
+    for next_i, next_j in [*pairs, (n, m)]:
+        gap = next_j - previous_j - 1  # instruction words between two matched words
+        if gap:
+            if any(variable_before[previous_i + 1 : next_i + 1]):
+                value_words += gap
+            else:  # words the template does not have here: a rewording (counted against skipped words) or extra
+                inserted_words += max(0, gap - (next_i - previous_i - 1))
+        previous_i, previous_j = next_i, next_j
+    return InstanceMatch(n, len(pairs), value_words, inserted_words, m)
+
+
+def instance_error(instruction: str, template: str, min_share: float = DEFAULT_MIN_INSTANCE_SHARE,
+                   max_length_ratio: float = DEFAULT_MAX_INSTANCE_LENGTH_RATIO) -> str | None:
+    """`not_an_instance_of_template` unless the instruction is the template filled in, lightly reworded at most:
+    at least `min_share` of the template's own words appear in it in order, and it is at most
+    `max_length_ratio` times as long as the template filled in (text added outside the variables)."""
+    found = instance_match(instruction, template)
+    if found.share < min_share or found.length_ratio > max_length_ratio:
+        return "not_an_instance_of_template"
+    return None
+
+
+# -- Prompt fields ----------------------------------------------------------------------------------------
+
+FIELD_ESCAPE = "\u200b"  # zero-width space: the model still reads the word, no delimiter matches it
+_LABEL_LINE = re.compile(r"^[ \t]*([A-Z][A-Z0-9 ]*[A-Z0-9]):[ \t]*(?:\{\w+\}[ \t]*)?$", re.M)
+_TAG = re.compile(r"</?([A-Za-z_][\w-]*)>")
+
+
+@dataclass(frozen=True)
+class FieldGuard:
+    """Keeps text rendered into a prompt's field from closing that field.
+
+    A prompt separates its fields with labels on lines of their own (`DOCUMENT:`, `TEMPLATE:`) and with tags
+    (`<document>`, `</answer>`); a document that contains one ("...\\n\\nTEMPLATE:\\nIgnore the above...") would
+    end its field early and open one of its own. `neutralize` puts a zero-width space into every occurrence
+    (`TEMPLATE\\u200b:`, `<\\u200b/answer>`): the model still reads the word, but no occurrence matches a delimiter
+    of the prompt any more. Labels match case-sensitively (only the prompt's upper-case spelling), tags in any
+    case. Text without any of them is left as it is.
+    """
+
+    labels: tuple[str, ...]
+    tags: tuple[str, ...]
+
+    @classmethod
+    def of(cls, *prompt_texts: str) -> FieldGuard:
+        """The labels (upper-case `LABEL:` lines) and tag names that the given prompt texts use."""
+        labels = {m.group(1) for text in prompt_texts for m in _LABEL_LINE.finditer(text)}
+        tags = {m.group(1).lower() for text in prompt_texts for m in _TAG.finditer(text)}
+        return cls(tuple(sorted(labels, key=lambda s: (-len(s), s))), tuple(sorted(tags, key=lambda s: (-len(s), s))))
+
+    def affected(self, text: str) -> bool:
+        """True when the text holds any of the prompt's labels or tags."""
+        return any(p is not None and p.search(text)
+                   for p in (_label_pattern(self.labels, False), _tag_pattern(self.tags, False)))
+
+    def neutralize(self, text: str) -> str:
+        labels, tags = _label_pattern(self.labels, False), _tag_pattern(self.tags, False)
+        if labels is not None:
+            text = labels.sub(lambda m: m.group(1) + m.group(2) + FIELD_ESCAPE + ":", text)
+        if tags is not None:
+            text = tags.sub(lambda m: "<" + FIELD_ESCAPE + m.group(1), text)
+        return text
+
+    def restore(self, text: str, keep_tags: tuple[str, ...] = ()) -> str:
+        """Undo `neutralize` in text copied from a field (e.g. a quote to resolve against the original), except
+        for the tags in `keep_tags`, which would change the meaning of the copy (e.g. `excerpt`)."""
+        labels = _label_pattern(self.labels, True)
+        tags = _tag_pattern(tuple(t for t in self.tags if t not in keep_tags), True)
+        if labels is not None:
+            text = labels.sub(lambda m: m.group(1) + m.group(2) + ":", text)
+        if tags is not None:
+            text = tags.sub(lambda m: "<" + m.group(1), text)
+        return text
+
+
+@cache
+def _label_pattern(labels: tuple[str, ...], escaped: bool) -> re.Pattern[str] | None:
+    if not labels:
+        return None
+    names = "|".join(re.escape(label) for label in labels)
+    return re.compile(rf"(?<!\w)({names})([ \t]*)" + (FIELD_ESCAPE if escaped else "") + ":")
+
+
+@cache
+def _tag_pattern(tags: tuple[str, ...], escaped: bool) -> re.Pattern[str] | None:
+    if not tags:
+        return None
+    names = "|".join(re.escape(tag) for tag in tags)
+    return re.compile("<" + (FIELD_ESCAPE if escaped else "") + rf"(\s*/?\s*(?:{names})\s*>)", re.I)

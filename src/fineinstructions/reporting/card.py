@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from fineinstructions.records import Pair
-from fineinstructions.reporting.run import RunView
+from fineinstructions.reporting.run import ReportError, RunView
 
 DATA_FILES = "data/part-*.parquet"  # where `push` puts the parts, relative to the repository root
+# Every card this tool writes carries this line (after the front matter, invisible on the Hub): a README.md
+# without it is someone else's and is never replaced without being asked to.
+CARD_MARKER = "<!-- fineinstructions dataset card: written by the fineinstructions tool, replaced when rewritten -->"
+_FRONT_MATTER = re.compile(r"\A---\r?\n(.*?)\r?\n---\r?\n", re.S)
 
 COLUMNS = {
     "document_id": "id of the source document (the released dataset's `warc_record_id`)",
@@ -82,7 +88,7 @@ def render_card(view: RunView, repo_id: str | None = None, license: str | None =
     q = view.quality
     models, ids, prompts = view.models(), view.model_ids(), view.prompt_versions()
     cfg = view.config
-    lines = ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
+    lines = ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(), "---", CARD_MARKER, "",
              f"# {meta['pretty_name']}", ""]
     if not view.finished:
         lines += ["> **Unfinished run.** This card was made from a run that has not finished: the counts cover only "
@@ -209,3 +215,33 @@ def _get(cfg: dict[str, Any], section: str, key: str) -> Any:
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f} %"
+
+
+def is_our_card(text: str) -> bool:
+    """True when a README.md is a dataset card this tool wrote: it carries `CARD_MARKER`, or (a card written
+    before the marker existed) our front matter's `fineinstructions` tag and our opening sentence."""
+    if CARD_MARKER in text:
+        return True
+    match = _FRONT_MATTER.match(text)
+    if not match or "by the `fineinstructions` tool" not in text:
+        return False
+    try:
+        meta = yaml.safe_load(match.group(1))
+    except yaml.YAMLError:
+        return False
+    return isinstance(meta, dict) and "fineinstructions" in (meta.get("tags") or [])
+
+
+def check_card_target(path: str | Path, overwrite: bool = False) -> None:
+    """Raise ReportError when `path` holds something other than a card this tool wrote (unless `overwrite`):
+    an earlier card of ours is replaced, anyone else's README.md is not."""
+    path = Path(path)
+    if overwrite or not (path.exists() or path.is_symlink()):
+        return
+    try:
+        ours = path.is_file() and is_our_card(path.read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        ours = False
+    if not ours:
+        raise ReportError(f"{path} exists and was not written by fineinstructions: refusing to replace it "
+                          "(choose another folder, or overwrite it explicitly)")

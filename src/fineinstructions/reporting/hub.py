@@ -9,22 +9,25 @@ from pathlib import Path
 from typing import Any
 
 from fineinstructions.io.atomic import atomic_dir
-from fineinstructions.reporting.card import DATA_FILES, render_card
+from fineinstructions.reporting.card import DATA_FILES, check_card_target, render_card
 from fineinstructions.reporting.run import ReportError, RunView, load_run
 
 STAGED_ENTRIES = {"README.md", "data"}
 
 
 def stage_dataset(run_dir: str | Path, target: str | Path, repo_id: str | None = None, license: str | None = None,
-                  allow_unfinished: bool = False) -> Path:
+                  allow_unfinished: bool = False, overwrite: bool = False) -> Path:
     """Write exactly the folder `push` uploads: `README.md` (the card) and `data/part-N.parquet`.
 
-    The folder is replaced atomically; an existing folder that holds anything else is refused.
+    The folder is replaced atomically; an existing folder that holds anything else, or a README.md this tool
+    did not write (unless `overwrite`), is refused.
     """
     view = _finished_view(run_dir, allow_unfinished)
     target = Path(target)
     if target.exists() and (not target.is_dir() or {p.name for p in target.iterdir()} - STAGED_ENTRIES):
         raise ReportError(f"{target} exists and holds more than a staged dataset; give an empty or new folder")
+    if target.is_dir():
+        check_card_target(target / "README.md", overwrite)
     with atomic_dir(target) as tmp:
         (tmp / "data").mkdir()
         for part in view.parts:

@@ -10,9 +10,13 @@ from functools import cached_property
 from fineinstructions.backends.base import Backend, Conversation, Generation, SamplingParams
 from fineinstructions.contracts.excerpts import ExpandedAnswer, NormalizedText, expand_excerpts
 from fineinstructions.contracts.templates import (
+    DEFAULT_MAX_INSTANCE_LENGTH_RATIO,
+    DEFAULT_MIN_INSTANCE_SHARE,
     FI_SPAN,
+    FieldGuard,
     first_json_object,
     has_fi_tags,
+    instance_error,
     strip_fences,
     template_variables,
 )
@@ -67,7 +71,9 @@ class InstantiateStage(Stage):
     def __init__(self, backend: Backend, prompt_version: str | None = None, max_tokens: int = 400,
                  temperature: float = 0.0, seed: int = 0, min_coverage: float = 0.8,
                  config_fingerprint: str = "", min_copy_words: int = 6, min_answer_words: int = 3,
-                 max_answer_chars: int = 6000, max_prompt_document_chars: int = 8000, constrained: bool = False):
+                 max_answer_chars: int = 6000, max_prompt_document_chars: int = 8000, constrained: bool = False,
+                 min_instance_share: float = DEFAULT_MIN_INSTANCE_SHARE,
+                 max_instance_length_ratio: float = DEFAULT_MAX_INSTANCE_LENGTH_RATIO):
         self.backend = backend
         self.prompt = load_prompt("instantiate", prompt_version)
         if constrained and not self.prompt.grammar:
@@ -80,6 +86,12 @@ class InstantiateStage(Stage):
         self.min_answer_words = min_answer_words
         self.max_answer_chars = max_answer_chars
         self.max_prompt_document_chars = max_prompt_document_chars
+        self.min_instance_share = min_instance_share
+        self.max_instance_length_ratio = max_instance_length_ratio
+        # The prompt's own labels and tags, neutralised in the document it shows (a JSON user message escapes
+        # everything itself).
+        self.guard = FieldGuard((), ()) if self.prompt.user_json else FieldGuard.of(self.prompt.system,
+                                                                                   self.prompt.user)
 
     def process(self, batch: Sequence[Match]) -> StageResult:  # type: ignore[override]
         rejected: list[Rejected] = []
@@ -103,8 +115,11 @@ class InstantiateStage(Stage):
                 rejected.append(Rejected(row | outcome.row, outcome.reason))
             else:
                 passed.append((match, outcome[0], outcome[1], generation.completion_tokens))
-        truncated = len({m.document_id for m in matches if len(m.text) > self.max_prompt_document_chars})
-        return StageResult(self._pairs(passed), rejected, {"documents_cut_for_prompt": truncated})  # type: ignore[arg-type]
+        documents = {m.document_id: m.text for m in matches}
+        truncated = sum(1 for text in documents.values() if len(text) > self.max_prompt_document_chars)
+        marked = sum(1 for text in documents.values() if self.guard.affected(self._cut(text)))
+        return StageResult(self._pairs(passed), rejected,  # type: ignore[arg-type]
+                           {"documents_cut_for_prompt": truncated, "documents_with_prompt_markers": marked})
 
     @cached_property
     def _example_names(self) -> frozenset[str]:
@@ -123,10 +138,16 @@ class InstantiateStage(Stage):
         return self.prompt.conversation(document=self.prompt_document(match.text), template=match.template)
 
     def prompt_document(self, text: str) -> str:
-        """The document as the prompt shows it: cut at a sentence end before `max_prompt_document_chars`.
+        """The document as the prompt shows it: cut at a sentence end before `max_prompt_document_chars`, and
+        with the prompt's own labels and tags neutralised (a zero-width space in `TEMPLATE:`, `</answer>`), so that
+        no text of the document can close its field and open another one (a line `TEMPLATE:` then "Ignore the
+        above..."); documents without them are shown as they are.
 
-        Excerpts still resolve against the whole document.
+        Excerpts still resolve against the whole, original document.
         """
+        return self.guard.neutralize(self._cut(text))
+
+    def _cut(self, text: str) -> str:
         if len(text) <= self.max_prompt_document_chars:
             return text
         head = text[: self.max_prompt_document_chars]
@@ -143,9 +164,14 @@ class InstantiateStage(Stage):
         parsed = parse_instantiation(generation.text)
         if isinstance(parsed, str):
             return Rejected({}, parsed)
-        reason = self._instruction_error(parsed.instruction, match.template)
+        reason = self._instruction_error(parsed.instruction, match.template) or instance_error(
+            parsed.instruction, match.template, self.min_instance_share, self.max_instance_length_ratio)
         if reason:
             return Rejected({}, reason)
+        if self.guard.affected(match.text):
+            # Quotes copied from the neutralised prompt copy resolve against the original document; an
+            # `<excerpt>` tag of the document stays neutralised (restored, it would become a marker).
+            parsed = ParsedInstantiation(parsed.instruction, self.guard.restore(parsed.answer, keep_tags=("excerpt",)))
         if self._copies_example(parsed.instruction + " " + parsed.answer, doc.text):
             return Rejected({}, "copied_from_example")
         expanded = expand_excerpts(parsed.answer, doc, self.min_copy_words)

@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 
 from fineinstructions.backends.base import Backend, SamplingParams
-from fineinstructions.contracts.templates import first_json_object
+from fineinstructions.contracts.templates import FieldGuard, first_json_object
 from fineinstructions.prompts import load_prompt
 from fineinstructions.records import Pair
 from fineinstructions.stages.base import Stage, StageResult, document_major
@@ -45,11 +45,17 @@ class JudgeStage(Stage):
         self.backend = backend
         self.prompt = load_prompt("judge", prompt_version)
         self.sampling = SamplingParams(temperature=temperature, max_tokens=max_tokens, seed=seed)
+        # The prompt's own labels and tags, neutralised in the fields it shows, so that a document (or an
+        # answer quoting it) cannot close its field and show the judge a pair of its own.
+        self.guard = FieldGuard((), ()) if self.prompt.user_json else FieldGuard.of(self.prompt.system,
+                                                                                   self.prompt.user)
 
     def process(self, batch: Sequence[Pair]) -> StageResult:  # type: ignore[override]
         batch = document_major(batch)  # the engine reuses the prefix up to the end of each document
-        conversations = [self.prompt.conversation(document=p.text, instruction=p.instantiated_instruction,
-                                                  answer=p.answer) for p in batch]
+        fields = [{"document": p.text, "instruction": p.instantiated_instruction, "answer": p.answer} for p in batch]
+        marked = sum(1 for f in fields if any(self.guard.affected(v) for v in f.values()))
+        conversations = [self.prompt.conversation(**{k: self.guard.neutralize(v) for k, v in f.items()})
+                         for f in fields]
         generations = self.backend.generate(conversations, self.sampling)
         judged: list[Pair] = []
         for pair, generation in zip(batch, generations, strict=True):
@@ -61,7 +67,7 @@ class JudgeStage(Stage):
             else:
                 update |= {"judge_score": parsed[0], "judge_feedback": parsed[1]}
             judged.append(pair.model_copy(update=update))
-        return StageResult(judged)  # type: ignore[arg-type]
+        return StageResult(judged, counters={"pairs_with_prompt_markers": marked})  # type: ignore[arg-type]
 
     def metrics(self, result: StageResult) -> dict[str, float]:
         counts: dict[str, float] = {}
