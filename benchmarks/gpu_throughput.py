@@ -1,6 +1,6 @@
 """Throughput of one GPU: embed documents, instantiate and judge through vLLM, project the cost of a billion tokens.
 
-    .venv/bin/python benchmarks/gpu_throughput.py --out gpu.json                 # on a GPU node (~5 minutes)
+    python benchmarks/gpu_throughput.py --out gpu.json    # on a GPU node, with the vllm and demo extras (< 8 min)
     .venv/bin/python benchmarks/gpu_throughput.py --size tiny --out cpu.json     # the same steps on a CPU
 
 Inputs: packaged Wikipedia leads, each with the same generic templates (every lead can fill them), so the
