@@ -13,7 +13,7 @@ CPUINFO=${FI_CPUINFO:-/proc/cpuinfo}
 cpu_features() {
   local flags=""
   if [ -r "$CPUINFO" ]; then
-    flags=$(grep -m1 -E '^(flags|Features)[[:space:]]*:' "$CPUINFO" | cut -d: -f2)
+    flags=$(grep -m1 -E '^(flags|Features)[[:space:]]*:' "$CPUINFO" | cut -d: -f2) || true
   elif command -v sysctl >/dev/null 2>&1; then
     flags=$(sysctl -n machdep.cpu.features machdep.cpu.leaf7_features hw.optional 2>/dev/null | tr 'A-Z.' 'a-z_' || true)
   fi
