@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fineinstructions.backends.models import DEFAULT_EMBEDDER, DEFAULT_GENERATOR
+from fineinstructions.contracts.templates import DEFAULT_MAX_INSTANCE_LENGTH_RATIO, DEFAULT_MIN_INSTANCE_SHARE
 
 
 class Section(BaseModel):
@@ -80,7 +81,7 @@ class BackendConfig(Section):
     tensor_parallel_size: int = Field(default=1, ge=1)  # vllm: GPUs one model is split over
     kv_cache_gb: float | None = Field(default=None, gt=0)  # vllm: KV cache size (default on a CPU: 2)
     enforce_eager: bool | None = None  # vllm: None = eager on a CPU (compiling costs minutes), compiled on a GPU
-    # openai, llamacpp_server: limits of one HTTP attempt (BACKEND_EXECUTION_FIELDS: not in the fingerprint).
+    # openai, llamacpp_server: limits of one HTTP attempt (EXECUTION_FIELDS_ANYWHERE: not in the fingerprint).
     # Wall-clock seconds for connect + headers + the whole body; None: 4 x timeout_s (timeout_s bounds each read).
     request_deadline_s: float | None = Field(default=None, gt=0)
     max_response_bytes: int = Field(default=8 * 1024 * 1024, ge=1)  # a larger body is a retryable fault
@@ -163,8 +164,8 @@ class InstantiateConfig(Section):
     max_prompt_document_chars: int = Field(default=8000, ge=100)  # longer documents are cut in the prompt
     # The instruction must be an instance of its template: this share of the template's own words (outside
     # <fi>) in order, and at most this many times the length of the filled template (words outside variables).
-    min_instance_share: float = Field(default=0.6, ge=0, le=1)
-    max_instance_length_ratio: float = Field(default=2.0, gt=0)
+    min_instance_share: float = Field(default=DEFAULT_MIN_INSTANCE_SHARE, ge=0, le=1)
+    max_instance_length_ratio: float = Field(default=DEFAULT_MAX_INSTANCE_LENGTH_RATIO, gt=0)
     constrained: bool = False  # llama.cpp: decode under the prompt's grammar (excerpt ends <= 5 words)
 
 
@@ -205,17 +206,16 @@ class RunConfig(Section):
 
 EXECUTION_FIELDS = ("output_dir", "executor", "workers", "cpus_per_worker", "gpus_per_worker", "ray_address",
                     "shards_in_flight", "request_cache", "retry_engine_failures")
-# Settings outside `run` that change where and how fast, not what: a run embedded on a GPU may resume on a CPU.
-SECTION_EXECUTION_FIELDS = {"match": ("embedder_device", "embedder_batch_size")}
-# Fields added after runs were made: left out of the fingerprint while unset (at any depth), so those runs
-# still resume.
-# Each maps to the value that means "as before the field existed" (dropped from the fingerprint).
-LATER_OPTIONAL_FIELDS: dict[str, object] = {"backend": None, "revision": None, "embedder_revision": None,
-                                            "data_files": None, "min_instance_share": 0.6,
-                                            "max_instance_length_ratio": 2.0}
-# BackendConfig limits of one HTTP request: they bound how long and how much a run waits for its server, never
-# what it asks, so they are left out of the fingerprint wherever a backend appears.
-BACKEND_EXECUTION_FIELDS = frozenset({"request_deadline_s", "max_response_bytes", "max_retry_after_s"})
+# Settings outside `run` that change where and how fast, not what, wherever they appear: the embedder's device
+# and batch (a run embedded on a GPU may resume on a CPU) and the limits of one HTTP request.
+EXECUTION_FIELDS_ANYWHERE = frozenset({"embedder_device", "embedder_batch_size", "request_deadline_s",
+                                       "max_response_bytes", "max_retry_after_s"})
+# Fields added after runs were made, each with the value that means "as before the field existed": left out
+# of the fingerprint while they hold it, so those runs still resume.
+LATER_OPTIONAL_FIELDS: dict[str, object] = {
+    "queries": None, "backend": None, "revision": None, "embedder_revision": None, "data_files": None,
+    "min_instance_share": DEFAULT_MIN_INSTANCE_SHARE, "max_instance_length_ratio": DEFAULT_MAX_INSTANCE_LENGTH_RATIO,
+}
 GenerativeStage = Literal["templatize", "instantiate", "judge"]
 
 
@@ -257,12 +257,7 @@ class PipelineConfig(Section):
         data = self.model_dump(mode="json")
         for name in EXECUTION_FIELDS:
             data["run"].pop(name, None)
-        for section, names in SECTION_EXECUTION_FIELDS.items():
-            for name in names:
-                data[section].pop(name, None)
-        if data["queries"] is None:  # a bank-only run (allowed since `queries` became optional)
-            data.pop("queries")
-        data = _without_unset(_without(data, BACKEND_EXECUTION_FIELDS))
+        data = _fingerprinted(data)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod
@@ -300,16 +295,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _without(data: dict[str, Any], names: frozenset[str]) -> dict[str, Any]:
-    """`data` without the keys in `names`, at any depth."""
-    return {key: _without(value, names) if isinstance(value, dict) else value for key, value in data.items()
-            if key not in names}
-
-
-def _without_unset(data: dict[str, Any]) -> dict[str, Any]:
-    """`data` without the LATER_OPTIONAL_FIELDS that hold their "as before" value, at any depth."""
-    return {key: _without_unset(value) if isinstance(value, dict) else value for key, value in data.items()
-            if not (key in LATER_OPTIONAL_FIELDS and value == LATER_OPTIONAL_FIELDS[key])}
+def _fingerprinted(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` without EXECUTION_FIELDS_ANYWHERE and the LATER_OPTIONAL_FIELDS that hold their "as before" value,
+    at any depth."""
+    return {key: _fingerprinted(value) if isinstance(value, dict) else value for key, value in data.items()
+            if key not in EXECUTION_FIELDS_ANYWHERE
+            and not (key in LATER_OPTIONAL_FIELDS and value == LATER_OPTIONAL_FIELDS[key])}
 
 
 def demo_config(output_dir: str = "runs/demo", queries: int = 24, documents: int = 12, seed: int = 0,

@@ -219,7 +219,7 @@ class OpenAICompatibleBackend:
                             signal=Signal.OVERLOAD, server_ok=False)
         except ResponseTooLarge as err:
             self._count("response_too_large")
-            return _Outcome(error=f"response_too_large: {err}", signal=Signal.OVERLOAD, server_ok=False)
+            return _Outcome(error=f"response_too_large: {err}", server_ok=False)  # a bad answer, not overload
         except httpx.TransportError as err:
             error = f"{type(err).__name__}: {err}"
             if self.engine_alive is not None and not self.engine_alive():

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 from typing import Any
 
 import yaml
 
 from fineinstructions.backends.base import Conversation
+from fineinstructions.contracts.templates import FieldGuard
 
 DEFAULT_VERSIONS = {"templatize": "v2", "instantiate": "v2", "judge": "v2"}
 
@@ -30,6 +31,12 @@ class Prompt:
     examples: tuple[tuple[dict[str, str], str], ...] = field(default_factory=tuple)
     user_json: tuple[tuple[str, str], ...] = ()
     grammar: str | None = None  # optional GBNF of the reply, for constrained decoding
+
+    @cached_property
+    def field_guard(self) -> FieldGuard:
+        """Neutralises this prompt's own labels and tags in text put into its fields (a JSON user message
+        escapes everything itself, so it needs none)."""
+        return FieldGuard((), ()) if self.user_json else FieldGuard.of(self.system, self.user)
 
     def render_user(self, **fields: str) -> str:
         if self.user_json:

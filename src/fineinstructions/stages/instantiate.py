@@ -13,7 +13,6 @@ from fineinstructions.contracts.templates import (
     DEFAULT_MAX_INSTANCE_LENGTH_RATIO,
     DEFAULT_MIN_INSTANCE_SHARE,
     FI_SPAN,
-    FieldGuard,
     first_json_object,
     has_fi_tags,
     instance_error,
@@ -90,8 +89,7 @@ class InstantiateStage(Stage):
         self.max_instance_length_ratio = max_instance_length_ratio
         # The prompt's own labels and tags, neutralised in the document it shows (a JSON user message escapes
         # everything itself).
-        self.guard = FieldGuard((), ()) if self.prompt.user_json else FieldGuard.of(self.prompt.system,
-                                                                                   self.prompt.user)
+        self.guard = self.prompt.field_guard
 
     def process(self, batch: Sequence[Match]) -> StageResult:  # type: ignore[override]
         rejected: list[Rejected] = []

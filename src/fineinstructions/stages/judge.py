@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 
 from fineinstructions.backends.base import Backend, SamplingParams
-from fineinstructions.contracts.templates import FieldGuard, first_json_object
+from fineinstructions.contracts.templates import first_json_object
 from fineinstructions.prompts import load_prompt
 from fineinstructions.records import Pair
 from fineinstructions.stages.base import Stage, StageResult, document_major
@@ -47,8 +47,7 @@ class JudgeStage(Stage):
         self.sampling = SamplingParams(temperature=temperature, max_tokens=max_tokens, seed=seed)
         # The prompt's own labels and tags, neutralised in the fields it shows, so that a document (or an
         # answer quoting it) cannot close its field and show the judge a pair of its own.
-        self.guard = FieldGuard((), ()) if self.prompt.user_json else FieldGuard.of(self.prompt.system,
-                                                                                   self.prompt.user)
+        self.guard = self.prompt.field_guard
 
     def process(self, batch: Sequence[Pair]) -> StageResult:  # type: ignore[override]
         batch = document_major(batch)  # the engine reuses the prefix up to the end of each document
