@@ -1,5 +1,18 @@
 """A run folder is owned: a run claims only an empty folder or one of its own runs, and holds a lock on it.
 
+`RunFolder` is the one place that knows a folder's layout and how to claim it (pipeline, training,
+evaluation and distillation runs alike): refuse a foreign or busy folder, refuse another configuration's
+run unless forced (then clear what that run derived), sweep the temporaries a killed run of ours left,
+and write the marker and fingerprint.
+
+Layout of a pipeline run:
+
+    .fineinstructions-run  marker          fingerprint, config.yaml   what made the run
+    .lock                  the OS lock      summary.json, run.log      its results and log
+    work/<stage>/shard-N.parquet, stats/shard-N.json, rejects/shard-N.parquet
+    index/, index.sha      the template index and its key
+    dataset/part-N.parquet the kept pairs    cache/requests.sqlite   every finished model call
+
 The marker file `.fineinstructions-run` says a folder is a run folder (folders made before the marker are
 recognised by their `fingerprint` and `config.yaml`). The lock is an OS file lock on `.lock`, released by
 the kernel when the process dies, so a killed run never blocks the next one; the lock file names its
@@ -9,18 +22,25 @@ holder for the message a second run gets.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import socket
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import TracebackType
 from typing import IO
+
+from fineinstructions.errors import ConfigChanged, FineInstructionsError
+from fineinstructions.io.atomic import remove_stale_temporaries, write_text_atomic
 
 MARKER = ".fineinstructions-run"
 LOCK = ".lock"
 _LEGACY = ("fingerprint", "config.yaml")
 
 
-class RunFolderError(RuntimeError):
+class RunFolderError(FineInstructionsError):
     """The output folder cannot be used for this run (not a run folder, in use, not writable)."""
 
 
@@ -105,3 +125,137 @@ def temporary_folders(root: Path) -> list[Path]:
     stages = [p for p in work.iterdir() if p.is_dir()] if work.is_dir() else []
     return [root, work, root / "dataset", root / "index", root / "cache",
             *stages, *(s / "rejects" for s in stages), *(s / "stats" for s in stages)]
+
+
+def shard_name(shard: int) -> str:
+    return f"shard-{shard:05d}"
+
+
+class RunFolder:
+    """A run's folder: every path in it, the lock, and the claim (fingerprint, refuse or force, sweep).
+
+    Use as a context manager: entering checks the folder may be used, creates it and takes the lock;
+    `claim` then binds it to one configuration. A folder this run created is removed again when the run
+    fails before claiming it (its inputs did not open), so a bad path leaves nothing behind.
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self._lock = RunLock(self.root)
+        self._created = False
+
+    # -- layout -----------------------------------------------------------------------------------
+    @property
+    def work(self) -> Path:
+        return self.root / "work"
+
+    def stage_dir(self, stage: str) -> Path:
+        """Where a stage commits its shards (`shard-N.parquet`, `stats/`, `rejects/`)."""
+        return self.work / stage
+
+    @property
+    def dataset(self) -> Path:
+        return self.root / "dataset"
+
+    def dataset_part(self, shard: int) -> Path:
+        return self.dataset / f"part-{shard:05d}.parquet"
+
+    @property
+    def index(self) -> Path:
+        return self.root / "index"
+
+    @property
+    def index_stamp(self) -> Path:
+        return self.root / "index.sha"
+
+    @property
+    def fingerprint_file(self) -> Path:
+        return self.root / "fingerprint"
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def summary_file(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+    @property
+    def request_cache(self) -> Path:
+        return self.root / "cache" / "requests.sqlite"
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / "run.log"
+
+    # -- claim ------------------------------------------------------------------------------------
+    def __enter__(self) -> RunFolder:
+        self.open()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close(failed=error is not None)
+
+    def open(self, inputs: Sequence[str] = ()) -> None:
+        """Check the folder may be used (and is not inside a local input folder), create it, take the lock."""
+        check_claimable(self.root)
+        check_outside_inputs(self.root, list(inputs))
+        self._created = not self.root.exists()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise RunFolderError(f"cannot create the run folder {self.root}: {err.strerror or err}") from err
+        self._lock.acquire()
+
+    def close(self, failed: bool = False) -> None:
+        """Release the lock; a folder this run created and never claimed is removed when the run failed."""
+        self._lock.release()
+        if failed and self._created and not (self.root / MARKER).exists():
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def stored_fingerprint(self) -> str | None:
+        marker = self.fingerprint_file
+        return marker.read_text().strip() if marker.is_file() else None
+
+    def check(self, fingerprint: str, force: bool = False, what: str = "run",
+              describe: Callable[[], str] | None = None) -> bool:
+        """Whether the folder holds another configuration's run; refused (ConfigChanged) unless `force`.
+
+        `describe` says what changed, for the message (default: the two fingerprints)."""
+        stored = self.stored_fingerprint()
+        if stored is None or stored == fingerprint:
+            return False
+        if not force:
+            change = describe() if describe else f"config fingerprint {stored}, this config is {fingerprint}"
+            raise ConfigChanged(f"{self.root} holds a {what} with another configuration ({change}): use another "
+                                f"output folder, rerun with the original settings to resume, or --force to start over")
+        return True
+
+    def claim(self, fingerprint: str, config_text: str | None = None, force: bool = False,
+              derived: Sequence[str] = (), what: str = "run", describe: Callable[[], str] | None = None,
+              temporaries: Sequence[Path] | None = None) -> bool:
+        """Bind the folder to one configuration: check it (see `check`); when forced over another run, delete
+        the `derived` paths (relative to the folder); sweep our own stale temporaries; write the marker,
+        `config.yaml` (when given) and `fingerprint`. Return whether an older run was cleared."""
+        changed = self.check(fingerprint, force, what, describe)
+        if changed:
+            for name in derived:
+                path = self.root / name
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+        removed = remove_stale_temporaries(self.root, list(temporaries) if temporaries is not None
+                                           else temporary_folders(self.root))
+        if removed:
+            logging.getLogger(__name__).info("removed %d temporary files left by a killed run", removed)
+        write_marker(self.root)
+        if config_text is not None:
+            write_text_atomic(self.config_file, config_text)
+        write_text_atomic(self.fingerprint_file, fingerprint + "\n")
+        return changed
