@@ -11,8 +11,9 @@ import pytest
 from fineinstructions.backends.fake import FakeBackend
 from fineinstructions.config import BackendConfig, PipelineConfig, RunConfig, SourceConfig
 from fineinstructions.contracts.excerpts import expand_excerpts
+from fineinstructions.errors import ConfigChanged
 from fineinstructions.io.writers import read_records
-from fineinstructions.pipeline import ConfigChanged, Pipeline
+from fineinstructions.pipeline import Pipeline
 from fineinstructions.records import Match, Pair, Template
 
 DOCUMENTS = [

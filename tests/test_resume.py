@@ -15,8 +15,8 @@ import pytest
 
 from fineinstructions.backends.cache import RequestCache
 from fineinstructions.config import PipelineConfig
+from fineinstructions.io.run_folder import RunFolder
 from fineinstructions.io.writers import read_records
-from fineinstructions.recipes import request_cache_path
 from fineinstructions.records import Pair
 from tests.test_pipeline import config_for, run_scripted
 
@@ -77,8 +77,8 @@ def test_sigkill_at_model_calls_and_at_random_instants_resumes_exactly_once(tmp_
     assert len({(d, t) for d, t, _, _ in got}) == len(got)  # no duplicates
     # Finished calls are cached as each batch returns: at most the batch in flight is paid again per kill.
     assert calls(log) <= len(engine.calls) + kills * (cfg.run.batch_size - 1)
-    reference_cache = RequestCache(request_cache_path(reference.run.output_dir))
-    assert len(RequestCache(request_cache_path(cfg.run.output_dir))) == len(reference_cache)
+    reference_cache = RequestCache(RunFolder(reference.run.output_dir).request_cache)
+    assert len(RequestCache(RunFolder(cfg.run.output_dir).request_cache)) == len(reference_cache)
     assert not [p for p in Path(cfg.run.output_dir).rglob(".*.tmp-*")]  # stale temporaries swept
 
 

@@ -14,35 +14,77 @@ from __future__ import annotations
 
 import json
 import sys
-from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
-from fineinstructions.config import BackendConfig, PipelineConfig, demo_config
-from fineinstructions.io.readers import InputError, ReadStats, read_rows, rows_to_records, rows_to_templates
-from fineinstructions.records import Document, Match, Pair, Query, Record, Template
+from fineinstructions.config import (
+    BackendConfig,
+    InstantiateConfig,
+    JudgeConfig,
+    MatchConfig,
+    PipelineConfig,
+    TemplatizeConfig,
+    demo_config,
+    stage_config,
+)
+from fineinstructions.errors import FineInstructionsError
+from fineinstructions.records import Document, Match, Pair, Query, Record
+
+console = Console()
+err_console = Console(stderr=True)
+_options = {"verbose": False}
+
+
+class _Commands(TyperGroup):
+    """Expected failures (FineInstructionsError, and OS errors naming a file) end in a one-line message and exit
+    status 2; anything else is a bug and shows its traceback. `--verbose` shows the traceback of both."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FineInstructionsError as err:
+            if _options["verbose"]:
+                err_console.print_exception()
+            raise _fail(str(err)) from err
+        except OSError as err:
+            if err.filename is None or _options["verbose"]:
+                raise
+            raise _fail(f"{err.strerror or err}: {err.filename}") from err
+
 
 app = typer.Typer(help=__doc__.split("\n")[0], no_args_is_help=True, add_completion=False,
-                  pretty_exceptions_enable=False)
+                  pretty_exceptions_enable=False, cls=_Commands)
 models_app = typer.Typer(help="List and fetch the embedded models.", no_args_is_help=True)
 sources_app = typer.Typer(help="Export the packaged demo sources (ShareGPT prompts, Wikipedia leads).",
                           no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(sources_app, name="sources")
-console = Console()
-err_console = Console(stderr=True)
 
-ModelOpt = Annotated[str, typer.Option(help="Registry model name or GGUF path (or the server's model name).")]
+ModelOpt = Annotated[str | None, typer.Option(
+    help="Registry model name or GGUF path (or the server's model name). [default: the generator's]")]
 UrlOpt = Annotated[str | None, typer.Option(help="OpenAI-compatible server URL; llama.cpp in-process if unset.")]
-BatchOpt = Annotated[int, typer.Option(help="Rows per backend call.")]
+BatchOpt = Annotated[int | None, typer.Option(help="Rows per backend call. [default: run.batch_size]")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+PromptFileOpt = Annotated[Path | None, typer.Option(
+    help="A prompt file of your own (the packaged layout) instead of --prompt-version.")]
 OverwriteOpt = Annotated[bool, typer.Option(help="Replace a README.md in the output folder that fineinstructions "
                                                  "did not write.")]
+
+
+@app.callback()
+def _global(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs, and tracebacks of "
+                                                                              "expected errors too.")] = False) -> None:
+    """Turn pre-training corpora into grounded instruction-answer pairs."""
+    from fineinstructions.pipeline import configure_logging
+
+    _options["verbose"] = verbose
+    configure_logging(verbose)
 
 
 def _fail(message: str) -> typer.Exit:
@@ -50,8 +92,22 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _backend_config(model: str, url: str | None) -> BackendConfig:
-    return BackendConfig(kind="openai" if url else "llamacpp", model=model, base_url=url)
+def _default(section: type[Any], field: str) -> str:
+    """`[default: ...]` for a flag whose default lives in a config section."""
+    return f"[default: {section.model_fields[field].default}]"
+
+
+def _given(values: dict[str, Any]) -> dict[str, Any]:
+    """The flags that were given (a flag left unset keeps the config's default)."""
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def _backend(model: str | None, url: str | None, **extra: Any) -> dict[str, Any] | None:
+    """A stage's `backend` section from --model/--url (None: the generator serves it)."""
+    if model is None and url is None and not any(extra.values()):
+        return None
+    return _given({"kind": "openai" if url else "llamacpp", "model": model, "base_url": url}) | {
+        k: v for k, v in extra.items() if v}
 
 
 @app.command()
@@ -60,7 +116,7 @@ def demo(
     queries: Annotated[int, typer.Option(help="ShareGPT questions to templatize.")] = 24,
     documents: Annotated[int, typer.Option(help="Wikipedia leads to instantiate templates from.")] = 12,
     seed: Annotated[int, typer.Option(help="Seed of the samples.")] = 0,
-    model: ModelOpt = "qwen2.5-coder-1.5b-instruct",
+    model: Annotated[str, typer.Option(help="Registry model name or GGUF path.")] = "qwen2.5-coder-1.5b-instruct",
     force: Annotated[bool, typer.Option(help="Start over if the folder holds another run.")] = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -72,6 +128,9 @@ def demo(
 def run(
     config: Annotated[Path, typer.Option("--config", "-c", help="Pipeline YAML (see configs/).")],
     out: Annotated[Path | None, typer.Option(help="Override run.output_dir.")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override one setting, SECTION.KEY=VALUE (repeatable), e.g. --set match.top_k=4 "
+                      "--set run.executor=ray. Execution settings do not change the fingerprint.")] = None,
     force: Annotated[bool, typer.Option(help="Start over if the folder holds another run.")] = False,
     quiet: QuietOpt = False,
     executor: Annotated[str | None, typer.Option(help="Override run.executor: local or ray.")] = None,
@@ -83,29 +142,19 @@ def run(
     """Run (or resume) the whole pipeline described by a YAML config.
 
     Execution overrides never change the config fingerprint: a run started locally resumes on Ray."""
-    try:
-        cfg = PipelineConfig.from_yaml(config)
-        overrides = {"executor": executor, "workers": workers, "ray_address": ray_address,
-                     "cpus_per_worker": cpus_per_worker, "gpus_per_worker": gpus_per_worker}
-        run_section = cfg.run.model_dump() | {k: v for k, v in overrides.items() if v is not None}
-        cfg.run = type(cfg.run).model_validate(run_section)
-    except ValueError as err:
-        raise _fail(str(err)) from err
-    if out is not None:
-        cfg.run.output_dir = str(out)
-    _run_pipeline(cfg, force, quiet)
+    cfg = PipelineConfig.from_yaml(config)
+    flags = {"executor": executor, "workers": workers, "ray_address": ray_address,
+             "cpus_per_worker": cpus_per_worker, "gpus_per_worker": gpus_per_worker,
+             "output_dir": str(out) if out is not None else None}
+    assignments = [*(set_ or []), *(f"run.{k}={json.dumps(v)}" for k, v in flags.items() if v is not None)]
+    _run_pipeline(cfg.with_overrides(assignments) if assignments else cfg, force, quiet)
 
 
 def _run_pipeline(cfg: PipelineConfig, force: bool, quiet: bool) -> None:
-    from fineinstructions.io.run_folder import RunFolderError
-    from fineinstructions.pipeline import ConfigChanged, Pipeline, configure_logging
+    from fineinstructions.pipeline import Pipeline
     from fineinstructions.summary import print_summary
 
-    configure_logging()
-    try:
-        summary = Pipeline(cfg, console=err_console, show_progress=not quiet, force=force).run()
-    except (ConfigChanged, RunFolderError, InputError, ValueError, FileNotFoundError) as err:
-        raise _fail(str(err)) from err
+    summary = Pipeline(cfg, console=err_console, show_progress=not quiet, force=force).run()
     print_summary(summary, console)
     empty = [name for name in ("queries", "documents") if summary["inputs"].get(name) == 0
              and (name == "documents" or cfg.templates is None)]
@@ -120,47 +169,49 @@ def _run_pipeline(cfg: PipelineConfig, force: bool, quiet: bool) -> None:
                     f"rerun the same command to retry them (and only them)")
 
 
-# -- one subcommand per stage -------------------------------------------------------------------------
+# -- one subcommand per stage: flags fill the stage's config section, the stage builds from it -----------
 
 
 def _read_typed(source: str, record_type: type[Record], text_field: str = "text", id_field: str | None = None,
                 limit: int | None = None) -> list[Record]:
     """Records from any readable input: typed rows are validated, plain rows mapped by `text_field`."""
+    from fineinstructions.io.readers import ReadStats
+    from fineinstructions.io.rows import read_typed
+
     stats = ReadStats()
-    try:
-        rows = list(read_rows(source, stats=stats))
-    except InputError as err:
-        raise _fail(str(err)) from err
-    id_key = {Query: "query_id", Document: "document_id"}.get(record_type)
-    if record_type in (Query, Document) and not (rows and id_key in rows[0]):
-        records = list(rows_to_records(rows, record_type, text_field, id_field, source=Path(source).stem,  # type: ignore[arg-type]
-                                       stats=stats, limit=limit))
-    else:
-        records, bad = record_type.parse_rows(rows[:limit] if limit else rows)
-        for _, reason in bad:
-            stats.skip(reason.split(":")[0], source)
+    records: list[Record] = list(read_typed(source, record_type, text_field=text_field, id_field=id_field,
+                                            limit=limit, stats=stats))
     if stats.skipped:
         err_console.print(f"skipped input rows: {dict(stats.skipped)}")
     if not records:
         raise _fail(f"no usable {record_type.kind} rows in {source}")
-    return records  # type: ignore[return-value]
+    return records
 
 
-def _run_stage(name: str, make_stage: Callable, records: list[Record], output: Path,
-               output_type: type[Record], batch_size: int, quiet: bool, whole_shard: bool = False) -> None:
+def _run_stage(stage: str, records: list[Record], output: Path, sections: dict[str, Any], quiet: bool,
+               index_dir: Path | None = None) -> list[Record]:
+    """Run one stage through the same door as the pipeline (config section -> `from_config` -> executor),
+    committing its output to `output` as one shard."""
     from fineinstructions.executors.local import LocalExecutor
-    from fineinstructions.pipeline import configure_logging
+    from fineinstructions.executors.progress import StageProgress
+    from fineinstructions.stages.context import StageContext
+    from fineinstructions.stages.registry import StageSpec
 
-    configure_logging()
+    cfg = stage_config(sections, output_dir=str(output))
+    fingerprint = cfg.fingerprint()
     for stale in (output / "shard-00000.parquet", output / "stats" / "shard-00000.json"):
         stale.unlink(missing_ok=True)  # a stage command always recomputes its output
-    with LocalExecutor(output.parent, batch_size, err_console, not quiet) as ex:
-        ex.expect(name, len(records))
-        out = ex.run(name, make_stage, 0, records, output_type, whole_shard=whole_shard, out_dir=output)
-        stats = ex.stats[name]
+    context = StageContext(cfg, fingerprint, index_dir=index_dir)
+    try:
+        with LocalExecutor(context, cfg.run.batch_size, StageProgress(err_console, not quiet)) as ex:
+            out = ex.run(StageSpec(stage, cfg, fingerprint, str(output)), [(0, records)])[0]
+            stats = ex.stats[stage]
+    finally:
+        context.close()
     dropped = ", ".join(f"{k}: {v}" for k, v in stats.dropped.items()) or "none"
-    console.print(f"{name}: {stats.rows_in} in, {len(out)} out, dropped: {dropped}; "
+    console.print(f"{stage}: {stats.rows_in} in, {len(out)} out, dropped: {dropped}; "
                   f"{stats.completion_tokens_per_s:.1f} generated tok/s -> {output}")
+    return out
 
 
 @app.command()
@@ -170,57 +221,71 @@ def templatize(
     text_field: Annotated[str, typer.Option(help="Field holding the query (or a chat message list).")] = "text",
     id_field: Annotated[str | None, typer.Option(help="Field holding a row id.")] = None,
     limit: Annotated[int | None, typer.Option(help="Read at most this many queries.")] = None,
-    model: ModelOpt = "qwen2.5-coder-1.5b-instruct",
+    model: ModelOpt = None,
     url: UrlOpt = None,
-    prompt_version: Annotated[str, typer.Option(help="Prompt file version (v2, v1, query_templatizer).")] = "v2",
+    prompt_version: Annotated[str | None, typer.Option(
+        help=f"Prompt version (v2, v1, query_templatizer). {_default(TemplatizeConfig, 'prompt_version')}")] = None,
+    prompt_file: PromptFileOpt = None,
     filter_queries: Annotated[bool, typer.Option(help="Normalise, filter and deduplicate queries first.")] = True,
-    retries: Annotated[int, typer.Option(help="Retries of an invalid output before dropping the query.")] = 2,
-    batch_size: BatchOpt = 8,
+    retries: Annotated[int | None, typer.Option(
+        help=f"Retries of an invalid output before dropping the query. {_default(TemplatizeConfig, 'retries')}")]
+    = None,
+    batch_size: BatchOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Queries -> instruction templates with <fi> variables and a compatible-document description."""
-    from fineinstructions.backends.factory import create_backend
-    from fineinstructions.stages.query_filter import QueryFilterStage
-    from fineinstructions.stages.templatize import TemplatizeStage
+    from fineinstructions.stages.context import StageContext
+    from fineinstructions.stages.registry import stage_class
 
+    sections = {"templatize": _given({"backend": _backend(model, url), "prompt_version": prompt_version,
+                                      "prompt_file": str(prompt_file) if prompt_file else None, "retries": retries}),
+                "run": _given({"batch_size": batch_size})}
     records = _read_typed(input, Query, text_field, id_field, limit)
     if filter_queries:
-        result = QueryFilterStage().process(records)  # type: ignore[arg-type]
-        dropped = Counter(r.reason.split(":")[0] for r in result.rejected)
-        console.print(f"query filter: {len(records)} in, {len(result.records)} out, dropped: {dict(dropped) or 'none'}")
+        cfg = stage_config(sections)
+        result = stage_class("query_filter").from_config(cfg, StageContext(cfg)).process(records)
+        dropped = _reasons(result.rejected)
+        console.print(f"query filter: {len(records)} in, {len(result.records)} out, dropped: {dropped or 'none'}")
         records = result.records
-    _run_stage("templatize", lambda: TemplatizeStage(create_backend(_backend_config(model, url)), prompt_version,
-                                                     retries=retries),
-               records, output, Template, batch_size, quiet)
+    _run_stage("templatize", records, output, sections, quiet)
+
+
+def _reasons(rejected: list[Any]) -> dict[str, int]:
+    from collections import Counter
+
+    return dict(Counter(r.reason.split(":")[0] for r in rejected))
 
 
 @app.command()
 def index(
     templates: Annotated[str, typer.Argument(help="Template Parquet file or folder.")],
     output: Annotated[Path, typer.Option(help="Index folder to write.")],
-    embedder: Annotated[str, typer.Option(help="sentence-transformers name or path.")] = "all-minilm-l6-v2",
-    near_duplicate_threshold: Annotated[float, typer.Option(help="MinHash Jaccard for near duplicates.")] = 0.85,
-    kind: Annotated[str, typer.Option(help="FAISS factory string (Flat, IVF4096,PQ64, HNSW32) or auto.")] = "auto",
-    shards: Annotated[int, typer.Option(help="Split the bank into this many shards.")] = 1,
-    train_size: Annotated[int, typer.Option(help="Vectors that train IVF/PQ kinds.")] = 100_000,
+    embedder: Annotated[str | None, typer.Option(
+        help=f"sentence-transformers name or path. {_default(MatchConfig, 'embedder')}")] = None,
+    near_duplicate_threshold: Annotated[float | None, typer.Option(
+        help=f"MinHash Jaccard for near duplicates. {_default(TemplatizeConfig, 'near_duplicate_threshold')}")]
+    = None,
+    kind: Annotated[str | None, typer.Option(
+        help=f"FAISS factory string (Flat, IVF4096,PQ64, HNSW32) or auto. {_default(MatchConfig, 'index')}")] = None,
+    shards: Annotated[int | None, typer.Option(
+        help=f"Split the bank into this many shards. {_default(MatchConfig, 'index_shards')}")] = None,
+    train_size: Annotated[int | None, typer.Option(
+        help=f"Vectors that train IVF/PQ kinds. {_default(MatchConfig, 'train_size')}")] = None,
 ) -> None:
     """Templates (ours or the released FineTemplates) -> deduplicated bank in a FAISS index."""
-    from fineinstructions.backends.embeddings import Embedder
+    from fineinstructions.records import Template
+    from fineinstructions.stages.context import StageContext
     from fineinstructions.stages.index import build_index
-    from fineinstructions.stages.template_dedup import TemplateDedupStage
+    from fineinstructions.stages.registry import stage_class
 
-    stats = ReadStats()
-    try:
-        records = list(rows_to_templates(read_rows(templates, stats=stats), stats))
-    except InputError as err:
-        raise _fail(str(err)) from err
-    if not records:
-        raise _fail(f"no usable template rows in {templates} (skipped: {dict(stats.skipped)})")
-    deduplicated = TemplateDedupStage(near_duplicate_threshold).process(records)
-    try:
-        built = build_index(deduplicated.records, Embedder(embedder), kind, shards, train_size)  # type: ignore[arg-type]
-    except ValueError as err:
-        raise _fail(str(err)) from err
+    cfg = stage_config({"match": _given({"embedder": embedder, "index": kind, "index_shards": shards,
+                                         "train_size": train_size}),
+                        "templatize": _given({"near_duplicate_threshold": near_duplicate_threshold})})
+    records = _read_typed(templates, Template)
+    context = StageContext(cfg)
+    deduplicated = stage_class("template_dedup").from_config(cfg, context).process(records)
+    mc = cfg.match
+    built = build_index(deduplicated.records, context.embedder, mc.index, mc.index_shards, mc.train_size)
     built.duplicates_removed += len(deduplicated.rejected)
     built.save(output)
     console.print(f"index ({built.spec}): {built.ntotal} templates "
@@ -235,101 +300,129 @@ def match(
     text_field: Annotated[str, typer.Option(help="Field holding the document text.")] = "text",
     id_field: Annotated[str | None, typer.Option(help="Field holding a document id.")] = None,
     limit: Annotated[int | None, typer.Option(help="Read at most this many documents.")] = None,
-    top_k: Annotated[int, typer.Option(help="Templates kept per document.")] = 6,
-    coverage_chunks: Annotated[int, typer.Option(help="Gaussian coverage chunks K (0: global only).")] = 10,
-    sigma: Annotated[float, typer.Option(help="Gaussian width on the [0, 1] position axis.")] = 0.05,
-    alpha: Annotated[float, typer.Option(help="Mix of local (1) and global (0) pooling.")] = 1.0,
-    min_score: Annotated[float, typer.Option(help="Similarity floor.")] = 0.0,
-    mmr_lambda: Annotated[float, typer.Option(help="Relevance vs diversity (1: relevance only).")] = 0.7,
-    max_template_uses: Annotated[int | None, typer.Option(help="Corpus-wide cap per template.")] = 1000,
-    popularity_weight: Annotated[float, typer.Option(help="Score bonus per ln(popularity).")] = 0.0,
-    nprobe: Annotated[int, typer.Option(help="IVF lists searched per query.")] = 32,
-    ef_search: Annotated[int, typer.Option(help="HNSW search breadth.")] = 128,
-    refine_k_factor: Annotated[int, typer.Option(help="Refine kinds re-score top-k x this many.")] = 16,
-    embedder: Annotated[str, typer.Option(help="Must be the model that built the index.")] = "all-minilm-l6-v2",
-    batch_size: BatchOpt = 32,
+    top_k: Annotated[int | None, typer.Option(help=f"Templates kept per document. {_default(MatchConfig, 'top_k')}")]
+    = None,
+    coverage_chunks: Annotated[int | None, typer.Option(
+        help=f"Gaussian coverage chunks K (0: global only). {_default(MatchConfig, 'coverage_chunks')}")] = None,
+    sigma: Annotated[float | None, typer.Option(
+        help=f"Gaussian width on the [0, 1] position axis. {_default(MatchConfig, 'sigma')}")] = None,
+    alpha: Annotated[float | None, typer.Option(
+        help=f"Mix of local (1) and global (0) pooling. {_default(MatchConfig, 'alpha')}")] = None,
+    min_score: Annotated[float | None, typer.Option(help=f"Similarity floor. {_default(MatchConfig, 'min_score')}")]
+    = None,
+    per_vector_k: Annotated[int | None, typer.Option(
+        help=f"Neighbours fetched per global/local vector. {_default(MatchConfig, 'per_vector_k')}")] = None,
+    mmr_lambda: Annotated[float | None, typer.Option(
+        help=f"Relevance vs diversity (1: relevance only). {_default(MatchConfig, 'mmr_lambda')}")] = None,
+    max_template_uses: Annotated[int | None, typer.Option(
+        help=f"Corpus-wide cap per template (0: no cap). {_default(MatchConfig, 'max_template_uses')}")] = None,
+    popularity_weight: Annotated[float | None, typer.Option(
+        help=f"Score bonus per ln(popularity). {_default(MatchConfig, 'popularity_weight')}")] = None,
+    max_windows: Annotated[int | None, typer.Option(
+        help=f"Model-sized windows embedded per long document. {_default(MatchConfig, 'max_windows')}")] = None,
+    min_document_words: Annotated[int | None, typer.Option(
+        help=f"Shorter documents are skipped. {_default(MatchConfig, 'min_document_words')}")] = None,
+    max_document_chars: Annotated[int | None, typer.Option(
+        help=f"Longer documents are skipped. {_default(MatchConfig, 'max_document_chars')}")] = None,
+    nprobe: Annotated[int | None, typer.Option(help=f"IVF lists searched per query. {_default(MatchConfig, 'nprobe')}")]
+    = None,
+    ef_search: Annotated[int | None, typer.Option(help=f"HNSW search breadth. {_default(MatchConfig, 'ef_search')}")]
+    = None,
+    refine_k_factor: Annotated[int | None, typer.Option(
+        help=f"Refine kinds re-score top-k x this many. {_default(MatchConfig, 'refine_k_factor')}")] = None,
+    embedder: Annotated[str | None, typer.Option(
+        help=f"Must be the model that built the index. {_default(MatchConfig, 'embedder')}")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Documents per search batch. [default: 32]")] = 32,
     quiet: QuietOpt = False,
 ) -> None:
     """Documents -> top-k candidate templates each, by the whole document and by its parts."""
-    from fineinstructions.backends.embeddings import Embedder
-    from fineinstructions.stages.index import IndexMismatch, TemplateIndex
-    from fineinstructions.stages.match import MatchStage
-
+    settings = _given({"top_k": top_k, "coverage_chunks": coverage_chunks, "sigma": sigma, "alpha": alpha,
+                "min_score": min_score, "per_vector_k": per_vector_k, "mmr_lambda": mmr_lambda,
+                "popularity_weight": popularity_weight, "max_windows": max_windows,
+                "min_document_words": min_document_words, "max_document_chars": max_document_chars,
+                "nprobe": nprobe, "ef_search": ef_search, "refine_k_factor": refine_k_factor, "embedder": embedder})
+    if max_template_uses is not None:
+        settings["max_template_uses"] = max_template_uses or None  # 0: no cap
+    sections: dict[str, Any] = {"match": settings, "run": _given({"batch_size": batch_size})}
     records = _read_typed(documents, Document, text_field, id_field, limit)
-    model = Embedder(embedder)
-    try:
-        loaded = TemplateIndex.load(index, model, nprobe=nprobe, ef_search=ef_search, refine_k_factor=refine_k_factor)
-    except (IndexMismatch, FileNotFoundError) as err:
-        raise _fail(str(err)) from err
-    _run_stage("match", lambda: MatchStage(
-        loaded, model, top_k, coverage_chunks, sigma, alpha, min_score, mmr_lambda=mmr_lambda,
-        max_template_uses=max_template_uses, popularity_weight=popularity_weight), records, output, Match,
-        batch_size, quiet)
+    _run_stage("match", records, output, sections, quiet, index_dir=index)
 
 
 @app.command()
 def instantiate(
     matches: Annotated[str, typer.Argument(help="Match Parquet file or folder.")],
     output: Annotated[Path, typer.Option(help="Output folder of Pair Parquet shards.")],
-    model: ModelOpt = "qwen2.5-coder-1.5b-instruct",
+    model: ModelOpt = None,
     url: UrlOpt = None,
-    min_coverage: Annotated[float, typer.Option(help="Reject answers with less excerpt coverage.")] = 0.8,
-    min_copy_words: Annotated[int, typer.Option(help="Written-out copies of at least this many words count "
-                                                     "as excerpt coverage (0: markers only).")] = 6,
-    prompt_version: Annotated[str, typer.Option(help="Prompt file version (v2, v1, template_instantiator).")] = "v2",
+    min_coverage: Annotated[float | None, typer.Option(
+        help=f"Reject answers with less excerpt coverage. {_default(InstantiateConfig, 'min_coverage')}")] = None,
+    min_copy_words: Annotated[int | None, typer.Option(
+        help="Written-out copies of at least this many words count as excerpt coverage (0: markers only). "
+             f"{_default(InstantiateConfig, 'min_copy_words')}")] = None,
+    prompt_version: Annotated[str | None, typer.Option(
+        help=f"Prompt version (v2, v1, template_instantiator). {_default(InstantiateConfig, 'prompt_version')}")]
+    = None,
+    prompt_file: PromptFileOpt = None,
     prompt_lookup_tokens: Annotated[int, typer.Option(help="llama.cpp prompt-lookup draft tokens (0: off).")] = 0,
-    batch_size: BatchOpt = 8,
+    batch_size: BatchOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Document + template -> instruction and excerpt-grounded answer (or null), expanded and gated."""
-    from fineinstructions.backends.factory import create_backend
-    from fineinstructions.stages.instantiate import InstantiateStage
-
     records = _read_typed(matches, Match)
-    backend = _backend_config(model, url).model_copy(update={"prompt_lookup_tokens": prompt_lookup_tokens})
-    _run_stage("instantiate", lambda: InstantiateStage(create_backend(backend), prompt_version,
-                                                      min_coverage=min_coverage, min_copy_words=min_copy_words),
-               records, output, Pair, batch_size, quiet)
+    sections = {"instantiate": _given({"backend": _backend(model, url, prompt_lookup_tokens=prompt_lookup_tokens),
+                                       "min_coverage": min_coverage, "min_copy_words": min_copy_words,
+                                       "prompt_version": prompt_version,
+                                       "prompt_file": str(prompt_file) if prompt_file else None}),
+                "run": _given({"batch_size": batch_size})}
+    _run_stage("instantiate", records, output, sections, quiet)
 
 
 @app.command()
 def judge(
     pairs: Annotated[str, typer.Argument(help="Pair Parquet file or folder.")],
     output: Annotated[Path, typer.Option(help="Output folder of judged Pair Parquet shards.")],
-    model: ModelOpt = "qwen2.5-coder-1.5b-instruct",
+    model: ModelOpt = None,
     url: UrlOpt = None,
-    prompt_version: Annotated[str, typer.Option(help="Prompt file version (v2, v1).")] = "v2",
-    batch_size: BatchOpt = 8,
+    prompt_version: Annotated[str | None, typer.Option(
+        help=f"Prompt version (v2, v1, flow_judge). {_default(JudgeConfig, 'prompt_version')}")] = None,
+    prompt_file: PromptFileOpt = None,
+    batch_size: BatchOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Pairs -> pairs with a 1-5 judge score and feedback."""
-    from fineinstructions.backends.factory import create_backend
-    from fineinstructions.stages.judge import JudgeStage
-
     records = _read_typed(pairs, Pair)
-    _run_stage("judge", lambda: JudgeStage(create_backend(_backend_config(model, url)), prompt_version),
-               records, output, Pair, batch_size, quiet)
+    sections = {"judge": _given({"backend": _backend(model, url), "prompt_version": prompt_version,
+                                 "prompt_file": str(prompt_file) if prompt_file else None}),
+                "run": _given({"batch_size": batch_size})}
+    _run_stage("judge", records, output, sections, quiet)
 
 
 @app.command(name="filter")
 def filter_(
     pairs: Annotated[str, typer.Argument(help="Judged Pair Parquet file or folder.")],
     output: Annotated[Path, typer.Option(help="Dataset folder to write.")],
-    min_score: Annotated[int, typer.Option(help="Keep judge scores at or above this.")] = 4,
-    min_coverage: Annotated[float, typer.Option(help="Keep excerpt coverage at or above this.")] = 0.8,
-    token_budget: Annotated[bool, typer.Option(help="Generated tokens per document <= its tokens.")] = True,
+    min_score: Annotated[int | None, typer.Option(
+        help=f"Keep judge scores at or above this. {_default(JudgeConfig, 'min_score')}")] = None,
+    min_coverage: Annotated[float | None, typer.Option(
+        help=f"Keep excerpt coverage at or above this. {_default(InstantiateConfig, 'min_coverage')}")] = None,
+    token_budget: Annotated[bool | None, typer.Option(
+        "--token-budget/--no-token-budget", help="Generated tokens per document <= its tokens. [default: on]")]
+    = None,
+    max_pairs_per_document: Annotated[int | None, typer.Option(help="Keep at most this many pairs per document.")]
+    = None,
     near_duplicate_threshold: Annotated[float | None, typer.Option(
-        help="MinHash Jaccard of instruction+answer for near-duplicate pairs (exact duplicates always go).")] = 0.8,
+        help="MinHash Jaccard of instruction+answer for near-duplicate pairs (0: exact duplicates only; they "
+             "always go). [default: 0.8]")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Judged pairs -> the final dataset (score, coverage, per-document token budget, pair dedup)."""
-    from fineinstructions.stages.filter import FilterStage
-    from fineinstructions.stages.pair_dedup import PairDeduplicator
-
     records = _read_typed(pairs, Pair)
-    _run_stage("filter", lambda: FilterStage(min_score, min_coverage, token_budget,
-                                             deduplicator=PairDeduplicator(near_duplicate_threshold)),
-               records, output, Pair, len(records), quiet, whole_shard=True)
+    filter_section = _given({"token_budget": token_budget, "max_pairs_per_document": max_pairs_per_document})
+    if near_duplicate_threshold is not None:
+        filter_section["near_duplicate_threshold"] = near_duplicate_threshold or None  # 0: exact duplicates only
+    sections = {"judge": _given({"min_score": min_score}), "instantiate": _given({"min_coverage": min_coverage}),
+                "filter": filter_section}
+    _run_stage("filter", records, output, sections, quiet)
 
 
 @app.command()

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fineinstructions.backends.models import DEFAULT_EMBEDDER, DEFAULT_GENERATOR
 from fineinstructions.contracts.templates import DEFAULT_MAX_INSTANCE_LENGTH_RATIO, DEFAULT_MIN_INSTANCE_SHARE
+from fineinstructions.errors import ConfigError
+from fineinstructions.hashing import json_hash, short_hash
 
 
 class Section(BaseModel):
@@ -115,6 +115,7 @@ class QueryFilterConfig(Section):
 class TemplatizeConfig(Section):
     backend: BackendConfig | None = None  # the model that serves this stage; None: the generator
     prompt_version: str = "v2"  # v2, v1, query_templatizer (the released model's contract)
+    prompt_file: str | None = None  # a prompt file of your own (the packaged layout) instead of prompt_version
     max_tokens: int = Field(default=200, ge=1)
     temperature: float = Field(default=0.0, ge=0)
     retries: int = Field(default=2, ge=0)
@@ -124,7 +125,7 @@ class TemplatizeConfig(Section):
 
 
 class MatchConfig(Section):
-    """Embedding retrieval of templates for documents (DESIGN.md §2)."""
+    """Embedding retrieval of templates for documents (docs/method.md, "Matching: coverage pooling")."""
 
     embedder: str = DEFAULT_EMBEDDER  # the packaged MiniLM, a sentence-transformers folder, or a Hub name online
     embedder_revision: str | None = None  # a branch, tag or commit of a Hub embedder (pin it)
@@ -155,6 +156,7 @@ class InstantiateConfig(Section):
 
     backend: BackendConfig | None = None  # the model that serves this stage; None: the generator
     prompt_version: str = "v2"  # v2, v1, template_instantiator (the released model's JSON contract)
+    prompt_file: str | None = None  # a prompt file of your own (the packaged layout) instead of prompt_version
     max_tokens: int = Field(default=400, ge=1)
     temperature: float = Field(default=0.0, ge=0)
     min_coverage: float = Field(default=0.8, ge=0, le=1)
@@ -172,6 +174,7 @@ class InstantiateConfig(Section):
 class JudgeConfig(Section):
     backend: BackendConfig | None = None  # the model that serves this stage; None: judge_backend, else the generator
     prompt_version: str = "v2"  # v2, v1, flow_judge (Flow-Judge's rubric format)
+    prompt_file: str | None = None  # a prompt file of your own (the packaged layout) instead of prompt_version
     max_tokens: int = Field(default=160, ge=1)
     temperature: float = Field(default=0.0, ge=0)
     min_score: int = Field(default=4, ge=1, le=5)
@@ -213,7 +216,8 @@ EXECUTION_FIELDS_ANYWHERE = frozenset({"embedder_device", "embedder_batch_size",
 # Fields added after runs were made, each with the value that means "as before the field existed": left out
 # of the fingerprint while they hold it, so those runs still resume.
 LATER_OPTIONAL_FIELDS: dict[str, object] = {
-    "queries": None, "backend": None, "revision": None, "embedder_revision": None, "data_files": None,
+    "queries": None, "backend": None, "revision": None, "prompt_file": None, "embedder_revision": None,
+    "data_files": None,
     "min_instance_share": DEFAULT_MIN_INSTANCE_SHARE, "max_instance_length_ratio": DEFAULT_MAX_INSTANCE_LENGTH_RATIO,
 }
 GenerativeStage = Literal["templatize", "instantiate", "judge"]
@@ -252,13 +256,51 @@ class PipelineConfig(Section):
             own = own or self.judge_backend
         return own or self.generator
 
+    @model_validator(mode="after")
+    def _prompt_files_fit(self) -> PipelineConfig:
+        from fineinstructions.prompts import load_prompt
+
+        for stage in ("templatize", "instantiate", "judge"):
+            section = getattr(self, stage)
+            if section.prompt_file is not None:
+                load_prompt(stage, section.prompt_version, section.prompt_file)  # a PromptError names the problem
+        return self
+
     def fingerprint(self) -> str:
-        """Hash of everything that changes the output (the output folder and execution settings do not)."""
+        """Hash of everything that changes the output (the output folder and execution settings do not); a
+        prompt file counts by its content, not its path."""
         data = self.model_dump(mode="json")
         for name in EXECUTION_FIELDS:
             data["run"].pop(name, None)
+        for stage in ("templatize", "instantiate", "judge"):
+            prompt_file = data[stage].pop("prompt_file", None)
+            if prompt_file is not None:
+                data[stage]["prompt_sha"] = short_hash(Path(prompt_file).expanduser().read_bytes())
         data = _fingerprinted(data)
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        return json_hash(data)
+
+    def with_overrides(self, assignments: list[str]) -> PipelineConfig:
+        """This config with `section.key=value` assignments applied (values parsed as YAML scalars or flow
+        collections) and validated like the YAML file; ConfigError names a bad one."""
+        data = self.model_dump(mode="json", exclude_unset=False)
+        for assignment in assignments:
+            path, sep, text = assignment.partition("=")
+            keys = [k for k in path.strip().split(".") if k]
+            if not sep or not keys:
+                raise ConfigError(f"--set {assignment!r}: write section.key=value, e.g. match.top_k=4")
+            try:
+                value = yaml.safe_load(text) if text.strip() else None
+            except yaml.YAMLError as err:
+                raise ConfigError(f"--set {assignment!r}: cannot read the value: {err}") from err
+            node = data
+            for key in keys[:-1]:
+                if not isinstance(node.get(key), dict):
+                    node[key] = {} if node.get(key) is None else node[key]
+                if not isinstance(node[key], dict):
+                    raise ConfigError(f"--set {assignment!r}: {key} is not a section")
+                node = node[key]
+            node[keys[-1]] = value
+        return validated(type(self), data, "--set")
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> PipelineConfig:
@@ -266,10 +308,10 @@ class PipelineConfig(Section):
         try:
             raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (safe)
         except (OSError, yaml.YAMLError) as err:
-            raise ValueError(f"cannot read config {path}: {err}") from err
+            raise ConfigError(f"cannot read config {path}: {err}") from err
         if not isinstance(raw, dict):
-            raise ValueError(f"config {path} must be a YAML mapping")
-        return cls.model_validate(raw)
+            raise ConfigError(f"config {path} must be a YAML mapping")
+        return validated(cls, raw, f"config {path}")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -312,3 +354,25 @@ def demo_config(output_dir: str = "runs/demo", queries: int = 24, documents: int
         generator=BackendConfig(model=model),
         run=RunConfig(output_dir=output_dir, seed=seed, shard_size=64, batch_size=4),
     )
+
+
+SectionT = TypeVar("SectionT", bound=BaseModel)
+
+
+def validated(model: type[SectionT], data: Any, where: str) -> SectionT:
+    """`data` validated as `model`; a ConfigError lists each problem by its dotted key."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in err.errors())
+        raise ConfigError(f"{where}: {problems}") from err
+
+
+def stage_config(sections: dict[str, Any], output_dir: str = "runs/stage") -> PipelineConfig:
+    """A pipeline config for running single stages (CLI stage commands, the Python API): `sections` fill
+    their sections (keys left out keep the config's defaults); the sources are placeholders no stage reads."""
+    data: dict[str, Any] = {"queries": {"kind": "sharegpt"}, "documents": {"kind": "wikipedia"},
+                            "run": {"output_dir": output_dir}}
+    for name, values in sections.items():
+        data[name] = data.get(name, {}) | values if isinstance(values, dict) else values
+    return validated(PipelineConfig, data, "stage settings")

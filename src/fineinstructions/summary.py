@@ -11,13 +11,12 @@ from rich.table import Table
 
 from fineinstructions.records import Pair
 from fineinstructions.stages.base import StageStats
+from fineinstructions.stages.registry import STAGE_ORDER
 
 if TYPE_CHECKING:
     from fineinstructions.config import PipelineConfig
     from fineinstructions.io.readers import ReadStats
     from fineinstructions.stages.index import ShardedTemplateIndex, TemplateIndex
-
-STAGE_ORDER = ("query_filter", "templatize", "template_dedup", "match", "instantiate", "judge", "filter")
 
 
 def _ratio(num: float, den: float) -> float | None:

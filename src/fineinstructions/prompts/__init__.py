@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import json
+import string
 from dataclasses import dataclass, field
 from functools import cache, cached_property
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from fineinstructions.backends.base import Conversation
 from fineinstructions.contracts.templates import FieldGuard
+from fineinstructions.errors import FineInstructionsError
+
+
+
+class PromptError(FineInstructionsError, FileNotFoundError):
+    """A prompt file that is missing or does not fit its stage."""
+
 
 DEFAULT_VERSIONS = {"templatize": "v2", "instantiate": "v2", "judge": "v2"}
 
@@ -57,15 +66,59 @@ class Prompt:
         return messages
 
 
+# The fields each stage fills in its prompt's user message.
+STAGE_FIELDS = {"templatize": frozenset({"query"}), "instantiate": frozenset({"document", "template"}),
+                "judge": frozenset({"document", "instruction", "answer"})}
+
+
 @cache
-def load_prompt(name: str, version: str | None = None) -> Prompt:
-    """Load `prompts/{name}.{version}.yaml` from the package."""
-    version = version or DEFAULT_VERSIONS[name]
-    resource = resources.files(__package__).joinpath(f"{name}.{version}.yaml")
-    if not resource.is_file():
-        raise FileNotFoundError(f"no prompt file {name}.{version}.yaml")
-    raw: dict[str, Any] = yaml.safe_load(resource.read_text(encoding="utf-8"))
-    examples = tuple((dict(e["input"]), str(e["output"])) for e in raw.get("examples") or [])
+def load_prompt(name: str, version: str | None = None, path: str | None = None) -> Prompt:
+    """Load `prompts/{name}.{version}.yaml` from the package, or the prompt file at `path` (a prompt of your
+    own, in the same layout); either is checked against the fields the stage `name` fills."""
+    if path is not None:
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise PromptError(f"no prompt file {path}")
+        text, where = file.read_text(encoding="utf-8"), str(file)
+    else:
+        version = version or DEFAULT_VERSIONS[name]
+        resource = resources.files(__package__).joinpath(f"{name}.{version}.yaml")
+        if not resource.is_file():
+            raise PromptError(f"no prompt file {name}.{version}.yaml")
+        text, where = resource.read_text(encoding="utf-8"), f"{name}.{version}.yaml"
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise PromptError(f"prompt file {where} is not valid YAML: {err}") from err
+    return _prompt(raw, name, where)
+
+
+def _prompt(raw: Any, stage: str, where: str) -> Prompt:
+    """A Prompt from a parsed prompt file, refused (PromptError) when it does not fit the stage."""
+    if not isinstance(raw, dict):
+        raise PromptError(f"prompt file {where} must be a YAML mapping")
+    missing = [key for key in ("name", "version", "system") if key not in raw]
+    if missing:
+        raise PromptError(f"prompt file {where} lacks {', '.join(missing)}")
+    if raw["name"] != stage:
+        raise PromptError(f"prompt file {where} is a {raw['name']!r} prompt, not a {stage!r} one")
+    try:
+        examples = tuple((dict(e["input"]), str(e["output"])) for e in raw.get("examples") or [])
+    except (KeyError, TypeError, ValueError) as err:
+        raise PromptError(f"prompt file {where}: each example needs an `input` mapping and an `output`") from err
     user_json = tuple((str(k), str(v)) for k, v in (raw.get("user_json") or {}).items())
-    return Prompt(raw["name"], raw["version"], raw["system"] or "", raw.get("user") or "", examples, user_json,
-                  raw.get("grammar"))
+    prompt = Prompt(raw["name"], str(raw["version"]), raw["system"] or "", raw.get("user") or "", examples, user_json,
+                    raw.get("grammar"))
+    fields = STAGE_FIELDS.get(stage)
+    if fields is not None:
+        used = {v for _, v in user_json} if user_json else {
+            f for _, f, _, _ in string.Formatter().parse(prompt.user) if f is not None}
+        unknown = used - fields
+        if unknown or not used:
+            raise PromptError(f"prompt file {where}: the user message may use {sorted(fields)}, "
+                              f"it uses {sorted(used) or 'none'}")
+        for example_input, _ in examples:
+            if set(example_input) != fields:
+                raise PromptError(f"prompt file {where}: an example's input has {sorted(example_input)}, "
+                                  f"the stage fills {sorted(fields)}")
+    return prompt

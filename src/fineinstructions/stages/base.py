@@ -1,7 +1,11 @@
 """What every stage is: a small unit that turns a batch of records into a batch of records.
 
-A stage knows nothing about which executor runs it or which backend serves it; it gets a backend
-object (or an index) when built, and reports what it kept, what it dropped and why.
+A stage declares its name, its input and output record types and how it must be fed, and builds itself
+from its own config section (`from_config`), taking engines and the index from a `StageContext`. It knows
+nothing about which executor runs it or which backend serves it, and reports what it kept, what it
+dropped and why. A stage whose output depends on earlier shards (the corpus-wide template cap, pair
+dedup) says so (`sequential`) and owns that state behind two hooks: `state_digest` (what it carries into
+the next shard) and `after_shard` (each shard's outputs, in order, computed or read back on resume).
 """
 
 from __future__ import annotations
@@ -12,10 +16,17 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self, TypeVar
 
 from fineinstructions.backends.base import Backend, BackendStats
 from fineinstructions.records import Record
+
+if TYPE_CHECKING:
+    from fineinstructions.config import PipelineConfig
+    from fineinstructions.stages.context import StageContext
+
+In = TypeVar("In", bound=Record)
+Out = TypeVar("Out", bound=Record)
 
 
 @dataclass
@@ -27,8 +38,8 @@ class Rejected:
 
 
 @dataclass
-class StageResult:
-    records: list[Record]
+class StageResult(Generic[Out]):
+    records: list[Out]
     rejected: list[Rejected] = field(default_factory=list)
     counters: dict[str, float] = field(default_factory=dict)  # stage-specific counts, summed into metrics
 
@@ -117,22 +128,41 @@ class StageStats:
         )
 
 
-class Stage(ABC):
+class Stage(ABC, Generic[In, Out]):
     """Turns a batch of `input_type` records into `output_type` records plus rejections."""
 
     name: ClassVar[str]
     input_type: ClassVar[type[Record]]
     output_type: ClassVar[type[Record]]
+    whole_shard: ClassVar[bool] = False  # sees each shard as one batch (it groups or compares across rows)
+    holds_model: ClassVar[bool] = False  # serves a generative model: worth spreading over workers
     backend: Backend | None = None
 
+    @classmethod
     @abstractmethod
-    def process(self, batch: Sequence[Record]) -> StageResult: ...
+    def from_config(cls, config: PipelineConfig, context: StageContext) -> Self:
+        """The stage as `config` (its own section) describes it, with engines and the index from `context`."""
 
-    def metrics(self, result: StageResult) -> dict[str, float]:
+    @classmethod
+    def sequential(cls, config: PipelineConfig) -> bool:
+        """Whether a shard's output depends on earlier shards: then one instance runs them in order."""
+        return False
+
+    def state_digest(self) -> str:
+        """What this stage carries over from earlier shards, as a digest stored with each shard's output."""
+        return ""
+
+    def after_shard(self, outputs: Sequence[Out]) -> None:
+        """Called with every shard's outputs in shard order, computed or read back (state across shards)."""
+
+    @abstractmethod
+    def process(self, batch: Sequence[In]) -> StageResult[Out]: ...
+
+    def metrics(self, result: StageResult[Out]) -> dict[str, float]:
         """Quality sums the summary reports (override per stage)."""
         return {}
 
-    def run_batch(self, batch: Sequence[Record], stats: StageStats) -> StageResult:
+    def run_batch(self, batch: Sequence[In], stats: StageStats) -> StageResult[Out]:
         """Process one batch and account for it in `stats`."""
         before = _copy_backend_stats(self.backend)
         start = time.perf_counter()

@@ -1,17 +1,26 @@
 """Stage 7: keep pairs that pass the judge and the coverage gate, within each document's token budget,
-and not duplicates of pairs already in the dataset."""
+and not duplicates of pairs already in the dataset.
+
+Pair dedup spans the whole dataset, so the filter carries state from shard to shard: the pairs kept so far
+(`after_shard`), whose digest each shard's output depends on (`state_digest`)."""
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from fineinstructions.records import Pair
 from fineinstructions.stages.base import Rejected, Stage, StageResult
 from fineinstructions.stages.pair_dedup import PairDeduplicator
 
+if TYPE_CHECKING:
+    from fineinstructions.config import PipelineConfig
+    from fineinstructions.stages.context import StageContext
 
-class FilterStage(Stage):
+
+class FilterStage(Stage[Pair, Pair]):
     """Per document, best-judged pairs first, keep pairs while their generated tokens fit the document's.
 
     A batch must hold every pair of the documents in it (executors shard by document).
@@ -20,6 +29,7 @@ class FilterStage(Stage):
     name = "filter"
     input_type = Pair
     output_type = Pair
+    whole_shard = True  # a document's pairs must meet in one batch
 
     def __init__(self, min_score: int = 4, min_coverage: float = 0.8, token_budget: bool = True,
                  max_pairs_per_document: int | None = None, deduplicator: PairDeduplicator | None = None):
@@ -27,9 +37,28 @@ class FilterStage(Stage):
         self.min_coverage = min_coverage
         self.token_budget = token_budget
         self.max_pairs_per_document = max_pairs_per_document
-        self.deduplicator = deduplicator  # shared across shards: dedup over the whole dataset
+        self.deduplicator = deduplicator  # pairs kept in earlier shards: dedup over the whole dataset
+        self._kept_before = hashlib.sha256()  # digest of the pairs kept in earlier shards
 
-    def process(self, batch: Sequence[Pair]) -> StageResult:  # type: ignore[override]
+    @classmethod
+    def from_config(cls, config: PipelineConfig, context: StageContext) -> FilterStage:
+        return cls(config.judge.min_score, config.instantiate.min_coverage, config.filter.token_budget,
+                   config.filter.max_pairs_per_document, PairDeduplicator(config.filter.near_duplicate_threshold))
+
+    @classmethod
+    def sequential(cls, config: PipelineConfig) -> bool:
+        return True
+
+    def state_digest(self) -> str:
+        return self._kept_before.hexdigest()
+
+    def after_shard(self, outputs: Sequence[Pair]) -> None:
+        if self.deduplicator is not None:
+            self.deduplicator.remember(outputs)  # idempotent: rebuilds the state from read-back shards on resume
+        for pair in outputs:
+            self._kept_before.update(f"{pair.document_id}\x00{pair.template_id}\x00".encode())
+
+    def process(self, batch: Sequence[Pair]) -> StageResult[Pair]:
         rejected: list[Rejected] = []
         by_document: dict[str, list[Pair]] = defaultdict(list)
         for pair in batch:
@@ -60,4 +89,4 @@ class FilterStage(Stage):
                     kept.append(pair)
                     if self.deduplicator:
                         self.deduplicator.add(pair)
-        return StageResult(kept, rejected)  # type: ignore[arg-type]
+        return StageResult(kept, rejected)

@@ -6,6 +6,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from fineinstructions.backends.base import Backend, Conversation, Generation, SamplingParams
 from fineinstructions.contracts.excerpts import ExpandedAnswer, NormalizedText, expand_excerpts
@@ -22,6 +23,10 @@ from fineinstructions.contracts.templates import (
 from fineinstructions.prompts import load_prompt
 from fineinstructions.records import Match, Pair
 from fineinstructions.stages.base import Rejected, Stage, StageResult, document_major
+
+if TYPE_CHECKING:
+    from fineinstructions.config import PipelineConfig
+    from fineinstructions.stages.context import StageContext
 
 _INSTRUCTION = re.compile(r"<instruction>(.*?)</instruction>", re.S | re.I)
 _ANSWER = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.S | re.I)
@@ -60,21 +65,22 @@ def parse_instantiation(text: str) -> ParsedInstantiation | str:
     return "unparseable_output"
 
 
-class InstantiateStage(Stage):
+class InstantiateStage(Stage[Match, Pair]):
     """Generate document-major (all templates of one document back to back) and gate each pair."""
 
     name = "instantiate"
     input_type = Match
     output_type = Pair
+    holds_model = True
 
     def __init__(self, backend: Backend, prompt_version: str | None = None, max_tokens: int = 400,
                  temperature: float = 0.0, seed: int = 0, min_coverage: float = 0.8,
                  config_fingerprint: str = "", min_copy_words: int = 6, min_answer_words: int = 3,
                  max_answer_chars: int = 6000, max_prompt_document_chars: int = 8000, constrained: bool = False,
                  min_instance_share: float = DEFAULT_MIN_INSTANCE_SHARE,
-                 max_instance_length_ratio: float = DEFAULT_MAX_INSTANCE_LENGTH_RATIO):
+                 max_instance_length_ratio: float = DEFAULT_MAX_INSTANCE_LENGTH_RATIO, prompt_file: str | None = None):
         self.backend = backend
-        self.prompt = load_prompt("instantiate", prompt_version)
+        self.prompt = load_prompt("instantiate", prompt_version, prompt_file)
         if constrained and not self.prompt.grammar:
             raise ValueError(f"prompt {self.prompt.version} has no grammar for constrained decoding")
         self.sampling = SamplingParams(temperature=temperature, max_tokens=max_tokens, seed=seed,
@@ -91,7 +97,15 @@ class InstantiateStage(Stage):
         # everything itself).
         self.guard = self.prompt.field_guard
 
-    def process(self, batch: Sequence[Match]) -> StageResult:  # type: ignore[override]
+    @classmethod
+    def from_config(cls, config: PipelineConfig, context: StageContext) -> InstantiateStage:
+        ic = config.instantiate
+        return cls(context.backend("instantiate", ic.prompt_version), ic.prompt_version, ic.max_tokens,
+                   ic.temperature, config.run.seed, ic.min_coverage, context.fingerprint, ic.min_copy_words,
+                   ic.min_answer_words, ic.max_answer_chars, ic.max_prompt_document_chars, ic.constrained,
+                   ic.min_instance_share, ic.max_instance_length_ratio, ic.prompt_file)
+
+    def process(self, batch: Sequence[Match]) -> StageResult[Pair]:
         rejected: list[Rejected] = []
         # A template without variables has nothing to instantiate from the document: no call is made.
         usable = []
@@ -116,7 +130,7 @@ class InstantiateStage(Stage):
         documents = {m.document_id: m.text for m in matches}
         truncated = sum(1 for text in documents.values() if len(text) > self.max_prompt_document_chars)
         marked = sum(1 for text in documents.values() if self.guard.affected(self._cut(text)))
-        return StageResult(self._pairs(passed), rejected,  # type: ignore[arg-type]
+        return StageResult(self._pairs(passed), rejected,
                            {"documents_cut_for_prompt": truncated, "documents_with_prompt_markers": marked})
 
     @cached_property

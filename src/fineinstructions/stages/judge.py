@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from fineinstructions.backends.base import Backend, SamplingParams
 from fineinstructions.contracts.templates import first_json_object
 from fineinstructions.prompts import load_prompt
 from fineinstructions.records import Pair
 from fineinstructions.stages.base import Stage, StageResult, document_major
+
+if TYPE_CHECKING:
+    from fineinstructions.config import PipelineConfig
+    from fineinstructions.stages.context import StageContext
 
 _SCORE_TAG = re.compile(r"<score>\s*([1-5])(?:\.0+)?\s*(?:/\s*5)?\s*</score>", re.I)
 _SCORE_LOOSE = re.compile(r"score\W{0,5}([1-5])\b", re.I)
@@ -32,24 +37,31 @@ def parse_judgement(text: str) -> tuple[int, str] | None:
     return None
 
 
-class JudgeStage(Stage):
+class JudgeStage(Stage[Pair, Pair]):
     """Pairs of one document are judged back to back (shared document prefix). Never drops a row:
     an unparseable judgement leaves `judge_score` empty and the filter drops it with its reason."""
 
     name = "judge"
     input_type = Pair
     output_type = Pair
+    holds_model = True
 
     def __init__(self, backend: Backend, prompt_version: str | None = None, max_tokens: int = 160,
-                 temperature: float = 0.0, seed: int = 0):
+                 temperature: float = 0.0, seed: int = 0, prompt_file: str | None = None):
         self.backend = backend
-        self.prompt = load_prompt("judge", prompt_version)
+        self.prompt = load_prompt("judge", prompt_version, prompt_file)
         self.sampling = SamplingParams(temperature=temperature, max_tokens=max_tokens, seed=seed)
         # The prompt's own labels and tags, neutralised in the fields it shows, so that a document (or an
         # answer quoting it) cannot close its field and show the judge a pair of its own.
         self.guard = self.prompt.field_guard
 
-    def process(self, batch: Sequence[Pair]) -> StageResult:  # type: ignore[override]
+    @classmethod
+    def from_config(cls, config: PipelineConfig, context: StageContext) -> JudgeStage:
+        jc = config.judge
+        return cls(context.backend("judge", jc.prompt_version), jc.prompt_version, jc.max_tokens, jc.temperature,
+                   config.run.seed, jc.prompt_file)
+
+    def process(self, batch: Sequence[Pair]) -> StageResult[Pair]:
         batch = document_major(batch)  # the engine reuses the prefix up to the end of each document
         fields = [{"document": p.text, "instruction": p.instantiated_instruction, "answer": p.answer} for p in batch]
         marked = sum(1 for f in fields if any(self.guard.affected(v) for v in f.values()))
@@ -66,7 +78,7 @@ class JudgeStage(Stage):
             else:
                 update |= {"judge_score": parsed[0], "judge_feedback": parsed[1]}
             judged.append(pair.model_copy(update=update))
-        return StageResult(judged, counters={"pairs_with_prompt_markers": marked})  # type: ignore[arg-type]
+        return StageResult(judged, counters={"pairs_with_prompt_markers": marked})
 
     def metrics(self, result: StageResult) -> dict[str, float]:
         counts: dict[str, float] = {}

@@ -2,30 +2,38 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections import Counter
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fineinstructions.backends.embeddings import Embedder
+from fineinstructions.hashing import short_hash
 from fineinstructions.records import Document, Match
 from fineinstructions.stages.base import Rejected, Stage, StageResult
 from fineinstructions.stages.index import ShardedTemplateIndex, TemplateIndex
 from fineinstructions.text.normalize import visible_word_count
 
+if TYPE_CHECKING:
+    from fineinstructions.config import PipelineConfig
+    from fineinstructions.stages.context import StageContext
+
 log = logging.getLogger(__name__)
 
 
-class MatchStage(Stage):
+class MatchStage(Stage[Document, Match]):
     """Query the index with one global and K Gaussian-pooled local vectors per document.
 
     All vectors of a batch go to the index in one search. Per document, candidates from every vector
     are merged (best score per template wins, and the row records which part matched: -1 is the whole
     document, i the i-th coverage window), held to `min_score`, weighted by template popularity, and
     chosen by maximal marginal relevance so near-identical templates do not crowd the top-k. A template
-    already used `max_template_uses` times in the corpus (counted from `prior_uses` on) is passed over.
+    already used `max_template_uses` times in the corpus (counted from `prior_uses` on) is passed over:
+    with that cap, shards run in order and the stage carries the uses of earlier shards (`after_shard`).
     """
 
     name = "match"
@@ -51,8 +59,30 @@ class MatchStage(Stage):
         self.max_windows = max_windows
         self.min_document_words = min_document_words
         self.max_document_chars = max_document_chars
-        self.uses: Counter[str] = Counter(prior_uses or {})
+        self.committed_uses: Counter[str] = Counter(prior_uses or {})  # uses in the shards before this one
+        self.uses: Counter[str] = Counter(self.committed_uses)  # ... and in this shard's batches so far
         self._warned_no_vectors = False
+
+    @classmethod
+    def from_config(cls, config: PipelineConfig, context: StageContext) -> MatchStage:
+        mc = config.match
+        return cls(context.index, context.embedder, mc.top_k, mc.coverage_chunks, mc.sigma, mc.alpha, mc.min_score,
+                   mc.per_vector_k, mc.mmr_lambda, mc.max_template_uses, mc.popularity_weight, mc.max_windows,
+                   mc.min_document_words, mc.max_document_chars)
+
+    @classmethod
+    def sequential(cls, config: PipelineConfig) -> bool:
+        return config.match.max_template_uses is not None
+
+    def state_digest(self) -> str:
+        """The template uses of earlier shards (the index is named by the caller's `depends`)."""
+        if self.max_template_uses is None:
+            return ""
+        return short_hash(json.dumps(sorted(self.committed_uses.items())))
+
+    def after_shard(self, outputs: Sequence[Match]) -> None:
+        self.committed_uses.update(m.template_id for m in outputs)
+        self.uses = Counter(self.committed_uses)
 
     def document_error(self, doc: Document) -> str | None:
         """Why a document cannot be matched, or None. Length is checked first: a huge text costs nothing."""
@@ -67,7 +97,7 @@ class MatchStage(Stage):
             return f"document_too_short: {visible} words"
         return None
 
-    def process(self, batch: Sequence[Document]) -> StageResult:  # type: ignore[override]
+    def process(self, batch: Sequence[Document]) -> StageResult[Match]:
         rejected: list[Rejected] = []
         documents: list[Document] = []
         for doc in batch:

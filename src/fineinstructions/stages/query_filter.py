@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fineinstructions.records import Query
 from fineinstructions.stages.base import Rejected, Stage, StageResult
@@ -18,11 +19,16 @@ from fineinstructions.text.language import LanguageFilter
 from fineinstructions.text.moderation import ModerationFilter
 from fineinstructions.text.normalize import dedup_key, looks_binary, normalize_text
 
+if TYPE_CHECKING:
+    from fineinstructions.config import PipelineConfig
+    from fineinstructions.stages.context import StageContext
 
-class QueryFilterStage(Stage):
+
+class QueryFilterStage(Stage[Query, Query]):
     name = "query_filter"
     input_type = Query
     output_type = Query
+    whole_shard = True  # deduplicates across the whole query set
 
     def __init__(self, min_chars: int = 10, max_chars: int = 2000, languages: Sequence[str] = ("en",),
                  moderation: bool = True, moderation_terms: str | None = None,
@@ -36,7 +42,17 @@ class QueryFilterStage(Stage):
         self.near = NearDuplicateIndex(near_duplicate_threshold) if near_duplicate_threshold else None
         self.seen: dict[str, str] = {}
 
-    def process(self, batch: Sequence[Query]) -> StageResult:  # type: ignore[override]
+    @classmethod
+    def from_config(cls, config: PipelineConfig, context: StageContext) -> QueryFilterStage:
+        qf = config.query_filter
+        decontaminator = None
+        if qf.decontaminate:
+            decontaminator = Decontaminator(load_eval_texts(qf.decontaminate, qf.decontaminate_field),
+                                            qf.decontaminate_ngram)
+        return cls(qf.min_chars, qf.max_chars, qf.languages, qf.moderation, qf.moderation_terms,
+                   qf.moderation_patterns, decontaminator, qf.near_duplicate_threshold)
+
+    def process(self, batch: Sequence[Query]) -> StageResult[Query]:
         kept: list[Query] = []
         rejected: list[Rejected] = []
         for query in batch:
@@ -54,7 +70,7 @@ class QueryFilterStage(Stage):
                 kept.append(query.model_copy(update={"text": text}))
             else:
                 rejected.append(Rejected(query.model_dump(), reason))
-        return StageResult(kept, rejected)  # type: ignore[arg-type]
+        return StageResult(kept, rejected)
 
     def _reason(self, raw: str, text: str) -> str | None:
         if looks_binary(raw):

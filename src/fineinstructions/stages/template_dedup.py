@@ -12,22 +12,32 @@ weight the matcher can use. Runs over the whole template bank at once (one shard
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from fineinstructions.records import Template
 from fineinstructions.stages.base import Rejected, Stage, StageResult
 from fineinstructions.stages.templatize import template_key
 from fineinstructions.text.dedup import NearDuplicateIndex
 
+if TYPE_CHECKING:
+    from fineinstructions.config import PipelineConfig
+    from fineinstructions.stages.context import StageContext
 
-class TemplateDedupStage(Stage):
+
+class TemplateDedupStage(Stage[Template, Template]):
     name = "template_dedup"
     input_type = Template
     output_type = Template
+    whole_shard = True  # compares every template with every other
 
     def __init__(self, near_duplicate_threshold: float | None = 0.85):
         self.near_duplicate_threshold = near_duplicate_threshold
 
-    def process(self, batch: Sequence[Template]) -> StageResult:  # type: ignore[override]
+    @classmethod
+    def from_config(cls, config: PipelineConfig, context: StageContext) -> TemplateDedupStage:
+        return cls(config.templatize.near_duplicate_threshold)
+
+    def process(self, batch: Sequence[Template]) -> StageResult[Template]:
         kept: dict[str, Template] = {}
         by_key: dict[str, str] = {}
         near = NearDuplicateIndex(self.near_duplicate_threshold) if self.near_duplicate_threshold else None
@@ -45,4 +55,4 @@ class TemplateDedupStage(Stage):
                 continue
             kept[original].popularity += template.popularity
             rejected.append(Rejected(template.model_dump() | {"duplicate_of": original}, reason))
-        return StageResult(list(kept.values()), rejected)  # type: ignore[arg-type]
+        return StageResult(list(kept.values()), rejected)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from fineinstructions.backends.base import Backend, Conversation, Generation, SamplingParams
 from fineinstructions.contracts.templates import (
@@ -20,6 +21,10 @@ from fineinstructions.prompts import load_prompt
 from fineinstructions.records import Query, Template
 from fineinstructions.stages.base import Rejected, Stage, StageResult
 from fineinstructions.text.normalize import dedup_key, looks_binary
+
+if TYPE_CHECKING:
+    from fineinstructions.config import PipelineConfig
+    from fineinstructions.stages.context import StageContext
 
 MAX_QUERY_CHARS = 4000
 
@@ -34,16 +39,17 @@ def template_id(template: str) -> str:
     return "tpl-" + hashlib.sha256(template_key(template).encode()).hexdigest()[:16]
 
 
-class TemplatizeStage(Stage):
+class TemplatizeStage(Stage[Query, Template]):
     name = "templatize"
     input_type = Query
     output_type = Template
+    holds_model = True
 
     def __init__(self, backend: Backend, prompt_version: str | None = None, max_tokens: int = 200,
                  temperature: float = 0.0, seed: int = 0, retries: int = 2, retry_temperature: float = 0.7,
-                 min_intent_overlap: float = 0.5):
+                 min_intent_overlap: float = 0.5, prompt_file: str | None = None):
         self.backend = backend
-        self.prompt = load_prompt("templatize", prompt_version)
+        self.prompt = load_prompt("templatize", prompt_version, prompt_file)
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.seed = seed
@@ -53,7 +59,13 @@ class TemplatizeStage(Stage):
         self._retried = 0
         self._recovered = 0
 
-    def process(self, batch: Sequence[Query]) -> StageResult:  # type: ignore[override]
+    @classmethod
+    def from_config(cls, config: PipelineConfig, context: StageContext) -> TemplatizeStage:
+        tc = config.templatize
+        return cls(context.backend("templatize", tc.prompt_version), tc.prompt_version, tc.max_tokens, tc.temperature,
+                   config.run.seed, tc.retries, tc.retry_temperature, tc.min_intent_overlap, tc.prompt_file)
+
+    def process(self, batch: Sequence[Query]) -> StageResult[Template]:
         rejected: list[Rejected] = []
         todo: list[Query] = []
         for query in batch:
