@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -45,7 +44,7 @@ class _Commands(TyperGroup):
     """Expected failures (FineInstructionsError, and OS errors naming a file) end in a one-line message and exit
     status 2; anything else is a bug and shows its traceback. `--verbose` shows the traceback of both."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:  # click's Context (typer vendors its own click)
         try:
             return super().invoke(ctx)
         except FineInstructionsError as err:
@@ -607,7 +606,7 @@ def evaluate(
         specs = [ModelSpec.parse(m) for m in model] if model else None
         if instructions is not None:
             chosen = load_instructions(instructions, instruction_field, reference_field, limit, seed, split, hf_config)
-        elif limit is not None or instruction_field != "instruction" or reference_field:
+        elif train_dir is not None and (limit is not None or instruction_field != "instruction" or reference_field):
             from fineinstructions.evaluation.heldout import heldout_path
 
             chosen = load_instructions(heldout_path(train_dir), instruction_field, reference_field or "reference",

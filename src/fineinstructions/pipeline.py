@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator, Sequence, Sized
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from rich.console import Console
 
@@ -61,7 +61,7 @@ def load_queries(source: SourceConfig, stats: ReadStats) -> list[Query]:
         raise ConfigError("the wikipedia source holds documents, not queries")
     rows = source_rows(source, stats)
     return list(rows_to_records(rows, Query, source.text_field, source.id_field, None,
-                                source=_source_name(source), stats=stats, limit=source.limit))  # type: ignore[arg-type]
+                                source=_source_name(source), stats=stats, limit=source.limit))
 
 
 def load_documents(source: SourceConfig, stats: ReadStats) -> Iterable[Document]:
@@ -71,7 +71,7 @@ def load_documents(source: SourceConfig, stats: ReadStats) -> Iterable[Document]
     if source.kind == "sharegpt":
         raise ConfigError("the sharegpt source holds queries, not documents")
     rows = source_rows(source, stats)
-    return rows_to_records(rows, Document, source.text_field, source.id_field, source.title_field,  # type: ignore[return-value]
+    return rows_to_records(rows, Document, source.text_field, source.id_field, source.title_field,
                            source=_source_name(source), stats=stats, limit=source.limit)
 
 
@@ -154,7 +154,8 @@ class Pipeline:
         finally:
             self.context.close()
         # The summary needs counts and scores, not the documents: their text stays on disk.
-        dataset = read_records(self.folder.dataset, Pair, without=("text",)) if self.folder.dataset.exists() else []
+        dataset = cast(list[Pair], read_records(self.folder.dataset, Pair, without=("text",))
+                       if self.folder.dataset.exists() else [])
         summary = build_summary(
             config=cfg, fingerprint=self.fingerprint, stage_stats=stage_stats, dataset=dataset,
             dataset_dir=self.folder.dataset, read_stats=read_stats, index=index,

@@ -310,11 +310,11 @@ class ShardedTemplateIndex:
                                      for (scores, ids), offset in zip(results, self.offsets, strict=False)], k)
 
     def _locate(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        ids = np.asarray(ids, dtype=np.int64)
-        shard = np.searchsorted(self.offsets, ids, side="right") - 1
-        return shard, ids - self.offsets[shard]
+        global_ids = np.asarray(ids, dtype=np.int64)
+        shard = np.searchsorted(self.offsets, global_ids, side="right") - 1
+        return shard, global_ids - self.offsets[shard]
 
-    def _per_shard(self, ids: Sequence[int], fetch: Callable[[TemplateIndex, np.ndarray], Any]) -> list[Any] | None:
+    def _per_shard(self, ids: Sequence[int], fetch: Callable[[TemplateIndex, Any], Any]) -> list[Any] | None:
         """Answer `fetch` per shard for these global ids, in their order (None if any shard answers None)."""
         shard, local = self._locate(ids)
         out: list[Any] = [None] * len(shard)

@@ -72,6 +72,7 @@ class InstantiateStage(Stage[Match, Pair]):
     input_type = Match
     output_type = Pair
     holds_model = True
+    backend: Backend
 
     def __init__(self, backend: Backend, prompt_version: str | None = None, max_tokens: int = 400,
                  temperature: float = 0.0, seed: int = 0, min_coverage: float = 0.8,
@@ -238,8 +239,8 @@ class InstantiateStage(Stage[Match, Pair]):
             return "instruction_too_long"
         return None
 
-    def metrics(self, result: StageResult) -> dict[str, float]:
-        pairs: list[Pair] = result.records  # type: ignore[assignment]
+    def metrics(self, result: StageResult[Pair]) -> dict[str, float]:
+        pairs = result.records
         return {"coverage_sum": sum(p.excerpt_coverage for p in pairs),
                 "answer_chars": sum(len(p.answer) for p in pairs),
                 "answer_completion_tokens": sum(p.completion_tokens for p in pairs)}

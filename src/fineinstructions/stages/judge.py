@@ -45,6 +45,7 @@ class JudgeStage(Stage[Pair, Pair]):
     input_type = Pair
     output_type = Pair
     holds_model = True
+    backend: Backend
 
     def __init__(self, backend: Backend, prompt_version: str | None = None, max_tokens: int = 160,
                  temperature: float = 0.0, seed: int = 0, prompt_file: str | None = None):
@@ -70,7 +71,8 @@ class JudgeStage(Stage[Pair, Pair]):
         generations = self.backend.generate(conversations, self.sampling)
         judged: list[Pair] = []
         for pair, generation in zip(batch, generations, strict=True):
-            update = {"judge_model": self.backend.model_id, "judge_prompt_version": self.prompt.version}
+            update: dict[str, object] = {"judge_model": self.backend.model_id,
+                                         "judge_prompt_version": self.prompt.version}
             parsed = parse_judgement(generation.text) if generation.ok else None
             if parsed is None:
                 update |= {"judge_score": None,
@@ -80,9 +82,9 @@ class JudgeStage(Stage[Pair, Pair]):
             judged.append(pair.model_copy(update=update))
         return StageResult(judged, counters={"pairs_with_prompt_markers": marked})
 
-    def metrics(self, result: StageResult) -> dict[str, float]:
+    def metrics(self, result: StageResult[Pair]) -> dict[str, float]:
         counts: dict[str, float] = {}
         for pair in result.records:
-            key = f"score_{pair.judge_score if pair.judge_score is not None else 'none'}"  # type: ignore[attr-defined]
+            key = f"score_{pair.judge_score if pair.judge_score is not None else 'none'}"
             counts[key] = counts.get(key, 0) + 1
         return counts

@@ -103,10 +103,10 @@ class MatchStage(Stage[Document, Match]):
         for doc in batch:
             error = self.document_error(doc)
             if error:
-                row = doc.model_dump()
+                dropped = doc.model_dump()
                 if error.startswith("document_too_long"):
-                    row["text"] = doc.text[:1000]  # the reject log keeps a preview, not 10 MB
-                rejected.append(Rejected(row, error))
+                    dropped["text"] = doc.text[:1000]  # the reject log keeps a preview, not 10 MB
+                rejected.append(Rejected(dropped, error))
             else:
                 documents.append(doc)
         if not documents:
@@ -180,7 +180,7 @@ class MatchStage(Stage[Document, Match]):
             closest = np.maximum(closest, similarity[choice])
         return picked
 
-    def metrics(self, result: StageResult) -> dict[str, float]:
-        matches = [r for r in result.records if isinstance(r, Match)]
+    def metrics(self, result: StageResult[Match]) -> dict[str, float]:
+        matches = result.records
         return {"match_score_sum": sum(m.score for m in matches),
                 "matches_from_parts": float(sum(m.part >= 0 for m in matches))}

@@ -44,6 +44,7 @@ class TemplatizeStage(Stage[Query, Template]):
     input_type = Query
     output_type = Template
     holds_model = True
+    backend: Backend
 
     def __init__(self, backend: Backend, prompt_version: str | None = None, max_tokens: int = 200,
                  temperature: float = 0.0, seed: int = 0, retries: int = 2, retry_temperature: float = 0.7,
@@ -144,5 +145,5 @@ class TemplatizeStage(Stage[Query, Template]):
             completion_tokens=generation.completion_tokens,
         )
 
-    def metrics(self, result: StageResult) -> dict[str, float]:
+    def metrics(self, result: StageResult[Template]) -> dict[str, float]:
         return {"retried": self._retried, "recovered_by_retry": self._recovered}
