@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import logging
 import os
 import time
@@ -31,7 +30,8 @@ from fineinstructions.errors import ConfigError
 from fineinstructions.executors.base import Executor, make_executor
 from fineinstructions.executors.commit import chunked
 from fineinstructions.io.atomic import write_json_atomic, write_text_atomic
-from fineinstructions.io.readers import ReadStats, read_rows, rows_to_records, rows_to_templates
+from fineinstructions.io.readers import ReadStats, read_rows
+from fineinstructions.io.rows import rows_to_records, rows_to_templates
 from fineinstructions.io.run_folder import RunFolder
 from fineinstructions.io.sources import (
     demo_documents,
@@ -305,5 +305,3 @@ def _detach_log_file() -> None:
             handler.close()
 
 
-def load_summary(run_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / "summary.json").read_text())

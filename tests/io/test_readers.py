@@ -14,7 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fineinstructions.io.readers import InputError, ReadStats, first_user_turn, read_rows, rows_to_records
+from fineinstructions.io.readers import InputError, ReadStats, read_rows
+from fineinstructions.io.rows import first_user_turn, rows_to_records
 from fineinstructions.records import Document, Query
 
 
@@ -98,7 +99,7 @@ def test_first_user_turn_skips_assistant_turns():
 
 
 def test_released_finetemplates_rows_are_read_with_aliases():
-    from fineinstructions.io.readers import rows_to_templates
+    from fineinstructions.io.rows import rows_to_templates
 
     rows = [
         {"template_id": 7, "template": "What is <fi>concept</fi>?", "compatible_document_description": "An article.",
@@ -143,7 +144,7 @@ def test_json_list_with_one_deep_element_keeps_the_others(tmp_path):
 
 
 def test_nesting_past_max_json_depth_is_skipped_even_when_python_could_parse_it(tmp_path):
-    from fineinstructions.io.readers import MAX_JSON_DEPTH
+    from fineinstructions.io.formats import MAX_JSON_DEPTH
 
     ok, too_deep = "[" * (MAX_JSON_DEPTH - 1) + "]" * (MAX_JSON_DEPTH - 1), "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH
     rows = [{"text": "a", "n": json.loads(ok)}, {"text": "b", "n": json.loads(too_deep)}]

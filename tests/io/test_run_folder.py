@@ -167,7 +167,7 @@ def test_a_forced_run_that_fails_leaves_no_summary_of_the_old_run(tmp_path, monk
     def broken(*args, **kwargs):
         raise RuntimeError("a bug in the filter")
 
-    monkeypatch.setattr("fineinstructions.pipeline.FilterStage", broken)
+    monkeypatch.setattr("fineinstructions.stages.filter.FilterStage.process", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         run_scripted(changed, force=True)
     assert not (tmp_path / "run" / "summary.json").exists()

@@ -14,7 +14,8 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fineinstructions.io.readers import InputError, first_user_turn
+from fineinstructions.io.readers import InputError
+from fineinstructions.io.rows import first_user_turn
 from fineinstructions.records import Document, Query
 
 if TYPE_CHECKING:

@@ -1,0 +1,48 @@
+"""The demo job with the scripted engine gives the same rows, shard for shard, as before stages built
+themselves (the digests were recorded from commit abd2e64 with tests/data/demo_scripted_golden.json's
+recipe: every stage's shard files and the dataset rows), in one shard and in several."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from fineinstructions.backends.fake import FakeBackend
+from fineinstructions.config import demo_config
+from fineinstructions.pipeline import Pipeline
+from tests.test_pipeline import scripted
+
+GOLDEN = json.loads((Path(__file__).parent / "data" / "demo_scripted_golden.json").read_text())
+DATASET_FIELDS = ("document_id", "template_id", "instantiated_instruction", "answer", "judge_score",
+                  "excerpt_coverage")
+
+
+def judge_passes(conversation) -> str:
+    if conversation[0]["content"].startswith("You are a strict judge"):
+        return "<feedback>Grounded and responsive.</feedback><score>5</score>"
+    return scripted(conversation)
+
+
+def digest(rows: list) -> str:
+    return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("shard_size", [64, 4])
+def test_demo_job_with_the_scripted_engine_gives_todays_rows(tmp_path, shard_size):
+    cfg = demo_config(str(tmp_path / "run"))
+    cfg.run.shard_size = shard_size
+    pipeline = Pipeline(cfg, show_progress=False)
+    pipeline.backends.register(cfg.generator, FakeBackend(judge_passes, model_id="scripted"))
+    pipeline.run()
+    out = tmp_path / "run"
+    shards = {f"{p.parent.name}/{p.name}": [pq.read_metadata(p).num_rows, digest(pq.read_table(p).to_pylist())]
+              for p in sorted((out / "work").glob("*/shard-*.parquet"))}
+    dataset = [{k: row[k] for k in DATASET_FIELDS} for part in sorted((out / "dataset").glob("part-*.parquet"))
+               for row in pq.read_table(part).to_pylist()]
+    golden = GOLDEN[str(shard_size)]
+    assert shards == golden["shards"]
+    assert len(dataset) == golden["dataset_rows"] and digest(dataset) == golden["dataset_sha"]
