@@ -6,6 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from fineinstructions.config import PipelineConfig, demo_config
+from fineinstructions.errors import ConfigError
+from fineinstructions.prompts import PromptError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -30,13 +32,13 @@ def test_fingerprint_ignores_output_folder_but_not_settings():
 def test_unknown_keys_and_bad_values_are_rejected(tmp_path):
     bad = tmp_path / "c.yaml"
     bad.write_text("queries: {kind: sharegpt}\ndocuments: {kind: wikipedia}\njudge: {min_scor: 4}\n")
-    with pytest.raises(ValidationError, match="min_scor"):
+    with pytest.raises(ConfigError, match="min_scor"):
         PipelineConfig.from_yaml(bad)
     bad.write_text("queries: {kind: sharegpt}\ndocuments: {kind: wikipedia}\ngenerator: {kind: openai}\n")
-    with pytest.raises(ValidationError, match="base_url"):
+    with pytest.raises(ConfigError, match="base_url"):
         PipelineConfig.from_yaml(bad)
     bad.write_text("- a list\n")
-    with pytest.raises(ValueError, match="mapping"):
+    with pytest.raises(ConfigError, match="mapping"):
         PipelineConfig.from_yaml(bad)
 
 
@@ -93,7 +95,7 @@ BASE = "queries: {kind: sharegpt}\ndocuments: {kind: wikipedia}\n"
 def test_values_are_not_coerced_and_retry_temperature_is_not_negative(tmp_path, extra):
     bad = tmp_path / "c.yaml"
     bad.write_text(BASE + extra + "\n")
-    with pytest.raises(ValidationError):
+    with pytest.raises(ConfigError):
         PipelineConfig.from_yaml(bad)
 
 
@@ -107,16 +109,16 @@ def test_yaml_ints_still_fill_float_fields(tmp_path):
 def test_a_duplicate_yaml_key_is_refused_with_its_line(tmp_path):
     bad = tmp_path / "c.yaml"
     bad.write_text(BASE + "match:\n  top_k: 3\n  sigma: 0.1\n  top_k: 5\n")
-    with pytest.raises(ValueError, match=r"duplicate key 'top_k' on line 6 \(first given on line 4\)"):
+    with pytest.raises(ConfigError, match=r"duplicate key 'top_k' on line 6 \(first given on line 4\)"):
         PipelineConfig.from_yaml(bad)
     bad.write_text(BASE + "run: {seed: 1}\nrun: {seed: 2}\n")
-    with pytest.raises(ValueError, match="duplicate key 'run' on line 4"):
+    with pytest.raises(ConfigError, match="duplicate key 'run' on line 4"):
         PipelineConfig.from_yaml(bad)
     bad.write_text(BASE + "defaults: &d {top_k: 3}\n")  # anchors and merge keys still load (then fail as unknown)
-    with pytest.raises(ValidationError, match="defaults"):
+    with pytest.raises(ConfigError, match="defaults"):
         PipelineConfig.from_yaml(bad)
     bad.write_text(BASE + "x: &d {top_k: 3}\nmatch: {<<: *d, top_k: 4}\n")
-    with pytest.raises(ValidationError, match="x"):
+    with pytest.raises(ConfigError, match="x"):
         PipelineConfig.from_yaml(bad)
 
 
@@ -128,3 +130,41 @@ def test_request_limits_are_execution_settings_left_out_of_the_fingerprint():
     assert b.fingerprint() == a.fingerprint() == "7855e9e92f06b567"
     a.judge.backend, b.judge.backend = a.generator, b.generator  # at any depth
     assert b.fingerprint() == a.fingerprint()
+
+
+def test_set_overrides_are_validated_and_execution_keys_keep_the_fingerprint():
+    cfg = demo_config()
+    changed = cfg.with_overrides(["match.top_k=4", "judge.min_score=5", "query_filter.languages=[en, de]"])
+    assert (changed.match.top_k, changed.judge.min_score, changed.query_filter.languages) == (4, 5, ["en", "de"])
+    assert changed.fingerprint() != cfg.fingerprint()
+    moved = cfg.with_overrides(["run.executor=ray", "run.workers=4", "match.embedder_device=cpu",
+                                "run.output_dir=elsewhere"])
+    assert moved.run.workers == 4 and moved.fingerprint() == cfg.fingerprint()
+    assert cfg.with_overrides(["generator.kind=openai", "generator.base_url=http://127.0.0.1:1/v1"]) \
+        .generator.base_url == "http://127.0.0.1:1/v1"
+    for bad, message in [("match.top_kk=4", "match.top_kk"), ("match.top_k='4'", "match.top_k"),
+                         ("match.top_k", "section.key=value"), ("top_k=4", "top_k"),
+                         ("match.top_k.x=1", "not a section"), ("judge.min_score=9", "judge.min_score")]:
+        with pytest.raises(ConfigError, match=message):
+            cfg.with_overrides([bad])
+
+
+def test_a_prompt_file_is_checked_and_fingerprinted_by_its_content(tmp_path):
+    from importlib import resources
+
+    packaged = resources.files("fineinstructions.prompts").joinpath("instantiate.v2.yaml").read_text()
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(packaged)
+    cfg = demo_config().with_overrides([f"instantiate.prompt_file={mine}"])
+    first = cfg.fingerprint()
+    assert first != demo_config().fingerprint()
+    mine.write_text(packaged.replace("You ", "You, please, ", 1))
+    assert cfg.fingerprint() != first  # same path, new content: a new configuration
+    mine.write_text(packaged.replace("{template}", "{query}", 1))
+    with pytest.raises(PromptError, match="user message"):
+        demo_config().with_overrides([f"instantiate.prompt_file={mine}"])
+    with pytest.raises(PromptError, match="no prompt file"):
+        demo_config().with_overrides([f"judge.prompt_file={tmp_path / 'missing.yaml'}"])
+    mine.write_text(packaged.replace("name: instantiate", "name: judge", 1))
+    with pytest.raises(PromptError, match="not one for the 'instantiate' stage"):
+        demo_config().with_overrides([f"instantiate.prompt_file={mine}"])

@@ -17,7 +17,6 @@ from fineinstructions.contracts.templates import FieldGuard
 from fineinstructions.errors import FineInstructionsError
 
 
-
 class PromptError(FineInstructionsError, FileNotFoundError):
     """A prompt file that is missing or does not fit its stage."""
 
@@ -71,26 +70,29 @@ STAGE_FIELDS = {"templatize": frozenset({"query"}), "instantiate": frozenset({"d
                 "judge": frozenset({"document", "instruction", "answer"})}
 
 
-@cache
 def load_prompt(name: str, version: str | None = None, path: str | None = None) -> Prompt:
     """Load `prompts/{name}.{version}.yaml` from the package, or the prompt file at `path` (a prompt of your
-    own, in the same layout); either is checked against the fields the stage `name` fills."""
+    own, in the same layout, read anew each time: edits are seen); either is checked against the fields the
+    stage `name` fills."""
     if path is not None:
         file = Path(path).expanduser()
         if not file.is_file():
             raise PromptError(f"no prompt file {path}")
-        text, where = file.read_text(encoding="utf-8"), str(file)
-    else:
-        version = version or DEFAULT_VERSIONS[name]
-        resource = resources.files(__package__).joinpath(f"{name}.{version}.yaml")
-        if not resource.is_file():
-            raise PromptError(f"no prompt file {name}.{version}.yaml")
-        text, where = resource.read_text(encoding="utf-8"), f"{name}.{version}.yaml"
+        return _parsed(file.read_text(encoding="utf-8"), name, str(file))
+    version = version or DEFAULT_VERSIONS[name]
+    resource = resources.files(__package__).joinpath(f"{name}.{version}.yaml")
+    if not resource.is_file():
+        raise PromptError(f"no prompt file {name}.{version}.yaml")
+    return _parsed(resource.read_text(encoding="utf-8"), name, f"{name}.{version}.yaml")
+
+
+@cache
+def _parsed(text: str, stage: str, where: str) -> Prompt:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise PromptError(f"prompt file {where} is not valid YAML: {err}") from err
-    return _prompt(raw, name, where)
+    return _prompt(raw, stage, where)
 
 
 def _prompt(raw: Any, stage: str, where: str) -> Prompt:
@@ -101,7 +103,7 @@ def _prompt(raw: Any, stage: str, where: str) -> Prompt:
     if missing:
         raise PromptError(f"prompt file {where} lacks {', '.join(missing)}")
     if raw["name"] != stage:
-        raise PromptError(f"prompt file {where} is a {raw['name']!r} prompt, not a {stage!r} one")
+        raise PromptError(f"prompt file {where} is a {raw['name']!r} prompt, not one for the {stage!r} stage")
     try:
         examples = tuple((dict(e["input"]), str(e["output"])) for e in raw.get("examples") or [])
     except (KeyError, TypeError, ValueError) as err:
