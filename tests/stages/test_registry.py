@@ -20,7 +20,7 @@ TYPES = {"query_filter": (Query, Query), "templatize": (Query, Template), "templ
 
 
 def test_registry_lists_every_stage_in_pipeline_order_with_its_declared_types():
-    assert STAGE_ORDER == tuple(TYPES)
+    assert tuple(TYPES) == STAGE_ORDER
     for name in STAGE_ORDER:
         cls = stage_class(name)
         assert issubclass(cls, Stage) and cls.name == name
