@@ -136,3 +136,54 @@ def test_models_convert_reuses_the_cached_folder_and_refuses_unknown_names():
     assert "smollm2-135m-instruct-hf" in result.output.replace("\n", "")
     bad = runner.invoke(app, ["models", "convert", "no-such-model"])
     assert bad.exit_code == 2 and "neither a registry model" in bad.output.replace("\n", " ")
+
+
+def test_a_bug_inside_a_stage_keeps_its_traceback_and_an_expected_failure_is_one_line(tmp_path, monkeypatch):
+    from fineinstructions.stages.query_filter import QueryFilterStage
+
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(json.dumps({"text": "What is the capital of Peru?"}) + "\n")
+
+    def broken(self, batch):
+        return list(zip(batch, [], strict=True))  # a programming error: lengths differ
+
+    monkeypatch.setattr(QueryFilterStage, "process", broken)
+    result = runner.invoke(app, ["templatize", str(queries), "--output", str(tmp_path / "t")])
+    assert isinstance(result.exception, ValueError) and "zip()" in str(result.exception)
+    assert result.exit_code == 1 and "error:" not in result.output  # not swallowed into a one-line message
+    result = runner.invoke(app, ["templatize", str(tmp_path / "none.jsonl"), "--output", str(tmp_path / "t")])
+    assert result.exit_code == 2 and result.output.startswith("error:")
+
+
+def test_set_overrides_reach_the_run_and_a_bad_one_is_a_clear_error(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("queries: {kind: sharegpt}\ndocuments: {kind: wikipedia}\n")
+    result = runner.invoke(app, ["run", "--config", str(config), "--set", "match.top_kk=3"])
+    assert result.exit_code == 2 and "match.top_kk" in result.output
+    result = runner.invoke(app, ["run", "--config", str(config), "--set", "judge.min_score=9"])
+    assert result.exit_code == 2 and "judge.min_score" in result.output
+    result = runner.invoke(app, ["run", "--config", str(config), "--set", "run.output_dir=.", "--quiet"])
+    assert result.exit_code == 2 and "not the current directory" in " ".join(result.output.split())
+
+
+def test_stage_flags_fill_the_config_section_and_unset_ones_keep_its_defaults(tmp_path, monkeypatch):
+    import fineinstructions.cli as cli
+
+    seen = {}
+
+    def capture(stage, records, output, sections, quiet, index_dir=None):
+        seen[stage] = cli.stage_config(sections)
+        return []
+
+    monkeypatch.setattr(cli, "_run_stage", capture)
+    docs = tmp_path / "d.jsonl"
+    docs.write_text(json.dumps({"id": "d1", "text": "Bread is baked from flour and water. " * 5}) + "\n")
+    result = runner.invoke(app, ["match", str(docs), "--index", str(tmp_path), "--output", str(tmp_path / "m"),
+                                 "--per-vector-k", "20", "--max-windows", "8", "--min-document-words", "5",
+                                 "--max-document-chars", "5000", "--max-template-uses", "0", "--sigma", "0.1"])
+    assert result.exit_code == 0, result.output
+    match = seen["match"].match
+    assert (match.per_vector_k, match.max_windows, match.min_document_words, match.max_document_chars) == \
+        (20, 8, 5, 5000)
+    assert match.max_template_uses is None and match.sigma == 0.1
+    assert match.top_k == type(match)().top_k and match.mmr_lambda == type(match)().mmr_lambda  # config defaults

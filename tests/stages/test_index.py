@@ -13,6 +13,7 @@ from fineinstructions.stages.index import (
     IndexMismatch,
     ShardedTemplateIndex,
     TemplateIndex,
+    TemplateIndexError,
     build_index,
     merge_search_results,
     resolve_spec,
@@ -43,7 +44,7 @@ def test_auto_is_exact_for_small_banks_then_fast_scan_with_re_scoring():
 
 def test_a_bad_factory_string_is_a_clear_error():
     vectors, table = bank(50)
-    with pytest.raises(ValueError, match="not a FAISS index factory string"):
+    with pytest.raises(TemplateIndexError, match="not a FAISS index factory string"):
         TemplateIndex.from_vectors(vectors, table, "m", "f" * 16, "NotAnIndex12")
 
 

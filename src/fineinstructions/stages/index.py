@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from fineinstructions.backends.embeddings import Embedder
+from fineinstructions.errors import FineInstructionsError
 from fineinstructions.io.atomic import atomic_dir
 from fineinstructions.records import Template
 
@@ -36,7 +37,12 @@ AUTO_EXACT_LIMIT = 50_000  # `auto` stays exact up to this many templates
 AUTO_FULL_VECTORS_LIMIT = 2_000_000  # and re-scores with full vectors up to this many
 
 
-class IndexMismatch(ValueError):
+class TemplateIndexError(FineInstructionsError):
+    """A template index that cannot be built or used as asked (a bad FAISS factory string, a folder that holds
+    no index, an index that does not match its templates)."""
+
+
+class IndexMismatch(TemplateIndexError):
     """The index was built with another embedding model than the one asked to query it."""
 
 
@@ -64,7 +70,7 @@ def empty_faiss_index(spec: str, dim: int) -> faiss.Index:
         return faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as err:
         reason = str(err).strip().splitlines()[-1]
-        raise ValueError(f"{spec!r} is not a FAISS index factory string ({reason})") from err
+        raise TemplateIndexError(f"{spec!r} is not a FAISS index factory string ({reason})") from err
 
 
 def new_faiss_index(spec: str, dim: int, training: np.ndarray | None) -> faiss.Index:
@@ -117,7 +123,7 @@ def _sample_rows(n: int, size: int, seed: int) -> np.ndarray:
 def _read_meta(directory: Path, embedder: Embedder | None) -> dict[str, Any]:
     meta_path = directory / META_FILE
     if not meta_path.is_file():
-        raise FileNotFoundError(f"{directory} is not a template index (no {META_FILE})")
+        raise TemplateIndexError(f"{directory} is not a template index (no {META_FILE})")
     meta = json.loads(meta_path.read_text())
     if embedder is not None and meta["embedder_fingerprint"] != embedder.fingerprint:
         raise IndexMismatch(
@@ -134,7 +140,7 @@ class TemplateIndex:
     def __init__(self, index: faiss.Index, table: pa.Table, embedder_id: str, embedder_fingerprint: str,
                  spec: str = "Flat", duplicates_removed: int = 0):
         if index.ntotal != table.num_rows:
-            raise ValueError(f"index holds {index.ntotal} vectors but {table.num_rows} templates")
+            raise TemplateIndexError(f"index holds {index.ntotal} vectors but {table.num_rows} templates")
         self.index = index
         self.table = table
         self.embedder_id = embedder_id
