@@ -98,6 +98,8 @@ def test_run_takes_a_config_object_or_a_yaml_path_with_overrides(tmp_path):
     assert read_records(tmp_path / "api-run" / "dataset", Pair)
     assert json.loads((tmp_path / "api-run" / "summary.json").read_text())["config_fingerprint"] == \
         fi.load_config(path, [f"run.output_dir={tmp_path / 'api-run'}", "match.top_k=1"]).fingerprint()
+    log = (tmp_path / "api-run" / "run.log").read_text()  # every run logs to its folder
+    assert "run finished" in log and "skipped" in log  # the malformed query row is in it too
 
 
 @pytest.mark.model

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import logging.handlers
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence, Sized
@@ -113,6 +114,7 @@ class Pipeline:
         cfg = self.config
         self.folder.open([s.path or "" for s in (cfg.queries, cfg.documents, cfg.templates)
                           if s is not None and s.kind == "path"])
+        _buffer_log()
         try:
             summary = self._run()
         except BaseException:
@@ -282,16 +284,35 @@ def configure_logging(verbose: bool = False) -> None:
 
 
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_RUN_LOG = "fineinstructions-run-log"
+
+
+def _buffer_log() -> None:
+    """Hold this package's messages (info and up) until the run folder is claimed and its run.log opens."""
+    package = logging.getLogger("fineinstructions")
+    _detach_log_file()
+    buffer = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
+    buffer.setLevel(logging.INFO)
+    buffer.set_name(_RUN_LOG)
+    package.addHandler(buffer)
+    if package.level == logging.NOTSET or package.level > logging.INFO:
+        package.setLevel(logging.INFO)
 
 
 def _attach_log_file(path: Path) -> None:
-    """Log this package's messages (info and up) to the run folder's run.log, appended across resumes."""
+    """Log this package's messages to the run folder's run.log (appended across resumes), starting with those
+    held since the run started (e.g. the input rows it skipped)."""
     package = logging.getLogger("fineinstructions")
-    _detach_log_file()
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter(_LOG_FORMAT))
     handler.setLevel(logging.INFO)
-    handler.set_name("fineinstructions-run-log")
+    for held in [h for h in package.handlers if h.get_name() == _RUN_LOG]:
+        if isinstance(held, logging.handlers.MemoryHandler):
+            held.setTarget(handler)
+            held.flush()
+        package.removeHandler(held)
+        held.close()
+    handler.set_name(_RUN_LOG)
     package.addHandler(handler)
     if package.level == logging.NOTSET or package.level > logging.INFO:
         package.setLevel(logging.INFO)
@@ -300,7 +321,7 @@ def _attach_log_file(path: Path) -> None:
 def _detach_log_file() -> None:
     package = logging.getLogger("fineinstructions")
     for handler in list(package.handlers):
-        if handler.get_name() == "fineinstructions-run-log":
+        if handler.get_name() == _RUN_LOG:
             package.removeHandler(handler)
             handler.close()
 
