@@ -7,6 +7,7 @@ import pytest
 from fineinstructions.backends.cache import CachedBackend, RequestCache
 from fineinstructions.backends.factory import BackendPool, create_backend
 from fineinstructions.config import BackendConfig
+from fineinstructions.errors import ConfigError
 
 
 def test_custom_backend_is_built_from_its_factory():
@@ -20,12 +21,12 @@ def test_custom_backend_is_built_from_its_factory():
     ("tests.scripted_backend:missing", "cannot load custom backend"),
 ])
 def test_bad_custom_backend_names_are_clear_errors(spec, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         create_backend(BackendConfig(kind="custom", model=spec))
 
 
 def test_a_factory_that_returns_no_backend_is_refused():
-    with pytest.raises(TypeError, match="lacks the Backend methods"):
+    with pytest.raises(ConfigError, match="lacks the Backend methods"):
         create_backend(BackendConfig(kind="custom", model="builtins:object"))
 
 

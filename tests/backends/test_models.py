@@ -4,7 +4,14 @@ import dataclasses
 
 import pytest
 
-from fineinstructions.backends.models import REGISTRY, ModelNotFound, assemble, resolve_embedder, resolve_gguf
+from fineinstructions.backends.models import (
+    REGISTRY,
+    ModelFetchError,
+    ModelNotFound,
+    assemble,
+    resolve_embedder,
+    resolve_gguf,
+)
 
 
 def test_local_gguf_path_is_accepted_and_missing_path_is_clear(tmp_path):
@@ -28,7 +35,7 @@ def test_packaged_model_is_assembled_once_and_verified(test_gguf):
 def test_checksum_mismatch_leaves_nothing_behind(tmp_path):
     wrong = dataclasses.replace(REGISTRY["smollm2-135m-instruct"], sha256="0" * 64)
     target = tmp_path / "models" / wrong.filename
-    with pytest.raises(RuntimeError, match="sha256"):
+    with pytest.raises(ModelFetchError, match="sha256"):
         assemble(wrong, target)
     assert not target.exists()
     assert list(target.parent.iterdir()) == []

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from fineinstructions.backends.base import SamplingParams
+from fineinstructions.errors import ConfigError
 from tests.evaluation.tiny import make_tiny_llama
 
 torch = pytest.importorskip("torch")
@@ -141,11 +142,11 @@ def test_folders_that_are_not_causal_lms_are_clear_errors(tmp_path: Path):
     with pytest.raises(NotACausalLM, match="not a causal language model"):
         TransformersBackend(str(bert))
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="no CUDA GPU"):
+        with pytest.raises(ConfigError, match="no CUDA GPU"):
             TransformersBackend(str(bert), device="cuda")
-    with pytest.raises(ValueError, match="unknown device"):
+    with pytest.raises(ConfigError, match="unknown device"):
         TransformersBackend(str(bert), device="tpu-please")
-    with pytest.raises(ValueError, match="prompt_format"):
+    with pytest.raises(ConfigError, match="prompt_format"):
         from fineinstructions.backends.transformers_engine import resolve_prompt_format
 
         resolve_prompt_format("markdown", {}, True)

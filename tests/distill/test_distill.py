@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,8 @@ from fineinstructions.backends.cache import CachedBackend, RequestCache
 from fineinstructions.cli import app
 from fineinstructions.distill.examples import DistillError, generate_examples, load_queries, read_examples
 from fineinstructions.distill.run import DistillSettings, distill
+from fineinstructions.errors import ConfigChanged
+from fineinstructions.io.run_folder import LOCK, MARKER, RunFolderError
 from fineinstructions.prompts import load_prompt
 
 REAL_QUERIES = ["What are the health benefits of green tea?", "How do I install numpy on windows 10",
@@ -170,6 +173,36 @@ def test_cli_distill_with_a_scripted_teacher_a_tiny_student_and_eval(tmp_path, t
                                      "--epochs", "1", "--device", "cpu"])
     assert again.exit_code == 0, again.output
     assert json.loads((tmp_path / "from-file" / "distill.json").read_text())["teacher_data"] is None
+
+
+def test_the_distill_folder_is_claimed_and_older_ones_adopted(tmp_path, tiny_student):
+    quiet = Console(quiet=True)
+    out = tmp_path / "out"
+    settings = DistillSettings(stage="templatize", student=str(tiny_student), out=out,
+                               examples=write_hand_written(tmp_path / "examples.jsonl"), epochs=1, batch_size=2,
+                               max_seq_len=512, device="cpu")
+    distill(settings, console=quiet)
+    assert (out / MARKER).is_file() and (out / "fingerprint").is_file()
+    # Another configuration is refused, and replaces the run under --force.
+    with pytest.raises(ConfigChanged, match="another configuration.*--force"):
+        distill(replace(settings, lr=1e-3), console=quiet)
+    forced = distill(replace(settings, lr=1e-3, force=True), console=quiet)
+    assert forced["training"]["lr"] == 1e-3 and forced["training"]["resumed_from"] == 0
+    # A folder made by an older version (no marker, no fingerprint) is adopted: not foreign, and a finished run
+    # there is not redone by accident.
+    for name in (MARKER, "fingerprint", LOCK):
+        (out / name).unlink()
+    with pytest.raises(DistillError, match="already holds a finished distillation"):
+        distill(settings, console=quiet)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(RunFolderError, match="not a fineinstructions run folder"):
+        distill(replace(settings, out=foreign), console=quiet)
+    # Bad input leaves no folder behind (a corrected rerun is not another configuration).
+    with pytest.raises(DistillError, match="examples file not found"):
+        distill(replace(settings, out=tmp_path / "new", examples=tmp_path / "missing.jsonl"), console=quiet)
+    assert not (tmp_path / "new").exists()
 
 
 @pytest.mark.parametrize(("extra", "message"), [

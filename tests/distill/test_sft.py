@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import pytest
 
-from fineinstructions.distill.examples import Example
+from fineinstructions.distill.examples import DistillError, Example
 from fineinstructions.distill.sft import StudentError, build_sft_data, prepare_tokenizer, tokenize_example
 
 MESSAGES = [{"role": "user", "content": "How do I install numpy on windows 10"}]
@@ -48,7 +48,7 @@ def test_long_examples_are_dropped_and_counted_never_cut(tokenizer):
     width = len(tokenize_example(tokenizer, MESSAGES, COMPLETION).input_ids)
     assert data.seq_len == width  # padded to the longest example kept, not to max_seq_len
     assert data.loss_mask[:, -1].all() and data.input_ids[0, -1] == tokenizer.eos_token_id
-    with pytest.raises(ValueError, match="longer than max_seq_len=16"):
+    with pytest.raises(DistillError, match="longer than max_seq_len=16"):
         build_sft_data(tokenizer, [short], max_seq_len=16)
 
 

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from fineinstructions.cli import app
 from fineinstructions.config import BackendConfig
 from fineinstructions.evaluation import EvaluationInputError, EvaluationSettings, ModelSpec, evaluate
+from fineinstructions.io.run_folder import LOCK, MARKER, RunFolderError
 from tests.evaluation.tiny import make_tiny_llama, make_tokenizer
 
 torch = pytest.importorskip("torch")
@@ -115,6 +116,29 @@ def test_judge_that_cannot_start_keeps_the_other_figures(train_dir: Path, tmp_pa
     assert "cannot start the judge backend" in scores["pairwise"]["error"]
     assert scores["reference"]["items"] == 3 and (tmp_path / "eval" / "evaluation.png").is_file()
     assert any("cannot start the judge" in w for w in scores["warnings"])
+
+
+def test_the_eval_folder_is_claimed_older_ones_adopted_and_stale_outputs_removed(train_dir: Path, tmp_path: Path):
+    out = tmp_path / "eval"
+    first = evaluate(out, train_dir=train_dir, settings=_settings(None))
+    assert (out / MARKER).is_file() and (out / "fingerprint").is_file()
+    # A folder made by an older version (no marker, no fingerprint) is adopted and its answers reused.
+    for name in (MARKER, "fingerprint", LOCK):
+        (out / name).unlink()
+    (out / "judgments.jsonl").write_text("{}\n")  # as a judged run left it
+    again = evaluate(out, train_dir=train_dir, settings=_settings(None))
+    assert all(m["reused"] for m in again["models"]) and again["reference"] == first["reference"]
+    assert (out / MARKER).is_file() and (out / "judgments.jsonl").is_file()  # nothing known to be stale
+    # Other settings: never refused; answers are redone and what the older settings wrote goes.
+    changed = evaluate(out, train_dir=train_dir, settings=replace(_settings(None), max_new_tokens=4))
+    assert not any(m["reused"] for m in changed["models"])
+    assert not (out / "judgments.jsonl").exists() and (out / "scores.json").is_file()
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(RunFolderError, match="not a fineinstructions run folder"):
+        evaluate(foreign, train_dir=train_dir, settings=_settings(None))
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
 
 
 def test_models_that_cannot_be_compared_are_clear_errors(train_dir: Path, tmp_path: Path):

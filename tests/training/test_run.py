@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
 
 from fineinstructions.cli import app
+from fineinstructions.errors import ConfigChanged
+from fineinstructions.io.run_folder import LOCK, MARKER, RunFolder, RunFolderError
 from fineinstructions.training.data import InsufficientData, TrainDataError
 from fineinstructions.training.models import ModelConfigError
 from fineinstructions.training.run import TrainConfig, TrainDirConflict, run_training, summary_table
@@ -111,12 +114,46 @@ def test_interrupted_arm_resumes(pair_dataset: Path, tmp_path: Path) -> None:
     assert forced["seq_len"] == 32 and forced["arms"]["pairs"]["result"]["resumed_from"] == 0
 
 
+def test_a_train_dir_made_before_run_folders_were_marked_is_resumed(trained: tuple[Path, dict], pair_dataset: Path,
+                                                                      tmp_path: Path) -> None:
+    out = tmp_path / "older"
+    shutil.copytree(trained[0], out)
+    assert (out / MARKER).is_file() and (out / "fingerprint").read_text().strip() == trained[1]["fingerprint"]
+    for name in (MARKER, "fingerprint", LOCK):  # as an older version left it: manifest.json holds the fingerprint
+        (out / name).unlink()
+    again = run_training(config(pair_dataset, out, mask_instructions=True))
+    assert again["arms"]["pairs"]["result"] == trained[1]["arms"]["pairs"]["result"]  # both arms were skipped
+    assert (out / MARKER).is_file() and (out / "fingerprint").read_text().strip() == trained[1]["fingerprint"]
+    for name in (MARKER, "fingerprint"):
+        (out / name).unlink()
+    with pytest.raises(TrainDirConflict, match=r"mask_instructions: True -> False.*--force"):
+        run_training(config(pair_dataset, out))
+    assert ConfigChanged is TrainDirConflict
+
+
+def test_a_foreign_or_busy_folder_is_refused(pair_dataset: Path, tmp_path: Path) -> None:
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(RunFolderError, match="not a fineinstructions run folder"):
+        run_training(config(pair_dataset, foreign))
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+    with RunFolder(tmp_path / "busy"), pytest.raises(RunFolderError, match="in use"):
+        run_training(config(pair_dataset, tmp_path / "busy"))
+
+
 def test_bad_input(pair_dataset: Path, tmp_path: Path, trained: tuple[Path, dict]) -> None:
     with pytest.raises(ModelConfigError, match="longer than the tiny preset"):
         run_training(config(pair_dataset, tmp_path / "a", seq_len=2048))
     with pytest.raises(InsufficientData, match="pairs: .* tokens.*documents: .* tokens"):
         run_training(config(pair_dataset, tmp_path / "b", tokens=10_000_000))
     assert not (tmp_path / "b").exists()  # refused before anything was written: a corrected rerun is not a conflict
+    (tmp_path / "b").mkdir()
+    with pytest.raises(InsufficientData):
+        run_training(config(pair_dataset, tmp_path / "b", tokens=10_000_000))
+    assert [p.name for p in (tmp_path / "b").iterdir()] == [LOCK]  # an empty folder stays one, not claimed
+    with RunFolder(tmp_path / "b"):  # and a corrected rerun may claim it
+        pass
     with pytest.raises(TrainDataError, match="no Parquet files"):
         run_training(config(tmp_path, tmp_path / "c"))
     noeos = tmp_path / "noeos"
@@ -144,7 +181,7 @@ def test_cli(pair_dataset: Path, tmp_path: Path) -> None:
     assert "pairs" in result.output and "documents" in result.output
     assert (tmp_path / "t" / "documents" / "final" / "fineinstructions-model.json").is_file()
     result = runner.invoke(app, args + ["--seq-len", "32"])
-    assert result.exit_code == 2 and "different configuration" in result.output
+    assert result.exit_code == 2 and "another configuration" in " ".join(result.output.split())
     result = runner.invoke(app, ["train", str(tmp_path / "none"), "--out", str(tmp_path / "u")])
     assert result.exit_code == 2 and "does not exist" in result.output
     result = runner.invoke(app, args[:4] + ["--arms", "pairs,bogus"])

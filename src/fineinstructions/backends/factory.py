@@ -9,6 +9,7 @@ from typing import Any
 from fineinstructions.backends.base import Backend
 from fineinstructions.backends.cache import CachedBackend, RequestCache
 from fineinstructions.config import BackendConfig
+from fineinstructions.errors import ConfigError
 
 
 def create_backend(config: BackendConfig) -> Backend:
@@ -60,14 +61,14 @@ def load_custom_backend(spec: str) -> Backend:
     """Call the factory that "package.module:factory" names and check it returns a Backend."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise ValueError(f"a custom backend is named 'package.module:factory', got {spec!r}")
+        raise ConfigError(f"a custom backend is named 'package.module:factory', got {spec!r}")
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
-        raise ValueError(f"cannot load custom backend {spec!r}: {err}") from err
+        raise ConfigError(f"cannot load custom backend {spec!r}: {err}") from err
     backend = factory()
     if not isinstance(backend, Backend):
-        raise TypeError(f"{spec} returned {type(backend).__name__}, which lacks the Backend methods")
+        raise ConfigError(f"{spec} returned {type(backend).__name__}, which lacks the Backend methods")
     return backend
 
 

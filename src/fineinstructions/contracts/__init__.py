@@ -1,1 +1,2 @@
-"""The method's text contracts: `<fi>` templates and `<excerpt>` answer markers (DESIGN.md §2)."""
+"""The method's text contracts: `<fi>` templates and `<excerpt>` answer markers (docs/method.md, "Templates" and
+"Excerpt answers")."""

@@ -24,8 +24,10 @@ import pyarrow.parquet as pq
 from fineinstructions.backends.base import Backend, Conversation, SamplingParams
 from fineinstructions.contracts.excerpts import NormalizedText
 from fineinstructions.contracts.templates import template_variables
+from fineinstructions.errors import FineInstructionsError
 from fineinstructions.io.atomic import atomic_path
-from fineinstructions.io.readers import InputError, ReadStats, read_rows, rows_to_records
+from fineinstructions.io.readers import InputError, ReadStats, read_rows
+from fineinstructions.io.rows import read_typed
 from fineinstructions.prompts import DEFAULT_VERSIONS
 from fineinstructions.records import Match, Query
 from fineinstructions.stages.base import document_major
@@ -39,7 +41,7 @@ STUDENT_PROMPT_VERSIONS: dict[str, str] = {"templatize": "query_templatizer", "i
 NULL_COMPLETION = "null"
 
 
-class DistillError(ValueError):
+class DistillError(FineInstructionsError):
     """Bad distillation input or settings (named problem, no traceback from deep inside a library)."""
 
 
@@ -108,15 +110,10 @@ def load_queries(source: str, limit: int | None = None, filter_queries: bool = T
         # Read a few times more than needed: the filter drops non-English, overlong and duplicate prompts.
         pool = list(islice(sharegpt_queries(), None if limit is None else max(3 * limit, limit + 50)))
     else:
-        stats = ReadStats()
         try:
-            rows = list(read_rows(source, stats=stats))
+            pool = read_typed(source, Query)
         except InputError as err:
             raise DistillError(str(err)) from err
-        if rows and "query_id" in rows[0]:
-            pool, _ = Query.parse_rows(rows)
-        else:
-            pool = list(rows_to_records(rows, Query, source=Path(source).stem, stats=stats))  # type: ignore[arg-type]
     if filter_queries:
         from fineinstructions.stages.query_filter import QueryFilterStage
 

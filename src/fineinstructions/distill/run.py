@@ -8,11 +8,15 @@ Output folder:
     OUT/train/                 metrics.jsonl and checkpoints/ of the training loop (removed once final/ exists)
     OUT/final/                 the student: save_pretrained(model + tokenizer) + fineinstructions-model.json
     OUT/distill.json           summary: examples kept and rejected by reason, steps, loss, tokens/s, eval
+
+OUT is claimed like every run folder (`io.run_folder.RunFolder`): locked for the run's life, a non-empty foreign
+folder refused, another configuration's run refused unless `force`. Rerunning the same configuration resumes
+(teacher calls from the cache, training from its checkpoint); a finished run is redone only under `force`, which
+keeps the teacher's cache and deletes the rest. A folder made before run folders were marked is adopted.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import shutil
@@ -42,11 +46,17 @@ from fineinstructions.distill.examples import (
     split_heldout,
     write_examples,
 )
+from fineinstructions.hashing import json_hash
+from fineinstructions.io.run_folder import RunFolder
 
 EXAMPLES_FILE = "examples.parquet"
 CACHE_FILE = "teacher-cache.sqlite"
 SUMMARY_FILE = "distill.json"
 DEFAULT_TEACHER = "qwen2.5-coder-1.5b-instruct"
+# What a distillation makes besides the teacher's cache (deleted when `force` redoes or replaces a run).
+DERIVED = ("train", "final", EXAMPLES_FILE, SUMMARY_FILE)
+# Settings that change where or how fast a run goes, not what it makes: another value resumes the same folder.
+_NOT_FINGERPRINTED = {"out", "device", "force", "checkpoint_every", "teacher_batch_size"}
 
 
 @dataclass
@@ -101,6 +111,18 @@ class DistillSettings:
         if self.epochs <= 0 or self.lr <= 0 or self.batch_size < 1 or self.grad_accum < 1:
             raise DistillError("epochs, lr, batch size and grad accumulation must be positive")
 
+    def fingerprint(self, teacher_backend: Backend | None = None) -> str:
+        """What decides the run's examples and student: every setting but where and how fast it runs."""
+        values = {name: getattr(self, name) for name in self.__dataclass_fields__ if name not in _NOT_FINGERPRINTED}
+        values["teacher"] = _teacher_desc(self, teacher_backend)
+        return json_hash(values)
+
+
+def older_distillation(out: Path) -> str | None:
+    """"" for a distillation folder made before run folders were marked (it kept no fingerprint), else None."""
+    made = (SUMMARY_FILE, EXAMPLES_FILE, CACHE_FILE, "final", "train")
+    return "" if any((out / name).exists() for name in made) else None
+
 
 def distill(settings: DistillSettings, *, teacher_backend: Backend | None = None,
             console: Console | None = None) -> dict[str, Any]:
@@ -109,18 +131,19 @@ def distill(settings: DistillSettings, *, teacher_backend: Backend | None = None
     `teacher_backend` replaces the backend `settings.teacher` describes (e.g. an engine already loaded).
     """
     console = console or Console(stderr=True)
-    s = settings
+    with RunFolder(settings.out, older=older_distillation) as folder:
+        return _distill(folder, settings, teacher_backend, console)
+
+
+def _distill(folder: RunFolder, s: DistillSettings, teacher_backend: Backend | None,
+             console: Console) -> dict[str, Any]:
     teacher_pv, student_pv = prompt_versions(s.stage, s.teacher_prompt_version, s.student_prompt_version)
-    out = s.out
+    out = folder.root
+    fingerprint = s.fingerprint(teacher_backend)
+    replacing = folder.check(fingerprint, s.force, "distillation")  # another configuration: refused unless forced
     if (out / "final").exists() and (out / SUMMARY_FILE).exists() and not s.force:
         raise DistillError(f"{out} already holds a finished distillation (final/, {SUMMARY_FILE}); "
                            f"use --force to run it again")
-    if s.force:
-        for stale in (out / "train", out / "final"):
-            shutil.rmtree(stale, ignore_errors=True)
-        for stale_file in (out / EXAMPLES_FILE, out / SUMMARY_FILE):
-            stale_file.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     summary: dict[str, Any] = {"stage": s.stage, "student": s.student, "teacher": _teacher_desc(s, teacher_backend),
                                "teacher_prompt_version": teacher_pv, "student_prompt_version": student_pv}
@@ -134,11 +157,19 @@ def distill(settings: DistillSettings, *, teacher_backend: Backend | None = None
         if not train_inputs and s.examples is None:
             raise DistillError(f"all {len(records)} inputs are held out for --eval {s.eval}: nothing is left for "
                                f"the teacher; raise --limit or lower --eval")
+    given = read_examples(s.examples, s.stage) if s.examples is not None else None
+    extra = read_examples(s.extra_examples, s.stage) if s.extra_examples is not None else None
 
+    # The inputs proved usable: claim the folder (an older configuration's run deleted under `force`, the
+    # temporaries of a killed run swept, the fingerprint written), and under `force` redo this configuration's.
+    folder.claim(fingerprint, force=s.force, derived=DERIVED, what="distillation",
+                 temporaries=[out, out / "train", out / "train" / "checkpoints"])
+    if s.force and not replacing:
+        folder.clear(DERIVED)  # the teacher's answers stay in its cache
     teacher = _LazyTeacher(s, teacher_backend, out, teacher_pv)
     try:
-        if s.examples is not None:
-            examples = read_examples(s.examples, s.stage)
+        if given is not None:
+            examples = given
             report = None
             summary["teacher"] = {"kind": "examples file",
                                   "model": ", ".join(sorted({e.teacher_model for e in examples if e.teacher_model}))
@@ -161,8 +192,7 @@ def distill(settings: DistillSettings, *, teacher_backend: Backend | None = None
                 student_prompt_version=student_pv, batch_size=s.teacher_batch_size, retries=s.retries,
                 max_null_share=s.max_null_share, max_tokens=s.teacher_max_tokens, progress=progress)
             _print_rejects(console, report)
-            if s.extra_examples is not None:
-                extra = read_examples(s.extra_examples, s.stage)
+            if extra is not None:
                 console.print(f"{len(extra)} extra examples from {s.extra_examples}")
                 summary["extra_examples"] = len(extra)
                 examples += extra
@@ -300,8 +330,7 @@ def _train(s: DistillSettings, examples: list[Example], student_pv: str, summary
                              checkpoint_every=s.checkpoint_every, keep_checkpoints=1, seed=s.seed,
                              device=str(device), dtype=dtype)
     tok_sha = tokenizer_sha(student.tokenizer)
-    fingerprint = hashlib.sha256(json.dumps([s.stage, student.path, tok_sha, s.pack], sort_keys=True).encode()
-                                 ).hexdigest()[:16]
+    fingerprint = json_hash([s.stage, student.path, tok_sha, s.pack])
     probe = data.slice(slice(0, min(len(data), 64)))  # the loss on (up to 64 rows of) the training examples
     student.model.to(device)
     loss_before = evaluate_loss(student.model, probe, s.batch_size, device, dtype)

@@ -8,7 +8,6 @@ An example longer than `max_seq_len` is dropped and counted, never cut inside it
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +17,8 @@ from typing import Any
 import numpy as np
 
 from fineinstructions.distill.examples import DistillError, Example
+from fineinstructions.errors import FineInstructionsError
+from fineinstructions.hashing import short_hash
 from fineinstructions.training.loop import PackedData
 
 MODEL_META = "fineinstructions-model.json"
@@ -160,14 +161,13 @@ def load_student(name_or_path: str, chat_template: str | None = None) -> Student
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from fineinstructions.backends.models import ModelNotFound
-    from fineinstructions.backends.transformers_engine import NotACausalLM, resolve_model_path
+    from fineinstructions.backends.transformers_engine import resolve_model_path
 
     try:
         resolved = resolve_model_path(name_or_path)
         config = AutoConfig.from_pretrained(resolved)
         tokenizer = AutoTokenizer.from_pretrained(resolved)
-    except (NotACausalLM, ModelNotFound, RuntimeError, OSError, ValueError) as err:
+    except (FineInstructionsError, RuntimeError, OSError, ValueError) as err:  # not a model, not found, ...
         raise StudentError(f"cannot load student {name_or_path!r}: {err}") from err
     prepare_tokenizer(tokenizer, chat_template)
     configured = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
@@ -189,7 +189,7 @@ def tokenizer_sha(tokenizer: Any) -> str:
     """A short hash of the tokenizer's vocabulary, special tokens and chat template."""
     payload = json.dumps([sorted(tokenizer.get_vocab().items()), tokenizer.eos_token, tokenizer.pad_token,
                           getattr(tokenizer, "chat_template", None)], ensure_ascii=False, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    return short_hash(payload)
 
 
 def save_model_folder(model: Any, tokenizer: Any, target: Path, meta: dict[str, Any], dtype: str = "float32") -> Path:

@@ -8,7 +8,6 @@ committed to the evaluation's request cache, so a run killed mid-model resumes w
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -21,6 +20,7 @@ from typing import Any
 from fineinstructions.backends.base import Generation, SamplingParams
 from fineinstructions.backends.cache import CachedBackend, RequestCache
 from fineinstructions.evaluation.heldout import EvalItem, EvaluationInputError
+from fineinstructions.hashing import json_hash, short_hash
 from fineinstructions.io.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -84,13 +84,13 @@ def weights_signature(path: str) -> str:
         if file.is_file() and (file.suffix in WEIGHT_SUFFIXES or file.name.endswith(".json")):
             stat = file.stat()
             parts.append(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+    return short_hash("\n".join(parts))
 
 
 def tokenizer_sha(tokenizer: Any) -> str:
     """A hash of a tokenizer's vocabulary (the same ids for the same strings means comparable token counts)."""
     vocab = sorted(tokenizer.get_vocab().items())
-    return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:16]
+    return short_hash(json.dumps(vocab, ensure_ascii=False))
 
 
 def answers_fingerprint(spec: ModelSpec, items: Sequence[EvalItem], sampling: SamplingParams, prompt_format: str,
@@ -99,7 +99,7 @@ def answers_fingerprint(spec: ModelSpec, items: Sequence[EvalItem], sampling: Sa
                else spec.path, "weights": weights_signature(spec.path),
                "items": [(i.item_id, i.reference) for i in items], "sampling": sampling.fingerprint(),
                "prompt_format": prompt_format, "score_references": score_references, "version": 1}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    return json_hash(payload)
 
 
 def answers_path(out_dir: Path, name: str) -> Path:

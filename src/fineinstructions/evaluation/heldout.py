@@ -24,7 +24,6 @@ Public benchmarks, when online (field names as published; check a benchmark's ca
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 from collections import Counter
@@ -32,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fineinstructions.errors import FineInstructionsError
+from fineinstructions.hashing import short_hash
 from fineinstructions.io.readers import InputError, ReadStats, read_rows
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 HELDOUT_FILE = "heldout.jsonl"
 
 
-class EvaluationInputError(ValueError):
+class EvaluationInputError(FineInstructionsError):
     """Evaluation input that cannot be used: a missing or empty instruction set, a missing field, a bad model."""
 
 
@@ -98,7 +99,7 @@ def _text(value: Any) -> str | None:
 
 def item_id(instruction: str) -> str:
     """A stable id of an instruction (so a subsample keeps its ids, and caches survive reordering)."""
-    return hashlib.sha256(instruction.encode("utf-8")).hexdigest()[:16]
+    return short_hash(instruction)
 
 
 def load_instructions(source: str | Path, instruction_field: str = "instruction",

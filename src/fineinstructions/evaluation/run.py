@@ -9,6 +9,11 @@
 
 Every file is written atomically. Model "a" is the first model (the `pairs` arm of a training run),
 "b" the second (the `documents` arm); the win rate is a's.
+
+EVAL_DIR is claimed like every run folder (`io.run_folder.RunFolder`): locked for the run's life and a non-empty
+foreign folder refused. An evaluation never refuses its own folder: answers/ and the cache are keyed by what made
+them and reused, and when the configuration changed the files the older one wrote (scores, judgments, grades,
+plot) are removed, so none outlives the settings it came from.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from fineinstructions.backends.base import Backend, SamplingParams
 from fineinstructions.backends.cache import CachedBackend, RequestCache
 from fineinstructions.backends.models import DEFAULT_GENERATOR
 from fineinstructions.config import BackendConfig
+from fineinstructions.errors import FineInstructionsError
 from fineinstructions.evaluation.answers import ModelAnswers, ModelSpec, answer_with_model
 from fineinstructions.evaluation.heldout import (
     EvaluationInputError,
@@ -37,7 +43,9 @@ from fineinstructions.evaluation.judge import aggregate_grades, aggregate_judgme
 from fineinstructions.evaluation.plots import read_metrics, write_evaluation_plot
 from fineinstructions.evaluation.scores import reference_scores
 from fineinstructions.evaluation.stats import BOOTSTRAP_RESAMPLES, bootstrap_ci, paired_bootstrap_ci
-from fineinstructions.io.atomic import atomic_path, remove_stale_temporaries, write_json_atomic
+from fineinstructions.hashing import json_hash
+from fineinstructions.io.atomic import atomic_path, write_json_atomic
+from fineinstructions.io.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +60,9 @@ def default_judge() -> BackendConfig:
 
 
 JUDGE_MODES = ("pairwise", "single", "both")
+# What an evaluation writes from its answers, judgments and settings (removed when the configuration changes);
+# answers/<name>.json and cache/ are reused across configurations (each is keyed by what made it).
+DERIVED = ("answers.jsonl", "judgments.jsonl", "grades.jsonl", "scores.json", "evaluation.png")
 
 
 @dataclass
@@ -269,6 +280,21 @@ def _with_run_facts(result: dict[str, Any], answers: Sequence[ModelAnswers], cac
     return result
 
 
+def older_evaluation(out: Path) -> str | None:
+    """"" for an evaluation folder made before run folders were marked (it kept no fingerprint), else None."""
+    made = ("scores.json", "answers.jsonl", "answers", "cache/requests.sqlite")
+    return "" if any((out / name).exists() for name in made) else None
+
+
+def evaluation_fingerprint(models: Sequence[ModelSpec], instructions: InstructionSet, settings: EvaluationSettings,
+                           judge_backend: Backend | None) -> str:
+    """What decides an evaluation's figures: the models, the instructions and references, the settings, the judge."""
+    return json_hash({"models": [(m.name, m.path) for m in models],
+                      "items": [(i.item_id, i.reference) for i in instructions.items],
+                      "settings": settings.describe(),
+                      "judge_backend": judge_backend.model_id if judge_backend is not None else None})
+
+
 def evaluate(out_dir: str | Path, *, train_dir: str | Path | None = None, models: Sequence[ModelSpec] | None = None,
              instructions: InstructionSet | None = None, settings: EvaluationSettings | None = None,
              judge_backend: Backend | None = None, console: Any = None) -> dict[str, Any]:
@@ -297,8 +323,17 @@ def evaluate(out_dir: str | Path, *, train_dir: str | Path | None = None, models
         if train_dir is None:
             raise EvaluationInputError("name an instruction set (--instructions FILE) or a training run folder")
         instructions = load_instructions(heldout_path(train_dir), "instruction", "reference", seed=settings.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out)
+    with RunFolder(out, older=older_evaluation) as folder:
+        folder.claim(evaluation_fingerprint(models, instructions, settings, judge_backend), force=True,
+                     derived=DERIVED, what="evaluation", temporaries=[out, out / "answers"])
+        scores = _evaluate(out, train_dir, models, instructions, settings, judge_backend, say)
+    if console is not None:
+        print_scores(scores, console)
+    return scores
+
+
+def _evaluate(out: Path, train_dir: str | Path | None, models: Sequence[ModelSpec], instructions: InstructionSet,
+              settings: EvaluationSettings, judge_backend: Backend | None, say: Any) -> dict[str, Any]:
     cache = RequestCache(out / "cache" / "requests.sqlite")
     try:
         answers: list[ModelAnswers] = []
@@ -309,7 +344,7 @@ def evaluate(out_dir: str | Path, *, train_dir: str | Path | None = None, models
                     spec, instructions.items, out, settings.sampling(), batch_size=settings.batch_size,
                     device=settings.device, dtype=settings.dtype, cache=cache, threads=settings.threads,
                     progress=lambda name, done, total: log.info("%s: %d/%d answers", name, done, total))
-            except ValueError as err:  # NotACausalLM, a bad dtype or prompt format
+            except FineInstructionsError as err:  # NotACausalLM, a model not found, a bad dtype or prompt format
                 raise EvaluationInputError(f"model {spec.name!r}: {err}") from err
             if model_answers.reused:
                 say(f"  {spec.name}: reusing finished answers")
@@ -337,8 +372,6 @@ def evaluate(out_dir: str | Path, *, train_dir: str | Path | None = None, models
               "warnings": warnings, "settings": settings.describe()}
     write_json_atomic(out / "scores.json", scores)
     write_evaluation_plot(out / "evaluation.png", scores, curves)
-    if console is not None:
-        print_scores(scores, console)
     return scores
 
 

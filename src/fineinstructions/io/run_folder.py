@@ -49,14 +49,18 @@ def is_run_folder(path: Path) -> bool:
     return (path / MARKER).is_file() or all((path / name).is_file() for name in _LEGACY)
 
 
-def check_claimable(path: Path) -> None:
-    """Refuse a path that is not a folder a run may write into: a file, or a non-empty foreign folder."""
+def check_claimable(path: Path, older: Callable[[Path], str | None] | None = None) -> None:
+    """Refuse a path that is not a folder a run may write into: a file, or a non-empty foreign folder.
+
+    `older` recognises a run of the caller's kind made before the marker existed (see `RunFolder`)."""
     if str(path).strip() in ("", "."):
         raise RunFolderError("give the run an output folder of its own (--out or run.output_dir), not the "
                              "current directory")
     if path.exists() and not path.is_dir():
         raise RunFolderError(f"output folder {path} is a file")
-    if path.is_dir() and not is_run_folder(path) and any(path.iterdir()):
+    # An empty folder may hold the lock file of a run that failed before it claimed the folder.
+    if (path.is_dir() and not is_run_folder(path) and not (older and older(path) is not None)
+            and any(p.name != LOCK for p in path.iterdir())):
         raise RunFolderError(f"{path} is not empty and is not a fineinstructions run folder: give an empty or new "
                              f"folder (a run deletes and rewrites files in its folder)")
 
@@ -137,12 +141,18 @@ class RunFolder:
     Use as a context manager: entering checks the folder may be used, creates it and takes the lock;
     `claim` then binds it to one configuration. A folder this run created is removed again when the run
     fails before claiming it (its inputs did not open), so a bad path leaves nothing behind.
+
+    `older` recognises a folder this kind of run made before run folders were marked (training, evaluation and
+    distillation folders had neither marker nor `fingerprint`): it returns that run's fingerprint, "" when it
+    recorded none (the folder is adopted by whichever configuration claims it), or None when the folder holds no
+    such run (a non-empty one is then refused as foreign).
     """
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, older: Callable[[Path], str | None] | None = None):
         self.root = Path(root)
         self._lock = RunLock(self.root)
         self._created = False
+        self._older = older
 
     # -- layout -----------------------------------------------------------------------------------
     @property
@@ -203,7 +213,7 @@ class RunFolder:
 
     def open(self, inputs: Sequence[str] = ()) -> None:
         """Check the folder may be used (and is not inside a local input folder), create it, take the lock."""
-        check_claimable(self.root)
+        check_claimable(self.root, self._older)
         check_outside_inputs(self.root, list(inputs))
         self._created = not self.root.exists()
         try:
@@ -219,8 +229,13 @@ class RunFolder:
             shutil.rmtree(self.root, ignore_errors=True)
 
     def stored_fingerprint(self) -> str | None:
+        """The fingerprint of the run the folder holds (an older run's, by `older`), None when it holds none."""
         marker = self.fingerprint_file
-        return marker.read_text().strip() if marker.is_file() else None
+        if marker.is_file():
+            return marker.read_text().strip()
+        if self._older is not None and self.root.is_dir():
+            return self._older(self.root) or None
+        return None
 
     def check(self, fingerprint: str, force: bool = False, what: str = "run",
               describe: Callable[[], str] | None = None) -> bool:
@@ -244,12 +259,7 @@ class RunFolder:
         `config.yaml` (when given) and `fingerprint`. Return whether an older run was cleared."""
         changed = self.check(fingerprint, force, what, describe)
         if changed:
-            for name in derived:
-                path = self.root / name
-                if path.is_dir():
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    path.unlink(missing_ok=True)
+            self.clear(derived)
         removed = remove_stale_temporaries(self.root, list(temporaries) if temporaries is not None
                                            else temporary_folders(self.root))
         if removed:
@@ -259,3 +269,12 @@ class RunFolder:
             write_text_atomic(self.config_file, config_text)
         write_text_atomic(self.fingerprint_file, fingerprint + "\n")
         return changed
+
+    def clear(self, derived: Sequence[str]) -> None:
+        """Delete the `derived` paths (relative to the folder): what a run made, for a forced redo."""
+        for name in derived:
+            path = self.root / name
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)

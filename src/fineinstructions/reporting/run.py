@@ -17,6 +17,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import yaml
 
+from fineinstructions.errors import FineInstructionsError
 from fineinstructions.records import Pair
 from fineinstructions.stages.base import StageStats
 from fineinstructions.summary import STAGE_ORDER, quality
@@ -27,7 +28,7 @@ PAIR_COLUMNS = ("document_id", "template_id", "template", "instantiated_instruct
                 "instantiator_model", "instantiate_prompt_version", "judge_model", "judge_prompt_version")
 
 
-class ReportError(ValueError):
+class ReportError(FineInstructionsError):
     """The folder is not a run folder, or the request does not fit the run."""
 
 

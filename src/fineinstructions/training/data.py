@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from transformers import PreTrainedTokenizerBase
 
+from fineinstructions.errors import FineInstructionsError
 from fineinstructions.training.loop import PackedData
 
 ARMS = ("pairs", "documents")
@@ -32,11 +33,11 @@ REQUIRED_COLUMNS = ("document_id", "text", "instantiated_instruction", "answer")
 _READ_COLUMNS = REQUIRED_COLUMNS + ("template_id",)
 
 
-class TrainDataError(ValueError):
+class TrainDataError(FineInstructionsError):
     """The source holds no usable pairs (missing folder, no Parquet, missing columns, no rows)."""
 
 
-class InsufficientData(ValueError):
+class InsufficientData(FineInstructionsError):
     """An arm has fewer tokens than the requested budget."""
 
 

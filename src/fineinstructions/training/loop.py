@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from fineinstructions.errors import FineInstructionsError
+from fineinstructions.hashing import json_hash
 from fineinstructions.io.atomic import atomic_dir, write_text_atomic
 
 CHECKPOINTS = "checkpoints"
@@ -42,11 +44,11 @@ ORDER = "data_order.npy"
 _NOT_FINGERPRINTED = {"log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "device"}
 
 
-class CheckpointMismatch(ValueError):
+class CheckpointMismatch(FineInstructionsError):
     """The checkpoint in the output folder was written by a different configuration."""
 
 
-class TrainingError(ValueError):
+class TrainingError(FineInstructionsError):
     """The training inputs cannot be trained on (empty data, wrong shapes, bad settings)."""
 
 
@@ -257,7 +259,7 @@ def run_fingerprint(model: nn.Module, train: PackedData, settings: TrainSettings
         "fingerprint": fingerprint,
         "settings": settings_desc,
         "data": {"blocks": len(train), "seq_len": train.seq_len, "sha": train.sha()},
-        "model": hashlib.sha256(json.dumps(model_desc, sort_keys=True, default=str).encode()).hexdigest()[:16],
+        "model": json_hash(model_desc),
     }
 
 

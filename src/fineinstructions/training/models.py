@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from fineinstructions.errors import FineInstructionsError
+
 PRESETS: dict[str, dict[str, Any]] = {
     # ~3.3M parameters: trains on a laptop CPU in minutes.
     "tiny": {"hidden_size": 192, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 4,
@@ -27,7 +29,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(FineInstructionsError):
     """Unknown preset, or settings the preset cannot take (e.g. seq_len beyond its positions)."""
 
 

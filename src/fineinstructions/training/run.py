@@ -10,14 +10,14 @@ initial weights and settings on each. Everything lands in TRAIN_DIR:
     <arm>/            metrics.jsonl, checkpoints/step-NNNNNN/, final/ (model + tokenizer + fineinstructions-model.json)
 
 Rerunning the same command resumes: finished arms are skipped and an interrupted arm continues from its checkpoint.
-A different configuration on an existing TRAIN_DIR is refused unless `force`.
+TRAIN_DIR is claimed like every run folder (`io.run_folder.RunFolder`): locked for the run's life, a non-empty
+foreign folder refused, a different configuration refused unless `force` (which deletes the older run's files).
+A TRAIN_DIR made before run folders were marked is recognised by its manifest.json (and its fingerprint there).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +29,10 @@ from rich.console import Console
 from rich.table import Table
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from fineinstructions.io.atomic import atomic_dir, remove_stale_temporaries, write_json_atomic, write_text_atomic
+from fineinstructions.errors import ConfigChanged, FineInstructionsError
+from fineinstructions.hashing import json_hash
+from fineinstructions.io.atomic import atomic_dir, write_json_atomic, write_text_atomic
+from fineinstructions.io.run_folder import RunFolder
 from fineinstructions.training.data import (
     ARMS,
     ArmData,
@@ -70,20 +73,14 @@ _NOT_FINGERPRINTED = {"source", "out", "device", "log_every", "eval_every", "che
                       "arms"}
 
 
-class TrainDirConflict(ValueError):
-    """TRAIN_DIR holds a training run of a different configuration."""
+# TRAIN_DIR holds a training run of a different configuration (the one conflict of every run folder).
+TrainDirConflict = ConfigChanged
 
 
-def train_errors() -> tuple[type[ValueError], ...]:
-    """The bad-input errors of `train` (the CLI reports them as one line, exit code 2)."""
-    from fineinstructions.backends.models import ModelNotFound
-    from fineinstructions.training.data import InsufficientData, TrainDataError
-    from fineinstructions.training.loop import CheckpointMismatch
-    from fineinstructions.training.models import ModelConfigError
-    from fineinstructions.training.tokenizer import TokenizerError
-
-    return (TrainDirConflict, TrainDataError, InsufficientData, CheckpointMismatch, ModelConfigError, TokenizerError,
-            TrainingError, ModelNotFound)
+def train_errors() -> tuple[type[Exception], ...]:
+    """The expected errors of `train` (the CLI reports them as one line, exit code 2): bad data, settings, model,
+    tokenizer, a TRAIN_DIR of another configuration or in use, and so on."""
+    return (FineInstructionsError,)
 
 
 @dataclass
@@ -157,42 +154,60 @@ class TrainConfig:
 
 
 def fingerprint_of(values: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_hash(values)
 
 
-def _owned_paths(out: Path) -> list[Path]:
-    return [out / MANIFEST, out / TOKENIZER, out / HELDOUT] + [out / arm for arm in ARMS]
+# What a training run makes in TRAIN_DIR (cleared when `force` replaces another configuration's run).
+OWNED = (MANIFEST, TOKENIZER, HELDOUT, *ARMS)
 
 
-def _check_train_dir(out: Path, fingerprint: str, values: dict[str, Any], force: bool) -> dict[str, Any] | None:
-    """The existing manifest when TRAIN_DIR holds this configuration; clear it under `force`, else refuse."""
-    manifest_path = out / MANIFEST
-    existing = None
-    if manifest_path.is_file():
-        try:
-            existing = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except ValueError:
-            existing = {}
-    leftovers = [p.name for p in _owned_paths(out) if p.exists()]
-    if existing is not None and existing.get("fingerprint") == fingerprint:
-        return existing
-    if not leftovers:
+def _temporary_folders(out: Path) -> list[Path]:
+    """Where a training run writes temporaries: tokenizer/ and the manifest, final/ and metrics, checkpoints."""
+    return [out, *(out / arm for arm in ARMS), *(out / arm / "checkpoints" for arm in ARMS)]
+
+
+def read_manifest(out: Path) -> dict[str, Any] | None:
+    """TRAIN_DIR's manifest.json; None when absent, {} when unreadable."""
+    path = out / MANIFEST
+    if not path.is_file():
         return None
-    if existing:
-        old = existing.get("config", {})
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def older_training_run(out: Path) -> str | None:
+    """The fingerprint of a training run made before run folders were marked (kept in its manifest.json), or
+    "unknown" when the manifest is unreadable; None when the folder holds no such run."""
+    manifest = read_manifest(out)
+    if manifest is None or manifest.get("kind", "fineinstructions-train") != "fineinstructions-train":
+        return None
+    return str(manifest.get("fingerprint") or "unknown")
+
+
+def _what_changed(folder: RunFolder, values: dict[str, Any], fingerprint: str) -> str:
+    """The settings that differ from the run in TRAIN_DIR (for the message that refuses it)."""
+    manifest = read_manifest(folder.root)
+    if manifest:
+        old = manifest.get("config", {})
         diffs = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in values.items() if old.get(k) != v]
-        what = "; ".join(diffs) or "fingerprint"
-    else:
-        what = f"no readable {MANIFEST} but {', '.join(leftovers)} exist"
-    if not force:
-        raise TrainDirConflict(f"{out} holds a training run of a different configuration ({what}). Use another --out, "
-                               "rerun with the original settings to resume, or --force to delete it and start over.")
-    for path in _owned_paths(out):
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-    return None
+        return "; ".join(diffs) or "fingerprint"
+    leftovers = [name for name in OWNED if (folder.root / name).exists()]
+    if manifest is not None:
+        return f"no readable {MANIFEST} but {', '.join(leftovers)} exist"
+    return f"config fingerprint {folder.stored_fingerprint()}, this config is {fingerprint}"
+
+
+def _check_train_dir(folder: RunFolder, fingerprint: str, values: dict[str, Any],
+                     force: bool) -> tuple[dict[str, Any] | None, bool]:
+    """(The manifest of this configuration's run in TRAIN_DIR or None, whether `force` replaces another
+    configuration's run); another configuration's run is refused (ConfigChanged) unless `force`. Nothing is
+    written here: the claim comes once the inputs proved usable."""
+    changed = folder.check(fingerprint, force, "training run", lambda: _what_changed(folder, values, fingerprint))
+    manifest = None if changed else read_manifest(folder.root)
+    return (manifest if manifest and manifest.get("fingerprint") == fingerprint else None), changed
 
 
 def write_heldout(path: Path, split: Split) -> None:
@@ -202,11 +217,12 @@ def write_heldout(path: Path, split: Split) -> None:
     write_text_atomic(path, "".join(f"{line}\n" for line in lines))
 
 
-def prepare_tokenizer(config: TrainConfig, train_pairs: list[PairRow],
-                      folder: Path) -> tuple[PreTrainedTokenizerBase, bool]:
-    """The saved tokenizer of this TRAIN_DIR, else a new one (trained BPE or `config.tokenizer`); True when new
-    (the caller saves it once the arms are built, so a run refused for too little data leaves nothing behind)."""
-    if (folder / "tokenizer_config.json").is_file():
+def prepare_tokenizer(config: TrainConfig, train_pairs: list[PairRow], folder: Path,
+                      reuse: bool = True) -> tuple[PreTrainedTokenizerBase, bool]:
+    """The saved tokenizer of this TRAIN_DIR (unless not `reuse`), else a new one (trained BPE or
+    `config.tokenizer`); True when new (the caller saves it once the arms are built, so a run refused for too
+    little data leaves nothing behind)."""
+    if reuse and (folder / "tokenizer_config.json").is_file():
         return check_tokenizer(AutoTokenizer.from_pretrained(str(folder)), str(folder)), False
     if config.tokenizer:
         return load_tokenizer(config.tokenizer), True
@@ -223,26 +239,36 @@ def save_final(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, folde
 
 def run_training(config: TrainConfig, console: Console | None = None, force: bool = False,
                  max_steps_this_call: int | None = None) -> dict[str, Any]:
-    """Build both arms and train each (resuming what is there); return the manifest."""
+    """Build both arms and train each (resuming what is there); return the manifest.
+
+    TRAIN_DIR is locked for the whole run; another configuration's run there is refused (ConfigChanged) unless
+    `force`, which replaces it."""
     config.validate()
     started = time.time()
-    out = Path(config.out)
     pairs = read_pairs(config.sources())
+    with RunFolder(config.out, older=older_training_run) as folder:
+        return _run_training(folder, config, pairs, started, console, force, max_steps_this_call)
+
+
+def _run_training(folder: RunFolder, config: TrainConfig, pairs: list[PairRow], started: float,
+                  console: Console | None, force: bool, max_steps_this_call: int | None) -> dict[str, Any]:
+    out = folder.root
     values = config.fingerprinted(data_sha(pairs))
     fingerprint = fingerprint_of(values)
-    existing = _check_train_dir(out, fingerprint, values, force)
+    existing, replacing = _check_train_dir(folder, fingerprint, values, force)
 
     split = split_heldout(pairs, config.heldout_fraction, config.heldout_documents)
-    tokenizer, new_tokenizer = prepare_tokenizer(config, split.train, out / TOKENIZER)
+    tokenizer, new_tokenizer = prepare_tokenizer(config, split.train, out / TOKENIZER, reuse=not replacing)
     tok_sha = tokenizer_sha(tokenizer)
     if existing and existing.get("tokenizer", {}).get("sha") not in (None, tok_sha):
         raise TrainDirConflict(f"{out / TOKENIZER} is not the tokenizer this run was trained with "
                                f"(sha {tok_sha} vs {existing['tokenizer']['sha']}); use --force to start over")
     arms = build_arms(tokenizer, split.train, config.seq_len, config.seed, config.tokens, config.mask_instructions,
                       config.eval_fraction)
-    # Nothing is written before the inputs proved usable.
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out)  # half-written folders of a killed run (checkpoints, final/, tokenizer/)
+    # Nothing is written before the inputs proved usable: then the folder is claimed (an older configuration's
+    # run deleted under `force`, the half-written files of a killed run swept, the fingerprint written).
+    folder.claim(fingerprint, force=force, derived=OWNED, what="training run",
+                 describe=lambda: _what_changed(folder, values, fingerprint), temporaries=_temporary_folders(out))
     write_heldout(out / HELDOUT, split)
     if new_tokenizer:
         save_tokenizer(tokenizer, out / TOKENIZER)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from fineinstructions.errors import FineInstructionsError
 from fineinstructions.io.atomic import atomic_dir
 
 EOS = "<|endoftext|>"
@@ -31,7 +32,7 @@ CHAT_TEMPLATE = (
 )
 
 
-class TokenizerError(ValueError):
+class TokenizerError(FineInstructionsError):
     """The tokenizer cannot be used for training (no eos token, cannot be loaded, nothing to train on)."""
 
 
