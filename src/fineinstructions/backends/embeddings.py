@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fineinstructions.backends.models import resolve_embedder
+from fineinstructions.errors import ConfigError
 from fineinstructions.hashing import short_hash
 
 
@@ -43,9 +44,11 @@ class Embedder:
         self.device = resolve_device(device)
         self.model = SentenceTransformer(resolve_embedder(model), device=self.device, revision=revision)
         self.batch_size = batch_size
-        self.dimension = int(self.model.get_embedding_dimension()
-                             if hasattr(self.model, "get_embedding_dimension")
-                             else self.model.get_sentence_embedding_dimension())
+        dimension = (self.model.get_embedding_dimension() if hasattr(self.model, "get_embedding_dimension")
+                     else self.model.get_sentence_embedding_dimension())
+        if dimension is None:
+            raise ConfigError(f"embedding model {model!r} does not say its embedding dimension")
+        self.dimension = int(dimension)
 
     @property
     def fingerprint(self) -> str:
@@ -121,7 +124,7 @@ class Embedder:
     def window_tokens(self) -> int:
         """Text tokens per window: the model's sequence length less its special tokens."""
         prefix, suffix = self._special_ids
-        return max(1, int(self.model.max_seq_length) - len(prefix) - len(suffix))
+        return max(1, int(self.model.max_seq_length or 512) - len(prefix) - len(suffix))
 
     @functools.cached_property
     def _special_ids(self) -> tuple[list[int], list[int]]:

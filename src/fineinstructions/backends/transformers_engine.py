@@ -124,6 +124,8 @@ def _quiet_loading() -> Any:
 class TransformersBackend:
     """Generate with (and score completions under) a Hugging Face causal LM in this process."""
 
+    model: Any  # a transformers PreTrainedModel (None once closed); its typing is looser than its use
+
     def __init__(self, model_path: str, prompt_format: str = "auto", device: str = "auto", dtype: str = "auto",
                  batch_size: int = 8, max_length: int | None = None, n_threads: int | None = None):
         """Load the model and tokenizer. `device` auto: cuda when available, else cpu; `dtype` auto: bfloat16
@@ -253,7 +255,7 @@ class TransformersBackend:
         for row, prompt in zip(output[:, width:].tolist(), prompts, strict=True):
             ended = next((k for k, token in enumerate(row) if token in self.eos_ids), None)
             tokens = row if ended is None else row[:ended]
-            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            text = str(self.tokenizer.decode(tokens, skip_special_tokens=True))
             cut = _cut_at_stop(text, sampling.stop)
             finish = "stop" if ended is not None or cut is not None else ("length" if len(tokens) >= max_new
                                                                           else "stop")
@@ -327,7 +329,7 @@ class TransformersBackend:
         if getattr(self, "model", None) is None:
             return
         cuda = self.device.type == "cuda"
-        self.model = None  # type: ignore[assignment]
+        self.model = None
         gc.collect()
         if cuda:
             import torch

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fineinstructions.backends.base import Backend, Conversation, SamplingParams
+from fineinstructions.config import stage_config
 from fineinstructions.contracts.excerpts import NormalizedText
 from fineinstructions.contracts.templates import template_variables
 from fineinstructions.errors import FineInstructionsError
@@ -31,7 +32,9 @@ from fineinstructions.io.rows import read_typed
 from fineinstructions.prompts import DEFAULT_VERSIONS
 from fineinstructions.records import Match, Query
 from fineinstructions.stages.base import document_major
+from fineinstructions.stages.context import StageContext
 from fineinstructions.stages.instantiate import InstantiateStage
+from fineinstructions.stages.registry import stage_class
 from fineinstructions.stages.templatize import TemplatizeStage, template_id
 
 StageName = Literal["templatize", "instantiate"]
@@ -77,14 +80,17 @@ class TeacherReport:
 
 
 def make_stage(stage: str, backend: Backend, prompt_version: str | None = None) -> TemplatizeStage | InstantiateStage:
-    """The pipeline stage `stage` with its defaults, served by `backend`."""
+    """The pipeline stage `stage` with its config defaults (and `prompt_version`), served by `backend`: built
+    through the stage's `from_config`, like every stage of a run."""
     check_stage(stage)
+    section = {"prompt_version": prompt_version} if prompt_version else {}
+    config = stage_config({stage: section})
     try:
-        if stage == "templatize":
-            return TemplatizeStage(backend, prompt_version)
-        return InstantiateStage(backend, prompt_version)
+        built = stage_class(stage).from_config(config, StageContext(config, engines={stage: backend}))
     except FileNotFoundError as err:
         raise DistillError(f"unknown {stage} prompt version {prompt_version!r}: {err}") from err
+    assert isinstance(built, TemplatizeStage | InstantiateStage)
+    return built
 
 
 def check_stage(stage: str) -> None:
@@ -115,13 +121,12 @@ def load_queries(source: str, limit: int | None = None, filter_queries: bool = T
         except InputError as err:
             raise DistillError(str(err)) from err
     if filter_queries:
-        from fineinstructions.stages.query_filter import QueryFilterStage
-
-        pool = QueryFilterStage().process(pool).records  # type: ignore[assignment,arg-type]
+        config = stage_config({})
+        pool = stage_class("query_filter").from_config(config, StageContext(config)).process(pool).records
     queries = pool[:limit] if limit is not None else pool
     if not queries:
         raise DistillError(f"no usable queries in {source}")
-    return queries  # type: ignore[return-value]
+    return queries
 
 
 def load_matches(source: str, limit: int | None = None) -> list[Match]:
@@ -145,7 +150,7 @@ def load_matches(source: str, limit: int | None = None) -> list[Match]:
         document_id = str(row.get("document_id") or f"doc-{i}")
         matches.append(Match(document_id=document_id, template_id=str(row.get("template_id") or template_id(template)),
                              score=float(row.get("score") or 0.0), rank=int(row.get("rank") or 0),
-                             part=int(row.get("part") if row.get("part") is not None else -1), text=text,
+                             part=int(row.get("part") or 0) if row.get("part") is not None else -1, text=text,
                              template=template, title=str(row.get("title") or "")))
     matches = document_major(matches)[:limit] if limit is not None else document_major(matches)
     if not matches:
@@ -217,8 +222,9 @@ def generate_examples(stage: str, inputs: Sequence[Any], teacher: Backend, *,
         examples = _instantiate(teacher_stage, student_stage, inputs, batch_size, report, progress)  # type: ignore[arg-type]
         examples = cap_nulls(examples, max_null_share, report)
     after = _stats(teacher)
-    report.requests, report.completion_tokens, report.seconds = (a - b for a, b in zip(after[:3], before[:3],
-                                                                                      strict=True))
+    report.requests = int(after[0] - before[0])
+    report.completion_tokens = int(after[1] - before[1])
+    report.seconds = after[2] - before[2]
     report.cache_hits = int(after[3] - before[3])
     report.kept = len(examples)
     report.nulls = sum(e.is_null for e in examples)

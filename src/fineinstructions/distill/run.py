@@ -131,7 +131,7 @@ def distill(settings: DistillSettings, *, teacher_backend: Backend | None = None
     `teacher_backend` replaces the backend `settings.teacher` describes (e.g. an engine already loaded).
     """
     console = console or Console(stderr=True)
-    with RunFolder(settings.out, older=older_distillation) as folder:
+    with RunFolder(settings.out, older=older_distillation, kind="distillation") as folder:
         return _distill(folder, settings, teacher_backend, console)
 
 
@@ -400,7 +400,7 @@ def evaluate_stage(stage: str, backend: Backend, prompt_version: str, inputs: li
     """
     stage_obj = make_stage(stage, backend, prompt_version)
     if hasattr(stage_obj, "retries"):
-        stage_obj.retries = 0  # type: ignore[union-attr]
+        stage_obj.retries = 0
     start = time.perf_counter()
     before = backend.stats.completion_tokens
     result = stage_obj.process(inputs)
@@ -420,8 +420,8 @@ def student_backend(model_dir: Path, device: str = "auto") -> Backend:
     except ImportError:
         from fineinstructions.backends.vllm_engine import VLLMBackend
 
-        return VLLMBackend(str(model_dir))  # type: ignore[return-value]
-    return TransformersBackend(str(model_dir), prompt_format="chat", device=device)  # type: ignore[return-value]
+        return VLLMBackend(str(model_dir))
+    return TransformersBackend(str(model_dir), prompt_format="chat", device=device)
 
 
 def _evaluate(s: DistillSettings, heldout: list[Any], teacher: _LazyTeacher, final: Path, teacher_pv: str,

@@ -323,7 +323,7 @@ def evaluate(out_dir: str | Path, *, train_dir: str | Path | None = None, models
         if train_dir is None:
             raise EvaluationInputError("name an instruction set (--instructions FILE) or a training run folder")
         instructions = load_instructions(heldout_path(train_dir), "instruction", "reference", seed=settings.seed)
-    with RunFolder(out, older=older_evaluation) as folder:
+    with RunFolder(out, older=older_evaluation, kind="evaluation") as folder:
         folder.claim(evaluation_fingerprint(models, instructions, settings, judge_backend), force=True,
                      derived=DERIVED, what="evaluation", temporaries=[out, out / "answers"])
         scores = _evaluate(out, train_dir, models, instructions, settings, judge_backend, say)

@@ -49,7 +49,7 @@ def is_run_folder(path: Path) -> bool:
     return (path / MARKER).is_file() or all((path / name).is_file() for name in _LEGACY)
 
 
-def check_claimable(path: Path, older: Callable[[Path], str | None] | None = None) -> None:
+def check_claimable(path: Path, older: Callable[[Path], str | None] | None = None, kind: str = "pipeline") -> None:
     """Refuse a path that is not a folder a run may write into: a file, or a non-empty foreign folder.
 
     `older` recognises a run of the caller's kind made before the marker existed (see `RunFolder`)."""
@@ -58,6 +58,9 @@ def check_claimable(path: Path, older: Callable[[Path], str | None] | None = Non
                              "current directory")
     if path.exists() and not path.is_dir():
         raise RunFolderError(f"output folder {path} is a file")
+    held = marker_kind(path) if (path / MARKER).is_file() else None
+    if held is not None and held != kind:
+        raise RunFolderError(f"{path} holds a {held} run, not a {kind} one: give this {kind} run its own folder")
     # An empty folder may hold the lock file of a run that failed before it claimed the folder.
     if (path.is_dir() and not is_run_folder(path) and not (older and older(path) is not None)
             and any(p.name != LOCK for p in path.iterdir())):
@@ -116,11 +119,21 @@ class RunLock:
             self._handle = None
 
 
-def write_marker(folder: Path) -> None:
-    """Mark `folder` as a run folder (idempotent)."""
+def write_marker(folder: Path, kind: str = "pipeline") -> None:
+    """Mark `folder` as a run folder of `kind` (pipeline, training, evaluation, distillation); idempotent."""
     marker = folder / MARKER
-    if not marker.is_file():
-        marker.write_text(json.dumps({"kind": "fineinstructions run folder", "version": 1}) + "\n", encoding="utf-8")
+    if not marker.is_file() or marker_kind(folder) != kind:
+        marker.write_text(json.dumps({"kind": "fineinstructions run folder", "run": kind, "version": 2}) + "\n",
+                          encoding="utf-8")
+
+
+def marker_kind(folder: Path) -> str | None:
+    """The kind of run a marked folder holds (markers written before kinds were recorded: pipeline runs)."""
+    try:
+        data = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return str(data.get("run", "pipeline")) if isinstance(data, dict) else None
 
 
 # Where a run writes temporaries (relative to its folder); the stale-temporary sweep looks only there.
@@ -148,8 +161,9 @@ class RunFolder:
     such run (a non-empty one is then refused as foreign).
     """
 
-    def __init__(self, root: str | Path, older: Callable[[Path], str | None] | None = None):
+    def __init__(self, root: str | Path, older: Callable[[Path], str | None] | None = None, kind: str = "pipeline"):
         self.root = Path(root)
+        self.kind = kind
         self._lock = RunLock(self.root)
         self._created = False
         self._older = older
@@ -213,7 +227,7 @@ class RunFolder:
 
     def open(self, inputs: Sequence[str] = ()) -> None:
         """Check the folder may be used (and is not inside a local input folder), create it, take the lock."""
-        check_claimable(self.root, self._older)
+        check_claimable(self.root, self._older, self.kind)
         check_outside_inputs(self.root, list(inputs))
         self._created = not self.root.exists()
         try:
@@ -264,7 +278,7 @@ class RunFolder:
                                            else temporary_folders(self.root))
         if removed:
             logging.getLogger(__name__).info("removed %d temporary files left by a killed run", removed)
-        write_marker(self.root)
+        write_marker(self.root, self.kind)
         if config_text is not None:
             write_text_atomic(self.config_file, config_text)
         write_text_atomic(self.fingerprint_file, fingerprint + "\n")

@@ -20,6 +20,7 @@ from fineinstructions.contracts.templates import (
     strip_fences,
     template_variables,
 )
+from fineinstructions.errors import ConfigError
 from fineinstructions.prompts import load_prompt
 from fineinstructions.records import Match, Pair
 from fineinstructions.stages.base import Rejected, Stage, StageResult, document_major
@@ -83,7 +84,8 @@ class InstantiateStage(Stage[Match, Pair]):
         self.backend = backend
         self.prompt = load_prompt("instantiate", prompt_version, prompt_file)
         if constrained and not self.prompt.grammar:
-            raise ValueError(f"prompt {self.prompt.version} has no grammar for constrained decoding")
+            raise ConfigError(f"prompt {self.prompt.version} has no grammar for constrained decoding "
+                              f"(instantiate.constrained needs one)")
         self.sampling = SamplingParams(temperature=temperature, max_tokens=max_tokens, seed=seed,
                                        grammar=self.prompt.grammar if constrained else None)
         self.min_coverage = min_coverage

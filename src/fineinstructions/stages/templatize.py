@@ -6,7 +6,6 @@ before the query is dropped with the reason of its last attempt.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -17,6 +16,7 @@ from fineinstructions.contracts.templates import (
     parse_templatizer_output,
     query_template_error,
 )
+from fineinstructions.hashing import short_hash
 from fineinstructions.prompts import load_prompt
 from fineinstructions.records import Query, Template
 from fineinstructions.stages.base import Rejected, Stage, StageResult
@@ -36,7 +36,7 @@ def template_key(template: str) -> str:
 
 def template_id(template: str) -> str:
     """Stable id of a template's text (templates with the same `template_key` share one id)."""
-    return "tpl-" + hashlib.sha256(template_key(template).encode()).hexdigest()[:16]
+    return "tpl-" + short_hash(template_key(template))
 
 
 class TemplatizeStage(Stage[Query, Template]):

@@ -188,8 +188,9 @@ def encode_pairs(tokenizer: PreTrainedTokenizerBase, pairs: Sequence[PairRow], m
         prompts, rests = [], []
         for p in chunk:
             user = [{"role": "user", "content": p.instruction}]
-            prompt = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
-            full = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": p.answer}], tokenize=False)
+            prompt = str(tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True))
+            full = str(tokenizer.apply_chat_template(user + [{"role": "assistant", "content": p.answer}],
+                                                     tokenize=False))
             if not full.startswith(prompt):
                 raise TrainDataError("the tokenizer's chat template does not render the generation prompt as a prefix "
                                      "of the full conversation; use another tokenizer or leave --tokenizer unset")

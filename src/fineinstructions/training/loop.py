@@ -24,7 +24,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ from torch import nn
 from fineinstructions.errors import FineInstructionsError
 from fineinstructions.hashing import json_hash
 from fineinstructions.io.atomic import atomic_dir, write_text_atomic
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
@@ -202,7 +205,9 @@ def lr_at(step: int, settings: TrainSettings, total_steps: int) -> float:
 def make_optimizer(model: nn.Module, settings: TrainSettings, device: torch.device) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only: no decay on norms, biases or embeddings."""
     embedding_ids = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
-    decay, no_decay, seen = [], [], set()
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    seen: set[int] = set()
     for param in model.parameters():
         if not param.requires_grad or id(param) in seen:
             continue
@@ -309,7 +314,7 @@ def save_pretrained_quietly(model: nn.Module, folder: Path) -> None:
     enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        model.save_pretrained(folder, safe_serialization=True)
+        cast("PreTrainedModel", model).save_pretrained(folder, safe_serialization=True)
     finally:
         if enabled:
             hf_logging.enable_progress_bar()
@@ -344,15 +349,15 @@ def _load_weights(model: nn.Module, folder: Path) -> None:
     for file in files:
         loaded.update(safetensors.torch.load_file(str(file)))
     missing, unexpected = model.load_state_dict(loaded, strict=False)
-    tied = set(getattr(model, "_tied_weights_keys", None) or [])
-    if isinstance(getattr(model, "_tied_weights_keys", None), dict):
-        tied = set(model._tied_weights_keys)
+    tied_keys: Any = getattr(model, "_tied_weights_keys", None)
+    tied = set(tied_keys or [])
     real_missing = [k for k in missing if k not in tied and not k.endswith("lm_head.weight")]
     if unexpected or real_missing:
         raise CheckpointMismatch(f"checkpoint {folder} does not fit the model: missing {real_missing[:5]}, "
                                  f"unexpected {list(unexpected)[:5]}")
-    if hasattr(model, "tie_weights"):
-        model.tie_weights()
+    tie_weights = getattr(model, "tie_weights", None)
+    if callable(tie_weights):
+        tie_weights()
 
 
 def _rewrite_metrics(path: Path, up_to_step: int) -> None:
@@ -476,7 +481,7 @@ def train_loop(model: nn.Module, train: PackedData, settings: TrainSettings, out
             done = state["step"]
 
             evaluate_now = eval_data is not None and (done % settings.eval_every == 0 or done == total_steps)
-            if evaluate_now:
+            if eval_data is not None and evaluate_now:
                 state["eval_loss"] = evaluate_loss(model, eval_data, settings.batch_size, device, settings.dtype)
             if done % settings.log_every == 0 or evaluate_now or done in (total_steps, stop_at):
                 line = {"step": done, "tokens": state["tokens_seen"], "loss_tokens": state["loss_tokens_seen"],

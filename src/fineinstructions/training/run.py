@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from fineinstructions.errors import ConfigChanged, FineInstructionsError
+from fineinstructions.errors import ConfigChanged
 from fineinstructions.hashing import json_hash
 from fineinstructions.io.atomic import atomic_dir, write_json_atomic, write_text_atomic
 from fineinstructions.io.run_folder import RunFolder
@@ -77,10 +77,6 @@ _NOT_FINGERPRINTED = {"source", "out", "device", "log_every", "eval_every", "che
 TrainDirConflict = ConfigChanged
 
 
-def train_errors() -> tuple[type[Exception], ...]:
-    """The expected errors of `train` (the CLI reports them as one line, exit code 2): bad data, settings, model,
-    tokenizer, a TRAIN_DIR of another configuration or in use, and so on."""
-    return (FineInstructionsError,)
 
 
 @dataclass
@@ -246,7 +242,7 @@ def run_training(config: TrainConfig, console: Console | None = None, force: boo
     config.validate()
     started = time.time()
     pairs = read_pairs(config.sources())
-    with RunFolder(config.out, older=older_training_run) as folder:
+    with RunFolder(config.out, older=older_training_run, kind="training") as folder:
         return _run_training(folder, config, pairs, started, console, force, max_steps_this_call)
 
 
