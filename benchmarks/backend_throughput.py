@@ -27,11 +27,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fineinstructions.backends.base import Backend, SamplingParams
-from fineinstructions.executors.local import chunked
+from fineinstructions.config import stage_config
+from fineinstructions.executors.commit import chunked
 from fineinstructions.io.sources import demo_documents
 from fineinstructions.records import Match
 from fineinstructions.stages.base import StageStats, document_major
+from fineinstructions.stages.context import StageContext
 from fineinstructions.stages.instantiate import InstantiateStage
+from fineinstructions.stages.registry import stage_class
 
 TEMPLATES = (
     "What is <fi>name of a topic, thing, place or person</fi>?",
@@ -59,7 +62,9 @@ def load() -> str:
 def measure(name: str, backend: Backend, matches: list[Match], args: argparse.Namespace,
             reset: Callable[[], None]) -> list[Pass]:
     """Raw engine call vs the instantiate stage on the same matches, with the same engine state before each."""
-    stage = InstantiateStage(backend, args.prompt_version, max_tokens=args.max_tokens)
+    config = stage_config({"instantiate": {"prompt_version": args.prompt_version, "max_tokens": args.max_tokens}})
+    stage = stage_class("instantiate").from_config(config, StageContext(config, engines={"instantiate": backend}))
+    assert isinstance(stage, InstantiateStage)
     ordered = document_major(matches)
     conversations = [stage.prompt.conversation(document=stage.prompt_document(m.text), template=m.template)
                      for m in ordered]

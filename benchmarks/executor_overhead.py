@@ -32,7 +32,7 @@ def run(config: PipelineConfig) -> tuple[float, dict, list[tuple]]:
     summary = Pipeline(config, show_progress=False).run()
     seconds = time.perf_counter() - start
     pairs = read_records(Path(config.run.output_dir) / "dataset", Pair)
-    rows = sorted((p.document_id, p.template_id, p.instantiated_instruction, p.answer) for p in pairs)  # type: ignore[attr-defined]
+    rows = sorted((p.document_id, p.template_id, p.instantiated_instruction, p.answer) for p in pairs)
     return seconds, summary, rows
 
 

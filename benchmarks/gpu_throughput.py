@@ -32,14 +32,14 @@ from typing import Any
 from fineinstructions.backends.base import BackendStats
 from fineinstructions.backends.embeddings import Embedder
 from fineinstructions.backends.models import DEFAULT_EMBEDDER, DEFAULT_GENERATOR, TEST_GENERATOR
-from fineinstructions.executors.local import chunked
+from fineinstructions.config import stage_config
+from fineinstructions.executors.commit import chunked
 from fineinstructions.io.atomic import write_json_atomic
 from fineinstructions.io.sources import demo_documents
 from fineinstructions.records import Document, Match, Pair
-from fineinstructions.stages.base import StageStats
-from fineinstructions.stages.filter import FilterStage
-from fineinstructions.stages.instantiate import InstantiateStage
-from fineinstructions.stages.judge import JudgeStage
+from fineinstructions.stages.base import Stage, StageStats
+from fineinstructions.stages.context import StageContext
+from fineinstructions.stages.registry import stage_class
 
 TEMPLATES = (
     "What is <fi>name of a topic, thing, place or person</fi>?",
@@ -85,7 +85,7 @@ def reference_pairs(documents: list[Document], n: int) -> list[Pair]:
     return pairs
 
 
-def run_stage(stage: InstantiateStage | JudgeStage, records: list[Any], batch_size: int,
+def run_stage(stage: Stage[Any, Pair], records: list[Any], batch_size: int,
               engine: BackendStats) -> tuple[list[Any], dict[str, float]]:
     """Run a stage over records in batches; the engine's own counters give the token figures."""
     before = (engine.prompt_tokens, engine.completion_tokens, engine.requests)
@@ -143,18 +143,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     documents = leads[:n_docs]
     matches = [Match(document_id=d.document_id, template_id=f"t{r}", score=1.0, rank=r, text=d.text, template=t,
                      title=d.title) for d in documents for r, t in enumerate(TEMPLATES)]
-    instantiate = InstantiateStage(engine, max_tokens=max_tokens)
+    # The stages' settings: instantiate's max_tokens, the judge's and the filter's defaults (min_score 4), the
+    # filter's pair dedup exact only (before stages were built from config the benchmark ran it without one).
+    config = stage_config({"instantiate": {"max_tokens": max_tokens}, "judge": {"min_score": 4},
+                           "filter": {"near_duplicate_threshold": None}})
+    context = StageContext(config, engines={"instantiate": engine, "judge": engine})
+    instantiate = stage_class("instantiate").from_config(config, context)
     pairs, inst = run_stage(instantiate, matches, args.batch_size, engine.stats)
     print(f"instantiate: {inst['rows_out']}/{len(matches)} pairs, {inst['output_tokens_per_s']} output tok/s, "
           f"{inst['prefill_tokens_per_s']} prefill tok/s", flush=True)
-    judge = JudgeStage(engine)
+    judge = stage_class("judge").from_config(config, context)
     references = reference_pairs(leads, max(0, size["min_judge"] - len(pairs)))
     judged, jud = run_stage(judge, pairs + references, args.batch_size, engine.stats)
     jud["reference_pairs"] = len(references)
     print(f"judge: {jud['rows_out']} pairs ({len(references)} extractive references), "
           f"{jud['output_tokens_per_s']} output tok/s, {jud['prefill_tokens_per_s']} prefill tok/s", flush=True)
     instantiated = [p for p in judged if p.template_id != "reference"]
-    kept: list[Pair] = FilterStage(min_score=4).run_batch(instantiated, StageStats()).records  # type: ignore[assignment]
+    kept: list[Pair] = stage_class("filter").from_config(config, context).run_batch(instantiated, StageStats()).records
     engine.close()
 
     generation_s = inst["seconds"] + jud["seconds"]

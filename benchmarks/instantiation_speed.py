@@ -28,11 +28,13 @@ from collections import Counter
 
 from fineinstructions.backends.base import Conversation, SamplingParams
 from fineinstructions.backends.llamacpp import LlamaCppBackend
+from fineinstructions.config import stage_config
 from fineinstructions.io.sources import demo_documents
 from fineinstructions.prompts import load_prompt
 from fineinstructions.records import Match
 from fineinstructions.stages.base import StageStats, document_major
-from fineinstructions.stages.instantiate import InstantiateStage
+from fineinstructions.stages.context import StageContext
+from fineinstructions.stages.registry import stage_class
 
 TEMPLATES = (
     "What is <fi>name of a topic, thing, place or person</fi>?",
@@ -86,7 +88,10 @@ def main() -> None:
         answer_rates: dict[str, float] = {}
         variants = [("v2", False), ("v2", True), ("written.v1", False)]
         for version, constrained in variants:
-            stage = InstantiateStage(backend, version, max_tokens=args.max_tokens, constrained=constrained)
+            config = stage_config({"instantiate": {"prompt_version": version, "max_tokens": args.max_tokens,
+                                                   "constrained": constrained}})
+            stage = stage_class("instantiate").from_config(config,
+                                                          StageContext(config, engines={"instantiate": backend}))
             version = version + (" +grammar" if constrained else "")
             stats = StageStats()
             result = stage.run_batch(matches, stats)

@@ -46,7 +46,7 @@ def run_cli(config: Path, out: Path) -> int:
 def dataset(out: Path) -> list[tuple[str, str, str]]:
     folder = out / "dataset"
     pairs = read_records(folder, Pair) if folder.is_dir() else []
-    return sorted((p.document_id, p.template_id, p.answer) for p in pairs)  # type: ignore[attr-defined]
+    return sorted((p.document_id, p.template_id, p.answer) for p in pairs)
 
 
 def main() -> None:

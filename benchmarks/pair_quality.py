@@ -76,7 +76,7 @@ def main() -> None:
     )
     summary = Pipeline(config, show_progress=False).run()
 
-    dataset: list[Pair] = read_records(out / "run" / "dataset", Pair)  # type: ignore[assignment]
+    dataset: list[Pair] = read_records(out / "run" / "dataset", Pair)
     q = summary["quality"]
     uses = Counter(p.template_id for p in dataset)
     print(f"\n{summary['inputs']['documents']} documents, {summary['index']['templates']} templates, "

@@ -39,7 +39,7 @@ def launch(config: Path, out: Path, env: dict[str, str]) -> subprocess.Popen:
 
 def rows(out: Path) -> list[tuple[str, str, str, str]]:
     pairs = read_records(out / "dataset", Pair) if (out / "dataset").exists() else []
-    return sorted((p.document_id, p.template_id, p.instantiated_instruction, p.answer) for p in pairs)  # type: ignore[attr-defined]
+    return sorted((p.document_id, p.template_id, p.instantiated_instruction, p.answer) for p in pairs)
 
 
 def stage_rows(out: Path) -> dict[str, list[str]]:

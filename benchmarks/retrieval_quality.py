@@ -27,11 +27,13 @@ import time
 
 import numpy as np
 
-from fineinstructions.backends.embeddings import Embedder
+from fineinstructions.config import stage_config
 from fineinstructions.io.sources import wikipedia_documents
 from fineinstructions.records import Document, Template
+from fineinstructions.stages.context import StageContext
 from fineinstructions.stages.index import TemplateIndex
 from fineinstructions.stages.match import MatchStage
+from fineinstructions.stages.registry import stage_class
 
 TOP_K = 6
 
@@ -48,7 +50,7 @@ def description(title: str, text: str) -> str | None:
 class PlainMatch(MatchStage):
     """The usual baseline: one truncated mean-pooled vector per document."""
 
-    def process(self, batch):  # type: ignore[no-untyped-def]
+    def process(self, batch):
         vectors = self.embedder.encode([d.text for d in batch])
         scores, ids = self.index.search(vectors, self.per_vector_k)
         return [self.choose(scores[i : i + 1], ids[i : i + 1])[0] for i in range(len(batch))]
@@ -74,7 +76,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    embedder = Embedder()
+    # One context serves every variant the embedder (the match section's defaults) and, once built, the index.
+    context = StageContext(stage_config({}))
+    embedder = context.embedder
     leads = [d for d in wikipedia_documents() if 200 <= len(d.text) <= 2500]
     templates = []
     for lead in leads:
@@ -85,6 +89,7 @@ def main() -> None:
     start = time.perf_counter()
     index = TemplateIndex.build(templates, embedder, "Flat")
     print(f"bank: {index.ntotal} templates from Wikipedia leads, indexed in {time.perf_counter() - start:.0f} s")
+    context.use_index(index, "retrieval_quality")
 
     rng = random.Random(args.seed)
     template_ids = {t.template_id for t in templates}
@@ -105,8 +110,8 @@ def main() -> None:
                                  ("global vector over all windows (K=0)", 0, False),
                                  ("Gaussian coverage pooling (K=10)", 10, False)):
         for mmr in (1.0, 0.7):
-            cls = PlainMatch if plain else MatchStage
-            stage = cls(index, embedder, coverage_chunks=chunks, mmr_lambda=mmr, **common)
+            config = stage_config({"match": {"coverage_chunks": chunks, "mmr_lambda": mmr, **common}})
+            stage = (PlainMatch if plain else stage_class("match")).from_config(config, context)
             start = time.perf_counter()
             multi_recall = recall(stage, multi, multi_targets, index)
             rate = len(multi) / (time.perf_counter() - start)

@@ -15,10 +15,12 @@ import time
 
 from fineinstructions.backends.base import SamplingParams
 from fineinstructions.backends.llamacpp import LlamaCppBackend
+from fineinstructions.config import stage_config
 from fineinstructions.io.sources import demo_queries
 from fineinstructions.prompts import load_prompt
 from fineinstructions.stages.base import StageStats
-from fineinstructions.stages.templatize import TemplatizeStage
+from fineinstructions.stages.context import StageContext
+from fineinstructions.stages.registry import stage_class
 
 
 def main() -> None:
@@ -37,6 +39,8 @@ def main() -> None:
     # Warm up: the first call pays for the shared few-shot prefix on both sides alike.
     backend.generate(conversations[:1], sampling)
 
+    config = stage_config({"templatize": {"max_tokens": args.max_tokens}})
+    context = StageContext(config, engines={"templatize": backend})
     raw_tokens = raw_seconds = stage_tokens = stage_seconds = 0.0
     valid = 0
     for _ in range(args.rounds):
@@ -47,7 +51,7 @@ def main() -> None:
             raw_tokens += response["usage"]["completion_tokens"]
         raw_seconds += time.perf_counter() - start
 
-        stage = TemplatizeStage(backend, max_tokens=args.max_tokens)
+        stage = stage_class("templatize").from_config(config, context)
         stats = StageStats()
         start = time.perf_counter()
         result = stage.run_batch(queries, stats)

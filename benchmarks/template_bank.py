@@ -22,10 +22,11 @@ from pathlib import Path
 
 from fineinstructions.backends.base import SamplingParams
 from fineinstructions.backends.llamacpp import LlamaCppBackend
+from fineinstructions.config import stage_config
 from fineinstructions.io.sources import sharegpt_queries
 from fineinstructions.stages.base import StageStats
-from fineinstructions.stages.query_filter import QueryFilterStage
-from fineinstructions.stages.template_dedup import TemplateDedupStage
+from fineinstructions.stages.context import StageContext
+from fineinstructions.stages.registry import stage_class
 from fineinstructions.stages.templatize import TemplatizeStage
 
 
@@ -42,7 +43,8 @@ def main() -> None:
 
     all_queries = list(sharegpt_queries())
     start = time.perf_counter()
-    filtered = QueryFilterStage(max_chars=args.max_chars).process(all_queries)
+    filter_config = stage_config({"query_filter": {"max_chars": args.max_chars}})
+    filtered = stage_class("query_filter").from_config(filter_config, StageContext(filter_config)).process(all_queries)
     filter_seconds = time.perf_counter() - start
     funnel = Counter(r.reason.split(":")[0] for r in filtered.rejected)
     print(f"query filter over {len(all_queries)} ShareGPT first turns: {len(filtered.records)} kept "
@@ -57,8 +59,12 @@ def main() -> None:
 
     sample = random.Random(args.seed).sample(filtered.records, args.n)
     backend = LlamaCppBackend(args.model)
-    stage = TemplatizeStage(backend, retries=args.retries)
-    first_attempt = TemplatizeStage(backend, retries=0)
+    engines = {"templatize": backend}
+    config = stage_config({"templatize": {"retries": args.retries}})
+    stage = stage_class("templatize").from_config(config, StageContext(config, engines=engines))
+    assert isinstance(stage, TemplatizeStage)
+    one_attempt = stage_config({"templatize": {"retries": 0}})
+    first_attempt = stage_class("templatize").from_config(one_attempt, StageContext(one_attempt, engines=engines))
 
     # Speed, side by side on the same prompts: raw engine calls vs the stage (one attempt each).
     speed = sample[: args.speed_n]
@@ -101,7 +107,7 @@ def main() -> None:
           f"{speed_stats.rows_out / stage_seconds:.2f} valid templates/s")
     print(f"  stage / raw generated tok/s: {stage_rate / raw_rate:.3f}")
 
-    dedup = TemplateDedupStage().process(result.records)
+    dedup = stage_class("template_dedup").from_config(config, StageContext(config)).process(result.records)
     removed = len(dedup.rejected)
     print(f"\ntemplate dedup: {removed}/{len(result.records)} removed "
           f"({100 * removed / max(1, len(result.records)):.1f} %), "
