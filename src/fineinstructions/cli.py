@@ -198,7 +198,9 @@ def _run_stage(stage: str, records: list[Record], output: Path, sections: dict[s
 
     cfg = stage_config(sections, output_dir=str(output))
     fingerprint = cfg.fingerprint()
-    for stale in (output / "shard-00000.parquet", output / "stats" / "shard-00000.json"):
+    from fineinstructions.io.run_folder import shard_output_path, shard_stats_path
+
+    for stale in (shard_output_path(output, 0), shard_stats_path(output, 0)):
         stale.unlink(missing_ok=True)  # a stage command always recomputes its output
     context = StageContext(cfg, fingerprint, index_dir=index_dir)
     try:
@@ -427,9 +429,10 @@ def filter_(
 @app.command()
 def summary(run_dir: Annotated[Path, typer.Argument(help="A run folder holding summary.json.")]) -> None:
     """Print the summary of a finished run."""
+    from fineinstructions.io.run_folder import RunFolder
     from fineinstructions.summary import print_summary
 
-    path = run_dir / "summary.json"
+    path = RunFolder(run_dir).summary_file
     if not path.is_file():
         raise _fail(f"no summary.json in {run_dir}")
     print_summary(json.loads(path.read_text()), console)

@@ -29,6 +29,7 @@ from fineinstructions.errors import FineInstructionsError
 from fineinstructions.io.atomic import atomic_path
 from fineinstructions.io.readers import InputError, ReadStats, read_rows
 from fineinstructions.io.rows import read_typed
+from fineinstructions.io.run_folder import RunFolder
 from fineinstructions.prompts import DEFAULT_VERSIONS
 from fineinstructions.records import Match, Query
 from fineinstructions.stages.base import document_major
@@ -133,8 +134,8 @@ def load_matches(source: str, limit: int | None = None) -> list[Match]:
     """(template, document) inputs of instantiate: a pipeline run folder (its `work/match` shards), Match
     Parquet files, or rows with `template` and `text` (or `document`) columns; document-major order."""
     path = Path(source).expanduser()
-    if (path / "work" / "match").is_dir():
-        path = path / "work" / "match"
+    if RunFolder(path).stage_dir("match").is_dir():
+        path = RunFolder(path).stage_dir("match")
     stats = ReadStats()
     try:
         rows = list(read_rows(str(path), stats=stats))

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fineinstructions.io.atomic import write_json_atomic
-from fineinstructions.io.run_folder import shard_name
+from fineinstructions.io.run_folder import shard_output_path, shard_rejects_path, shard_stats_path
 from fineinstructions.io.writers import read_records, write_records, write_rows
 from fineinstructions.records import Record
 from fineinstructions.stages.base import Stage, StageStats
@@ -45,8 +45,7 @@ def read_committed(out_dir: Path, shard: int, output_type: type[Record], digest:
 
     Shards committed before digests were stored carry none and are taken as they are.
     """
-    done = out_dir / f"{shard_name(shard)}.parquet"
-    stats_path = out_dir / "stats" / f"{shard_name(shard)}.json"
+    done, stats_path = shard_output_path(out_dir, shard), shard_stats_path(out_dir, shard)
     if not (done.is_file() and stats_path.is_file()):
         return None
     stored = json.loads(stats_path.read_text())
@@ -76,8 +75,8 @@ def commit_shard(stage: Stage[Any, Any], shard: int, records: Sequence[Record], 
         rejected_rows.extend(r.row | {"reason": r.reason, "stage": stage.name} for r in result.rejected)
         if on_batch is not None:
             on_batch(len(batch), shard_stats)
-    write_rows(out_dir / "rejects" / f"{shard_name(shard)}.parquet", rejected_rows)
+    write_rows(shard_rejects_path(out_dir, shard), rejected_rows)
     stored = shard_stats.to_dict() | {"input_digest": digest or shard_digest(records)}
-    write_json_atomic(out_dir / "stats" / f"{shard_name(shard)}.json", stored)
-    write_records(out_dir / f"{shard_name(shard)}.parquet", outputs, stage.output_type)  # last: the marker
+    write_json_atomic(shard_stats_path(out_dir, shard), stored)
+    write_records(shard_output_path(out_dir, shard), outputs, stage.output_type)  # last: the marker
     return outputs, shard_stats

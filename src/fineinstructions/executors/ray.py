@@ -21,7 +21,7 @@ from fineinstructions.executors.base import Executor, Shards
 from fineinstructions.executors.commit import commit_shard, read_committed, shard_digest
 from fineinstructions.executors.local import LocalExecutor
 from fineinstructions.executors.progress import StageProgress
-from fineinstructions.io.run_folder import shard_name
+from fineinstructions.io.run_folder import shard_output_path
 from fineinstructions.io.writers import read_records
 from fineinstructions.records import Record
 from fineinstructions.stages.base import StageStats
@@ -137,6 +137,6 @@ class RayExecutor(Executor):
             stats.merge(shard_stats)
             self.progress.advance(spec.stage, shard_stats.rows_in)
             self.progress.show_rate(spec.stage, stats)
-            results[shard] = read_records(out_dir / f"{shard_name(shard)}.parquet", output_type)
+            results[shard] = read_records(shard_output_path(out_dir, shard), output_type)
             self.computed.add((spec.stage, shard))
         return {shard: results[shard] for shard, _ in shards}

@@ -148,6 +148,20 @@ def shard_name(shard: int) -> str:
     return f"shard-{shard:05d}"
 
 
+# A stage's folder (work/<stage>/, or a stage command's --output): per shard its output, stats and rejects.
+def shard_output_path(stage_dir: Path, shard: int) -> Path:
+    """The shard's output records; written last, it is the shard's completion marker."""
+    return stage_dir / f"{shard_name(shard)}.parquet"
+
+
+def shard_stats_path(stage_dir: Path, shard: int) -> Path:
+    return stage_dir / "stats" / f"{shard_name(shard)}.json"
+
+
+def shard_rejects_path(stage_dir: Path, shard: int) -> Path:
+    return stage_dir / "rejects" / f"{shard_name(shard)}.parquet"
+
+
 class RunFolder:
     """A run's folder: every path in it, the lock, and the claim (fingerprint, refuse or force, sweep).
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fineinstructions.io.atomic import atomic_dir
+from fineinstructions.io.run_folder import RunFolder
 from fineinstructions.reporting.card import DATA_FILES, check_card_target, render_card
 from fineinstructions.reporting.run import ReportError, RunView, load_run
 
@@ -66,7 +67,7 @@ def _finished_view(run_dir: str | Path, allow_unfinished: bool) -> RunView:
 
 
 def _fingerprint(run_dir: str | Path) -> str:
-    return (Path(run_dir) / "fingerprint").read_text().strip()
+    return RunFolder(run_dir).fingerprint_file.read_text().strip()
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from fineinstructions.errors import FineInstructionsError
+from fineinstructions.io.run_folder import RunFolder
 from fineinstructions.records import Pair
 from fineinstructions.stages.base import StageStats
 from fineinstructions.summary import STAGE_ORDER, quality
@@ -95,29 +96,30 @@ class RunView:
 
 def load_run(run_dir: str | Path) -> RunView:
     """Read a run folder; raise ReportError when it is not one."""
-    root = Path(run_dir)
-    config_path, marker = root / "config.yaml", root / "fingerprint"
+    folder = RunFolder(run_dir)
+    root = folder.root
+    config_path, marker = folder.config_file, folder.fingerprint_file
     if not (config_path.is_file() and marker.is_file()):
         raise ReportError(f"{root} is not a run folder (no config.yaml and fingerprint)")
     config_text = config_path.read_text(encoding="utf-8")
     config = yaml.safe_load(config_text) or {}
     fingerprint = marker.read_text().strip()
-    summary = _read_json(root / "summary.json")
+    summary = _read_json(folder.summary_file)
     if summary is not None and summary.get("config_fingerprint") != fingerprint:
         summary = None  # left by a run with another config, started over with --force and not done yet
-    stages, shards = _stage_stats(root / "work")
-    parts = sorted((root / "dataset").glob("part-*.parquet"))
+    stages, shards = _stage_stats(folder)
+    parts = sorted(folder.dataset.glob("part-*.parquet"))
     pairs = [Pair.model_construct(**row) for part in parts
              for row in pq.read_table(part, columns=_present(part, PAIR_COLUMNS)).to_pylist()]
-    coverage = [value for shard in sorted((root / "work" / "instantiate").glob("shard-*.parquet"))
+    coverage = [value for shard in sorted(folder.stage_dir("instantiate").glob("shard-*.parquet"))
                 for value in pq.read_table(shard, columns=["excerpt_coverage"]).column(0).to_pylist()]
-    index = summary.get("index") if summary else _read_json(root / "index" / "index.json")
+    index = summary.get("index") if summary else _read_json(folder.index / "index.json")
     view = RunView(root, config, config_text, fingerprint, summary, stages, shards, parts, pairs, coverage,
                    index=index)
     view.quality = quality(stages, pairs)
     view.row_values = {
-        "templatize_model": _distinct(root / "work" / "templatize", "model_id"),
-        "templatize_prompt": _distinct(root / "work" / "templatize", "prompt_version"),
+        "templatize_model": _distinct(folder.stage_dir("templatize"), "model_id"),
+        "templatize_prompt": _distinct(folder.stage_dir("templatize"), "prompt_version"),
         "instantiate_model": {p.instantiator_model for p in pairs} - {""},
         "instantiate_prompt": {p.instantiate_prompt_version for p in pairs} - {""},
         "judge_model": {p.judge_model for p in pairs} - {""},
@@ -126,13 +128,13 @@ def load_run(run_dir: str | Path) -> RunView:
     return view
 
 
-def _stage_stats(work: Path) -> tuple[dict[str, StageStats], dict[str, int]]:
+def _stage_stats(folder: RunFolder) -> tuple[dict[str, StageStats], dict[str, int]]:
     """Stats summed over each stage's committed shards (a shard counts once its output file exists)."""
     stages: dict[str, StageStats] = {}
     shards: dict[str, int] = {}
     for name in STAGE_ORDER:
-        for stats_file in sorted((work / name / "stats").glob("shard-*.json")):
-            if not (work / name / f"{stats_file.stem}.parquet").is_file():
+        for stats_file in sorted((folder.stage_dir(name) / "stats").glob("shard-*.json")):
+            if not (folder.stage_dir(name) / f"{stats_file.stem}.parquet").is_file():
                 continue
             stages.setdefault(name, StageStats()).merge(StageStats.from_dict(json.loads(stats_file.read_text())))
             shards[name] = shards.get(name, 0) + 1

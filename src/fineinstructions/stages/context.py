@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from fineinstructions.backends.base import Backend
 from fineinstructions.backends.factory import BackendPool
+from fineinstructions.io.run_folder import RunFolder
 
 if TYPE_CHECKING:
     from fineinstructions.backends.embeddings import Embedder
@@ -63,7 +64,7 @@ class StageContext:
             mc = self.config.match
             self._index = TemplateIndex.load(self.index_dir, self.embedder, nprobe=mc.nprobe,
                                              ef_search=mc.ef_search, refine_k_factor=mc.refine_k_factor)
-            stamp = self.index_dir.parent / "index.sha"
+            stamp = RunFolder(self.index_dir.parent).index_stamp
             if not self.index_key and stamp.is_file():
                 self.index_key = stamp.read_text().strip()
         return self._index

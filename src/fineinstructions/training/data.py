@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from transformers import PreTrainedTokenizerBase
 
 from fineinstructions.errors import FineInstructionsError
+from fineinstructions.io.run_folder import RunFolder
 from fineinstructions.training.loop import PackedData
 
 ARMS = ("pairs", "documents")
@@ -97,8 +98,8 @@ def dataset_files(source: str | Path | Sequence[str | Path]) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise TrainDataError(f"{path} does not exist (expected a run folder, a dataset folder or a Parquet file)")
-    if (path / "dataset").is_dir():
-        path = path / "dataset"
+    if RunFolder(path).dataset.is_dir():
+        path = RunFolder(path).dataset
     files = sorted(path.glob("*.parquet"))
     if not files:
         raise TrainDataError(f"{path} holds no Parquet files of pairs (is the run finished? a run folder keeps its "
