@@ -118,7 +118,7 @@ class Pipeline:
         try:
             summary = self._run()
         except BaseException:
-            self.folder.close(failed=True)  # the inputs did not open: leave no folder behind
+            self.folder.close(failed=True)  # a folder this run made and never claimed (bad inputs) goes again
             raise
         finally:
             _detach_log_file()
