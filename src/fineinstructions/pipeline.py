@@ -215,8 +215,7 @@ class Pipeline:
         self.index_key = want
         index: TemplateIndex | ShardedTemplateIndex
         if stamp.is_file() and stamp.read_text().strip() == want and index_dir.is_dir():
-            index = TemplateIndex.load(index_dir, embedder, nprobe=mc.nprobe, ef_search=mc.ef_search,
-                                       refine_k_factor=mc.refine_k_factor)
+            index = self.context.index  # the saved index, loaded as every worker loads it
         else:
             self.console.log(f"indexing {len(templates)} templates with {embedder.model_id} ({mc.index})")
             stamp.unlink(missing_ok=True)  # a kill while saving must not leave a stamp over a half-new index
