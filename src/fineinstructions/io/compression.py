@@ -1,4 +1,5 @@
-"""Compressed inputs: the compressions a file name may end in, their magic bytes, and decompressing readers."""
+"""Compressed inputs: the compressions a file name may end in, their magic bytes, and decompressing readers (of a
+local path, or of a stream such as a remote file opened with fsspec)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import io
 import lzma
 import zlib
 from pathlib import Path
-from typing import IO, cast
+from typing import IO, Any, cast
 
 import pyarrow as pa
 
@@ -26,6 +27,41 @@ def decompressed_stream(stream: IO[bytes], compression: str) -> IO[bytes]:
     if compression == "xz":
         return lzma.LZMAFile(stream, "rb")
     return cast(IO[bytes], pa.CompressedInputStream(pa.PythonFile(stream, mode="r"), "zstd"))
+
+
+def owned_decompressed(raw: IO[bytes], compression: str | None) -> IO[bytes]:
+    """A reader of `raw`'s bytes, decompressed when `compression` names one; closing it closes `raw` too."""
+    if compression is None:
+        return raw
+    try:
+        return io.BufferedReader(_Owning(decompressed_stream(raw, compression), raw))
+    except BaseException:
+        raw.close()
+        raise
+
+
+class _Owning(io.RawIOBase):
+    """Reads `top`; closing it closes `top`, then `below` (the stream `top` reads from)."""
+
+    def __init__(self, top: IO[bytes], below: IO[bytes]) -> None:
+        super().__init__()
+        self._top, self._below = top, below
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._top.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self._top.close()
+            finally:
+                self._below.close()
+                super().close()
 
 
 def open_decompressed(path: Path, compression: str | None) -> IO[bytes]:

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fineinstructions.io.compression import DECOMPRESSION_ERRORS, open_decompressed
-from fineinstructions.io.read_stats import InputError, ReadStats, log
+from fineinstructions.io.read_stats import InputError, ReadStats, Share, log
 
 MAX_TEXT_FILE_BYTES = 50 * 1024 * 1024  # a larger text file is skipped (file_too_large)
 MAX_LINE_BYTES = 50 * 1024 * 1024  # a longer JSONL line is skipped without being held in memory (line_too_long)
@@ -33,30 +33,64 @@ _JSON_STRING_REST = re.compile(r'[^"\\]*(?:\\.[^"\\]*)*"', re.S)  # the rest of 
 _TOO_DEEP = object()  # stands for an element of a JSON list nested too deep to parse
 
 
-def jsonl_rows(handle: IO[bytes], name: str, stats: ReadStats) -> Iterator[dict[str, Any]]:
-    """One object per line; bad lines are counted, overlong lines are skipped without being held whole."""
+def jsonl_rows(handle: IO[bytes], name: str, stats: ReadStats, share: Share | None = None,
+               byte_range: tuple[int, int] | None = None) -> Iterator[dict[str, Any]]:
+    """One object per line; bad lines are counted, overlong lines are skipped without being held whole.
+
+    With `share`, only the lines this rank owns are parsed (every line is numbered, blank and bad ones too).
+    With `byte_range` (start, end) of a seekable plain file, only the lines starting in [start, end) are read.
+    """
     with handle:
-        lineno = 0
+        lineno, pos, end = 0, 0, None
+        if byte_range is not None:
+            pos, end = _line_start(handle, byte_range[0]), byte_range[1]
+        numbered = pos == 0  # a rank starting inside the file does not know its line numbers
         while True:
+            if end is not None and pos >= end:
+                return
+            owned: bool | None = None
             try:
                 line = handle.readline(MAX_LINE_BYTES + 2)
+                if not line:
+                    return
                 lineno += 1
+                owned = share is None or share.owns_row()
+                where = f"{name}:{lineno}" if numbered else f"{name} (line at byte {pos:,})"
+                pos += len(line)
                 if len(line.rstrip(b"\r\n")) > MAX_LINE_BYTES:
                     size = len(line)
                     while line and not line.endswith(b"\n"):
                         line = handle.readline(1 << 20)
                         size += len(line)
-                    stats.skip("line_too_long", f"{name}:{lineno} ({size:,} bytes > {MAX_LINE_BYTES:,})")
+                        pos += len(line)
+                    if owned:
+                        stats.skip("line_too_long", f"{where} ({size:,} bytes > {MAX_LINE_BYTES:,})")
                     continue
             except DECOMPRESSION_ERRORS as err:
-                stats.skip("truncated_compressed_file", f"{name} after line {lineno} ({err})")
+                if owned is None:
+                    owned = share is None or share.owns_row()
+                if owned:
+                    stats.skip("truncated_compressed_file", f"{name} after line {lineno} ({err})")
                 return
-            if not line:
-                return
-            row = _parse_line(line, f"{name}:{lineno}", stats)
+            if not owned:
+                continue
+            row = _parse_line(line, where, stats)
             if row is not None:
                 stats.rows += 1
                 yield row
+
+
+def _line_start(handle: IO[bytes], start: int) -> int:
+    """Seek `handle` to the first line starting at or after byte `start`; return its position."""
+    if start == 0:
+        return 0
+    handle.seek(start - 1)
+    pos = start - 1
+    while True:  # the rest of the line holding byte start - 1, read in pieces (it may be huge)
+        piece = handle.readline(1 << 20)
+        pos += len(piece)
+        if not piece or piece.endswith(b"\n"):
+            return pos
 
 
 def _parse_line(line: bytes, where: str, stats: ReadStats) -> dict[str, Any] | None:
@@ -95,11 +129,13 @@ def _parse_line(line: bytes, where: str, stats: ReadStats) -> dict[str, Any] | N
     return row
 
 
-def json_file_rows(path: Path, name: str, compression: str | None, stats: ReadStats) -> Iterator[dict[str, Any]]:
+def json_file_rows(path: Path, name: str, compression: str | None, stats: ReadStats,
+                   share: Share | None = None) -> Iterator[dict[str, Any]]:
     """A JSON list of objects (or an object with a 'data'/'rows' list), parsed now so errors raise at once.
 
     A truncated list yields its complete objects and counts `truncated_json` once; JSON Lines in a .json file
     are read as JSON Lines. An element nested too deep is skipped (`json_too_deep`), the others are kept.
+    With `share`, each element (and a truncated end) is numbered as a row and only this rank's are kept.
     """
     if compression is None and path.stat().st_size > MAX_JSON_FILE_BYTES:
         raise InputError(f"{path} is larger than {MAX_JSON_FILE_BYTES:,} bytes: a .json file is parsed whole, "
@@ -109,20 +145,22 @@ def json_file_rows(path: Path, name: str, compression: str | None, stats: ReadSt
             raw = handle.read(MAX_JSON_FILE_BYTES + 1)
     except DECOMPRESSION_ERRORS as err:
         raise InputError(f"cannot decompress {path}: {err}") from err
-    return _json_bytes_rows(raw, str(path), name, stats)
+    return _json_bytes_rows(raw, str(path), name, stats, share)
 
 
-def json_stream_rows(stream: IO[bytes], label: str, name: str, stats: ReadStats) -> Iterator[dict[str, Any]]:
+def json_stream_rows(stream: IO[bytes], label: str, name: str, stats: ReadStats,
+                     share: Share | None = None) -> Iterator[dict[str, Any]]:
     """`json_file_rows` for a stream (a named pipe, stdin), read to its end now."""
     try:
         with stream:
             raw = stream.read(MAX_JSON_FILE_BYTES + 1)
     except DECOMPRESSION_ERRORS as err:
         raise InputError(f"cannot read or decompress {label}: {err}") from err
-    return _json_bytes_rows(raw, label, name, stats)
+    return _json_bytes_rows(raw, label, name, stats, share)
 
 
-def _json_bytes_rows(raw: bytes, label: str, name: str, stats: ReadStats) -> Iterator[dict[str, Any]]:
+def _json_bytes_rows(raw: bytes, label: str, name: str, stats: ReadStats,
+                     share: Share | None) -> Iterator[dict[str, Any]]:
     if len(raw) > MAX_JSON_FILE_BYTES:
         raise InputError(f"{label} holds more than {MAX_JSON_FILE_BYTES:,} bytes of JSON: convert it to .jsonl")
     raw = raw.removeprefix(UTF8_BOM)
@@ -145,7 +183,7 @@ def _json_bytes_rows(raw: bytes, label: str, name: str, stats: ReadStats) -> Ite
             truncated = True
         elif start == "{" and err.msg == "Extra data":
             log.warning("%s holds JSON Lines, not one JSON value: reading it line by line", label)
-            return jsonl_rows(io.BytesIO(raw), name, stats)
+            return jsonl_rows(io.BytesIO(raw), name, stats, share)
         else:
             raise InputError(f"cannot parse {label} as JSON: {err.msg} at line {err.lineno}, "
                              f"column {err.colno}") from err
@@ -160,15 +198,16 @@ def _json_bytes_rows(raw: bytes, label: str, name: str, stats: ReadStats) -> Ite
             first_end = _json_value_end(text, len(text) - len(text.lstrip()))
             if start == "{" and first_end is not None and text[first_end:].strip():
                 log.warning("%s holds JSON Lines, not one JSON value: reading it line by line", label)
-                return jsonl_rows(io.BytesIO(raw), name, stats)
-            stats.skip("json_too_deep", f"{name} (the whole file: nested too deep to parse)")
+                return jsonl_rows(io.BytesIO(raw), name, stats, share)
+            if share is None or share.owns_row():
+                stats.skip("json_too_deep", f"{name} (the whole file: nested too deep to parse)")
             return iter(())
     rows = value.get("data", value.get("rows")) if isinstance(value, dict) else value
     if not isinstance(rows, list):
         found = f"an object with keys {sorted(value)[:8]}" if isinstance(value, dict) else _json_kind(value)
         raise InputError(f"{label}: expected a JSON list of objects (or an object with a 'data' or 'rows' list), "
                          f"found {found}")
-    return _json_list_rows(rows, name, stats, truncated, check_unicode, bad_bytes)
+    return _json_list_rows(rows, name, stats, truncated, check_unicode, bad_bytes, share)
 
 
 def _json_kind(value: Any) -> str:
@@ -179,8 +218,10 @@ def _json_kind(value: Any) -> str:
 
 
 def _json_list_rows(rows: list[Any], name: str, stats: ReadStats, truncated: bool, check_unicode: bool,
-                    bad_bytes: bool) -> Iterator[dict[str, Any]]:
+                    bad_bytes: bool, share: Share | None) -> Iterator[dict[str, Any]]:
     for i, row in enumerate(rows):
+        if share is not None and not share.owns_row():
+            continue
         if row is _TOO_DEEP:
             stats.skip("json_too_deep", f"{name}[{i}] (nested too deep to parse)")
         elif not isinstance(row, dict):
@@ -192,7 +233,7 @@ def _json_list_rows(rows: list[Any], name: str, stats: ReadStats, truncated: boo
         else:
             stats.rows += 1
             yield row
-    if truncated:
+    if truncated and (share is None or share.owns_row()):
         stats.skip("truncated_json", f"{name} (cut off after {len(rows)} complete values)")
 
 
@@ -278,36 +319,58 @@ def has_lone_surrogate(value: Any) -> bool:
     return False
 
 
-def parquet_rows(parquet: pq.ParquetFile, name: str, stats: ReadStats,
-                 without: Sequence[str] = ()) -> Iterator[dict[str, Any]]:
+def parquet_rows(parquet: pq.ParquetFile, name: str, stats: ReadStats, without: Sequence[str] = (),
+                 columns: Sequence[str] | None = None, share: Share | None = None) -> Iterator[dict[str, Any]]:
     """Rows of a Parquet file, row group by row group; a damaged row group is counted row by row and skipped.
 
-    The columns named in `without` are left unread.
+    Only the columns named in `columns` (all when None; names the file lacks are left out) and not in `without`
+    are read, batch by batch. With `share`, only this rank's row groups are read.
     """
-    columns = [c for c in parquet.schema_arrow.names if c not in without] if without else None
-    for group in range(parquet.num_row_groups):
-        expected, done = parquet.metadata.row_group(group).num_rows, 0
-        try:
-            for batch in parquet.iter_batches(batch_size=1024, row_groups=[group], columns=columns):
-                for row in batch.to_pylist():
-                    done += 1
-                    stats.rows += 1
-                    yield row
-        except (OSError, pa.ArrowException) as err:
-            stats.skip("corrupt_row_group", f"{name} row group {group} ({err})", count=expected - done)
+    try:
+        wanted = parquet_columns(parquet.schema_arrow.names, without, columns)
+        for group in range(parquet.num_row_groups):
+            if share is not None and not share.owns_group():
+                continue
+            expected, done = parquet.metadata.row_group(group).num_rows, 0
+            try:
+                for batch in parquet.iter_batches(batch_size=1024, row_groups=[group], columns=wanted):
+                    for row in batch.to_pylist():
+                        done += 1
+                        stats.rows += 1
+                        yield row
+            except (OSError, pa.ArrowException) as err:
+                stats.skip("corrupt_row_group", f"{name} row group {group} ({err})", count=expected - done)
+    finally:
+        parquet.close()
 
 
-def text_file_rows(path: Path, rel: str, stats: ReadStats) -> Iterator[dict[str, Any]]:
-    """One row for one text file (id: its path in the folder); binary, non-UTF-8 and huge files are counted."""
+def parquet_columns(names: Sequence[str], without: Sequence[str] = (),
+                    columns: Sequence[str] | None = None) -> list[str] | None:
+    """The columns of a file with these column `names` to read (None: all of them)."""
+    if not without and columns is None:
+        return None
+    keep = None if columns is None else set(columns)
+    return [c for c in names if c not in without and (keep is None or c in keep)]
+
+
+def text_file_rows(path: Path, rel: str, stats: ReadStats, share: Share | None = None) -> Iterator[dict[str, Any]]:
+    """One row for one text file (id: its path in the folder); binary, non-UTF-8 and huge files are counted.
+
+    With `share`, the file is one numbered row: read only by the rank that owns it."""
+    if share is not None and not share.owns_row():
+        return
     if path.stat().st_size > MAX_TEXT_FILE_BYTES:
         stats.skip("file_too_large", rel)
         return
     yield from _text_rows(path.read_bytes(), path.stem, rel, stats)
 
 
-def text_stream_rows(stream: IO[bytes], title: str, rel: str, stats: ReadStats) -> Iterator[dict[str, Any]]:
+def text_stream_rows(stream: IO[bytes], title: str, rel: str, stats: ReadStats,
+                     share: Share | None = None) -> Iterator[dict[str, Any]]:
     """`text_file_rows` for a stream (a named pipe): read to its end, at most MAX_TEXT_FILE_BYTES held."""
     with stream:
+        if share is not None and not share.owns_row():
+            return
         raw = stream.read(MAX_TEXT_FILE_BYTES + 1)
         if len(raw) > MAX_TEXT_FILE_BYTES:
             stats.skip("file_too_large", rel)

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from fineinstructions.io.read_stats import InputError, ReadStats
+from fineinstructions.io.read_stats import InputError, ReadStats, Share
 
 _HF_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
@@ -32,10 +32,12 @@ def hf_name_error(name: str, check_path: bool = True) -> str | None:
 
 
 def read_hub_dataset(name: str, split: str, config: str | None, stats: ReadStats, revision: str | None = None,
-                     data_files: str | list[str] | dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+                     data_files: str | list[str] | dict[str, Any] | None = None,
+                     share: Share | None = None) -> Iterator[dict[str, Any]]:
     """Stream a Hugging Face dataset by hub name (online) or local path (offline).
 
-    A local folder has no revisions: `revision` applies to Hub names only and is ignored for a folder.
+    A local folder has no revisions: `revision` applies to Hub names only and is ignored for a folder. With
+    `share`, the whole stream is read and only this rank's rows (numbered in stream order) are kept.
     """
     error = hf_name_error(name)
     if error:
@@ -53,13 +55,16 @@ def read_hub_dataset(name: str, split: str, config: str | None, stats: ReadStats
         dataset = datasets.load_dataset(name, config, split=split, **options)
     except Exception as err:  # datasets raises many types (missing, offline, bad config)
         raise InputError(f"cannot load Hugging Face dataset {name!r}{pinned} (split {split!r}): {err}") from err
-    return _hf_rows(dataset, name, stats)
+    return _hf_rows(dataset, name, stats, share)
 
 
-def _hf_rows(dataset: Iterable[dict[str, Any]], name: str, stats: ReadStats) -> Iterator[dict[str, Any]]:
+def _hf_rows(dataset: Iterable[dict[str, Any]], name: str, stats: ReadStats,
+             share: Share | None = None) -> Iterator[dict[str, Any]]:
     read = 0
     try:
         for row in dataset:
+            if share is not None and not share.owns_row():
+                continue
             read += 1
             stats.rows += 1
             yield dict(row)

@@ -1,5 +1,6 @@
 """How a read reports bad input: `InputError` for an input that cannot be read at all, `ReadStats` for the
-rows it read, the rows it skipped (by reason) and the files of a folder it did not take as input.
+rows it read, the rows it skipped (by reason) and the files of a folder it did not take as input; `Share`, which
+rows of an input one rank of several reads when `read_rows` is given `part`.
 
 Every reading module shares these; `fineinstructions.io.readers` is where callers import them from.
 """
@@ -49,3 +50,33 @@ class ReadStats:
         """Count a file of a folder that is not input (hidden, zero bytes, another format)."""
         self.ignored_files[reason] += 1
         log.info("ignored %s: %s", where, reason)
+
+
+@dataclass
+class Share:
+    """Rank `rank` of `ranks` reading its share of an input that all ranks read (see `read_rows`'s `part`).
+
+    Rows and Parquet row groups are numbered in reading order, each sequence on its own and across every file
+    the ranks share; this rank reads those numbered i with i % ranks == rank. A plain JSON Lines file is split
+    by byte ranges instead (`byte_range`). Every rank calls `owns_row` / `owns_group` for every row or row
+    group, in the same order, so the numbering is the same on every rank.
+    """
+
+    rank: int
+    ranks: int
+    rows_seen: int = 0
+    groups_seen: int = 0
+
+    def owns_row(self) -> bool:
+        """Number the next row (malformed ones included); True when it is this rank's."""
+        self.rows_seen += 1
+        return (self.rows_seen - 1) % self.ranks == self.rank
+
+    def owns_group(self) -> bool:
+        """Number the next Parquet row group; True when it is this rank's."""
+        self.groups_seen += 1
+        return (self.groups_seen - 1) % self.ranks == self.rank
+
+    def byte_range(self, size: int) -> tuple[int, int]:
+        """[start, end): this rank reads the lines of a `size`-byte file that start in this range."""
+        return self.rank * size // self.ranks, (self.rank + 1) * size // self.ranks

@@ -9,9 +9,14 @@ Layout of a pipeline run:
 
     .fineinstructions-run  marker          fingerprint, config.yaml   what made the run
     .lock                  the OS lock      summary.json, run.log      its results and log
-    work/<stage>/shard-N.parquet, stats/shard-N.json, rejects/shard-N.parquet
+    work/<stage>/shard-N.parquet, stats/, rejects/        query stages (templatize, ...), one shard each
+    work/<stage>/rank-R/shard-N.parquet, stats/, rejects/ document stages (match ... filter), per rank
+    work/signatures/rank-R/shard-N.parquet                each kept pair's dedup signature
+    work/dedup/edges/, removed.parquet, rejects/          pair dedup across ranks
+    work/steps/<step>/task-N.json                          a finished task of a step (written last)
     index/, index.sha      the template index and its key
-    dataset/part-N.parquet the kept pairs    cache/requests.sqlite   every finished model call
+    dataset/rank-R/part-N.parquet   the kept pairs, in parts of a target size
+    cache/requests.sqlite  the driver's model calls; cache/rank-R.sqlite each rank's; logs/rank-R.log
 
 The marker file `.fineinstructions-run` says a folder is a run folder (folders made before the marker are
 recognised by their `fingerprint` and `config.yaml`). The lock is an OS file lock on `.lock`, released by
@@ -138,14 +143,17 @@ def marker_kind(folder: Path) -> str | None:
 
 # Where a run writes temporaries (relative to its folder); the stale-temporary sweep looks only there.
 def temporary_folders(root: Path) -> list[Path]:
-    work = root / "work"
-    stages = [p for p in work.iterdir() if p.is_dir()] if work.is_dir() else []
-    return [root, work, root / "dataset", root / "index", root / "cache",
-            *stages, *(s / "rejects" for s in stages), *(s / "stats" for s in stages)]
+    nested = [Path(dirpath) for top in (root / "work", root / "dataset") if top.is_dir()
+              for dirpath, _, _ in os.walk(top)]
+    return [root, root / "index", root / "cache", root / "logs", *nested]
 
 
 def shard_name(shard: int) -> str:
-    return f"shard-{shard:05d}"
+    return f"shard-{shard:06d}"
+
+
+def rank_name(rank: int) -> str:
+    return f"rank-{rank:05d}"
 
 
 # A stage's folder (work/<stage>/, or a stage command's --output): per shard its output, stats and rejects.
@@ -187,16 +195,51 @@ class RunFolder:
     def work(self) -> Path:
         return self.root / "work"
 
-    def stage_dir(self, stage: str) -> Path:
-        """Where a stage commits its shards (`shard-N.parquet`, `stats/`, `rejects/`)."""
-        return self.work / stage
+    def stage_dir(self, stage: str, rank: int | None = None) -> Path:
+        """Where a stage commits its shards (`shard-N.parquet`, `stats/`, `rejects/`); a rank's own folder."""
+        return self.work / stage if rank is None else self.work / stage / rank_name(rank)
+
+    def stage_outputs(self, stage: str, kind: str = "shard-*.parquet") -> list[Path]:
+        """A stage's committed shard files (`kind`: outputs, or e.g. `stats/shard-*.json`), the driver's and every
+        rank's, sorted by path."""
+        folder = self.stage_dir(stage)
+        return sorted([*folder.glob(kind), *folder.glob(f"rank-*/{kind}")])
 
     @property
     def dataset(self) -> Path:
         return self.root / "dataset"
 
-    def dataset_part(self, shard: int) -> Path:
-        return self.dataset / f"part-{shard:05d}.parquet"
+    def dataset_rank(self, rank: int) -> Path:
+        return self.dataset / rank_name(rank)
+
+    def dataset_files(self) -> list[Path]:
+        """The dataset's Parquet parts, in the order the run produced them."""
+        return sorted(self.dataset.glob("rank-*/part-*.parquet")) if self.dataset.is_dir() else []
+
+    def step_marker(self, step: str, task: int) -> Path:
+        return self.work / "steps" / step / f"task-{task:05d}.json"
+
+    def signature_file(self, rank: int, shard: int) -> Path:
+        return self.work / "signatures" / rank_name(rank) / f"{shard_name(shard)}.parquet"
+
+    def signature_files(self) -> list[Path]:
+        return sorted((self.work / "signatures").glob("rank-*/shard-*.parquet"))
+
+    def dedup_edges(self, task: int) -> Path:
+        return self.work / "dedup" / "edges" / f"task-{task:05d}.parquet"
+
+    @property
+    def dedup_removed(self) -> Path:
+        return self.work / "dedup" / "removed.parquet"
+
+    def dedup_rejects(self, rank: int) -> Path:
+        return self.work / "dedup" / "rejects" / f"{rank_name(rank)}.parquet"
+
+    def rank_cache(self, rank: int) -> Path:
+        return self.root / "cache" / f"{rank_name(rank)}.sqlite"
+
+    def rank_log(self, rank: int, step: str = "generate") -> Path:
+        return self.root / "logs" / f"{step}-{rank_name(rank)}.log"
 
     @property
     def index(self) -> Path:

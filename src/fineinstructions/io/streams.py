@@ -17,7 +17,7 @@ from fineinstructions.io.formats import (
     jsonl_rows,
     text_stream_rows,
 )
-from fineinstructions.io.read_stats import InputError, ReadStats
+from fineinstructions.io.read_stats import InputError, ReadStats, Share
 
 SNIFF_BYTES = 4096  # bytes of a stream without a format suffix (stdin, a pipe) looked at to tell its format
 
@@ -67,15 +67,16 @@ def _read_head(stream: IO[bytes], size: int) -> bytes:
 
 
 def stream_rows(raw: IO[bytes], label: str, name: str, fmt: str | None, compression: str | None, what: str,
-                stats: ReadStats, close: bool = True) -> Iterator[dict[str, Any]]:
+                stats: ReadStats, close: bool = True, share: Share | None = None) -> Iterator[dict[str, Any]]:
     """Rows of an input that can be read only once (a named pipe, a device, stdin), opened as `raw`.
 
     Its compression (by magic bytes) and, when its name gives none (`fmt` None), its format (a JSON list or JSON
     Lines) are sniffed from its first bytes, which are then read again from memory: nothing is lost or reread.
+    With `share`, rows are numbered as they come and only this rank's are kept.
     """
     owned = [raw] if close else []
     try:
-        return _sniffed_rows(raw, label, name, fmt, compression, what, stats, owned)
+        return _sniffed_rows(raw, label, name, fmt, compression, what, stats, owned, share)
     except BaseException:
         for layer in reversed(owned):
             layer.close()
@@ -83,7 +84,7 @@ def stream_rows(raw: IO[bytes], label: str, name: str, fmt: str | None, compress
 
 
 def _sniffed_rows(raw: IO[bytes], label: str, name: str, fmt: str | None, compression: str | None, what: str,
-                  stats: ReadStats, owned: list[IO[bytes]]) -> Iterator[dict[str, Any]]:
+                  stats: ReadStats, owned: list[IO[bytes]], share: Share | None) -> Iterator[dict[str, Any]]:
     try:
         head = _read_head(raw, 8)
     except OSError as err:
@@ -125,7 +126,7 @@ def _sniffed_rows(raw: IO[bytes], label: str, name: str, fmt: str | None, compre
                              f"or list; give it a name ending in {SUPPORTED.split(' (')[0]}, or use a regular file")
         fmt = "json" if start == b"[" else "jsonl"
     if fmt == "text":
-        return text_stream_rows(stream, Path(name).stem, name, stats)
+        return text_stream_rows(stream, Path(name).stem, name, stats, share)
     if fmt == "json":
-        return json_stream_rows(stream, label, name, stats)
-    return jsonl_rows(stream, name, stats)
+        return json_stream_rows(stream, label, name, stats, share)
+    return jsonl_rows(stream, name, stats, share)

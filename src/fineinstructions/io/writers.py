@@ -44,13 +44,15 @@ def _as_text(value: Any) -> str | None:
 
 
 def read_records(path: str | Path, record_type: type[Record], without: Sequence[str] = ()) -> list[Record]:
-    """All records of a Parquet file or folder of Parquet files (sorted by name).
+    """All records of a Parquet file, or of a folder's Parquet files and those of its `rank-R/` subfolders
+    (sorted by path: a run's `dataset/rank-R/part-N.parquet` or `work/<stage>/rank-R/shard-N.parquet` in the
+    order the run produced them).
 
     `without` names text columns left unread (they come back as ""), e.g. the document text of pairs
     when only their counts and scores are needed.
     """
     path = Path(path)
-    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+    files = sorted([*path.glob("*.parquet"), *path.glob("rank-*/*.parquet")]) if path.is_dir() else [path]
     columns = [name for name in record_type.arrow_schema().names if name not in without] if without else None
     blank = dict.fromkeys(without, "")
     out: list[Record] = []
