@@ -10,7 +10,9 @@ For each engine, side by side in one run, on the same requests:
 - raw: one `Backend.generate` call with all the conversations;
 - stage: `InstantiateStage.run_batch` over the same matches in one batch (prompt rendering, parsing,
   excerpt expansion, gates, token counting on top of the same engine call), and for vLLM also in batches of
-  `--pipeline-batch-size` (what the pipeline hands a stage: `run.batch_size`).
+  `--pipeline-batch-size` (`run.batch_size`: what the pipeline handed a model stage before it kept requests
+  in flight) and fed as the pipeline feeds it now (`StageSpec.feed_size`: `run.requests_in_flight` rows a
+  call on an engine that batches in flight; `--in-flight` lists the settings to measure, the default first).
 Figure: generated tokens per second of wall time. Ratios: stage / raw per engine (goal >= 0.9) and
 vLLM / llama.cpp (goal >= 2.5x). Before each timed pass the engine holds only the shared prompt prefix
 (the system prompt and few-shot examples), so no pass reuses the previous pass's prompts: vLLM's prefix
@@ -34,7 +36,7 @@ from fineinstructions.records import Match
 from fineinstructions.stages.base import StageStats, document_major
 from fineinstructions.stages.context import StageContext
 from fineinstructions.stages.instantiate import InstantiateStage
-from fineinstructions.stages.registry import stage_class
+from fineinstructions.stages.registry import StageSpec, stage_class
 
 TEMPLATES = (
     "What is <fi>name of a topic, thing, place or person</fi>?",
@@ -81,20 +83,31 @@ def measure(name: str, backend: Backend, matches: list[Match], args: argparse.Na
     print(f"  {name:9s} {raw.name:22s}: {raw.tokens:6d} tokens in {raw.seconds:6.1f} s = {raw.rate:6.1f} tok/s "
           f"({sum(not g.ok for g in generations)} failed; {load()})", flush=True)
     passes = [raw]
-    sizes = [len(matches)] + ([args.pipeline_batch_size] if name == "vLLM" and args.pipeline_batch_size else [])
-    for size in sizes:
+    sizes = [len(matches)]
+    if name == "vLLM":
+        sizes += [args.pipeline_batch_size] if args.pipeline_batch_size else []
+        sizes += [pipeline_feed(int(n)) for n in args.in_flight.split(",") if n]
+    for i, size in enumerate(sizes):
         prepare()
         stats = StageStats()
         pairs = 0
         start = time.perf_counter()
         for batch in chunked(matches, size):
             pairs += len(stage.run_batch(batch, stats).records)
-        label = "stage, one batch" if size == len(matches) else f"stage, batches of {size}"
+        label = ("stage, one batch" if i == 0 else f"stage, batches of {size}" if i == 1
+                 else f"stage, fed {size} in flight")
         result = Pass(label, stats.completion_tokens, time.perf_counter() - start, pairs)
         print(f"  {name:9s} {label:22s}: {result.tokens:6d} tokens in {result.seconds:6.1f} s = {result.rate:6.1f} "
               f"tok/s, {pairs}/{len(matches)} pairs, stage/raw {result.rate / raw.rate:.3f} ({load()})", flush=True)
         passes.append(result)
     return passes
+
+
+def pipeline_feed(requests_in_flight: int) -> int:
+    """Rows per instantiate call the pipeline uses on a vLLM engine with this `run.requests_in_flight`."""
+    config = stage_config({"instantiate": {"backend": {"kind": "vllm", "model": "any"}},
+                           "run": {"requests_in_flight": requests_in_flight}})
+    return StageSpec("instantiate", config, "", "").feed_size
 
 
 def main() -> None:
@@ -111,6 +124,8 @@ def main() -> None:
     parser.add_argument("--kv-cache-gb", type=float, default=2.0, help="vLLM KV cache on a CPU")
     parser.add_argument("--pipeline-batch-size", type=int, default=8, help="also run vLLM's stage in batches of "
                         "this size (the pipeline's run.batch_size); 0 skips it")
+    parser.add_argument("--in-flight", default="128,32", help="run.requests_in_flight settings to feed vLLM's "
+                        "stage with (128 is the default)")
     parser.add_argument("--skip", default="", help="comma list of engines to skip: llamacpp,vllm")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -151,8 +166,7 @@ def main() -> None:
               f"{vllm_raw.rate / llama_raw.rate:.2f}x (goal >= 2.5x)")
         print(f"  vLLM / llama.cpp, stage: {vllm_stage.rate:.1f} / {llama_stage.rate:.1f} = "
               f"{vllm_stage.rate / llama_stage.rate:.2f}x")
-        if len(results["vLLM"]) > 2:
-            batched = results["vLLM"][2]
+        for batched in results["vLLM"][2:]:
             print(f"  vLLM {batched.name} / llama.cpp stage: {batched.rate / llama_stage.rate:.2f}x")
 
 

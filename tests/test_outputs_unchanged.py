@@ -1,6 +1,11 @@
 """The demo job with the scripted engine gives the same rows, shard for shard, as before stages built
 themselves: tests/data/demo_scripted_golden.json holds the digests of every stage's shard files and of the
-dataset rows, recorded by this same procedure at commit abd2e64, in one shard and in several."""
+dataset rows, recorded by this same procedure at commit abd2e64, in one shard and in several (since the document phase
+runs in ranks, its stage shards are found in rank-00000/ and the dataset in rank-00000/part-N.parquet).
+
+One deliberate change since: pair dedup left the filter for its own step after it (across ranks, on
+signatures), so the filter no longer skips a duplicate before spending a document's token budget; the
+filter shards and the dataset digests were re-recorded for that (git log of this file says when)."""
 
 from __future__ import annotations
 
@@ -50,9 +55,13 @@ def test_demo_job_with_the_scripted_engine_gives_todays_rows(tmp_path, shard_siz
     pipeline.backends.register(cfg.generator, FakeBackend(judge_passes, model_id="scripted"))
     pipeline.run()
     out = tmp_path / "run"
-    shards = {f"{p.parent.name}/{p.name}": [pq.read_metadata(p).num_rows, digest(pq.read_table(p).to_pylist())]
-              for p in sorted((out / "work").glob("*/shard-*.parquet"))}
-    dataset = [{k: row[k] for k in DATASET_FIELDS} for part in sorted((out / "dataset").glob("part-*.parquet"))
+    # Stage shards by stage and number (the document stages' now sit in rank-00000/, named with six digits).
+    files = [*(out / "work").glob("*/shard-*.parquet"), *(out / "work").glob("*/rank-00000/shard-*.parquet")]
+    files = [p for p in files if "signatures" not in p.parts]
+    stage = {p: p.parent.parent.name if p.parent.name.startswith("rank-") else p.parent.name for p in files}
+    shards = {f"{stage[p]}/shard-{int(p.stem.split('-')[1]):05d}.parquet":
+              [pq.read_metadata(p).num_rows, digest(pq.read_table(p).to_pylist())] for p in sorted(files)}
+    dataset = [{k: row[k] for k in DATASET_FIELDS} for part in sorted((out / "dataset").glob("rank-*/part-*.parquet"))
                for row in pq.read_table(part).to_pylist()]
     golden = GOLDEN[str(shard_size)]
     assert shards == golden["shards"]

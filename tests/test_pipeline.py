@@ -93,8 +93,8 @@ def dataset_rows(cfg):
 def test_end_to_end_schema_invariants_and_summary(tmp_path):
     cfg = config_for(tmp_path)
     summary, _ = run_scripted(cfg)
-    files = sorted((tmp_path / "run" / "dataset").glob("*.parquet"))
-    assert files
+    files = sorted((tmp_path / "run" / "dataset").glob("rank-*/part-*.parquet"))
+    assert [f.relative_to(tmp_path / "run" / "dataset").as_posix() for f in files] == ["rank-00000/part-000000.parquet"]
     for file in files:
         assert pq.read_schema(file).equals(Pair.arrow_schema(), check_metadata=False)
     pairs = read_records(tmp_path / "run" / "dataset", Pair)
@@ -123,7 +123,7 @@ def test_end_to_end_schema_invariants_and_summary(tmp_path):
     quality = saved["quality"]
     assert quality["valid_template_rate"] == pytest.approx(5 / 6, abs=1e-3)
     assert quality["pairs"] == len(pairs) and quality["judge_score_histogram"]["5"] >= len(pairs)
-    rejects = pq.read_table(tmp_path / "run" / "work" / "templatize" / "rejects" / "shard-00000.parquet")
+    rejects = pq.read_table(tmp_path / "run" / "work" / "templatize" / "rejects" / "shard-000000.parquet")
     assert "reason" in rejects.column_names
 
 

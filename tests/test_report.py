@@ -175,11 +175,11 @@ def test_cli_report_and_push_to_dir_layout(runs, tmp_path):
     target = tmp_path / "upload"
     result = runner.invoke(app, ["push", str(runs["full"]), "me/fine", "--to-dir", str(target)])
     assert result.exit_code == 0, result.output
-    parts = sorted(p.name for p in (runs["full"] / "dataset").glob("part-*.parquet"))
+    parts = {f"{p.parent.name}-{p.name}": p for p in (runs["full"] / "dataset").glob("rank-*/part-*.parquet")}
     assert sorted(p.name for p in target.iterdir()) == ["README.md", "data"]
-    assert sorted(p.name for p in (target / "data").iterdir()) == parts
-    for name in parts:
-        assert (target / "data" / name).read_bytes() == (runs["full"] / "dataset" / name).read_bytes()
+    assert sorted(p.name for p in (target / "data").iterdir()) == sorted(parts) == ["rank-00000-part-000000.parquet"]
+    for name, part in parts.items():
+        assert (target / "data" / name).read_bytes() == part.read_bytes()
     card = (target / "README.md").read_text()
     assert front_matter(card)["pretty_name"] == "fine" and 'load_dataset("me/fine")' in card
     # The datasets library reads the staged folder as the Hub would: the card's configs point at the parts.
@@ -269,7 +269,7 @@ def test_push_creates_the_dataset_repo_then_uploads_the_staged_folder(runs):
     assert upload["delete_patterns"] == ["data/*.parquet"]  # parts of an earlier, larger push do not linger
     fingerprint = (runs["full"] / "fingerprint").read_text().strip()
     assert fingerprint in upload["commit_message"]
-    parts = sorted(f"data/{p.name}" for p in (runs["full"] / "dataset").glob("part-*.parquet"))
+    parts = sorted(f"data/{p.parent.name}-{p.name}" for p in (runs["full"] / "dataset").glob("rank-*/part-*.parquet"))
     assert sorted(api.uploaded) == ["README.md", *parts]
     assert not Path(upload["folder_path"]).exists()  # the staging folder is cleaned up
 

@@ -132,8 +132,11 @@ def run(
                       "--set run.executor=ray. Execution settings do not change the fingerprint.")] = None,
     force: Annotated[bool, typer.Option(help="Start over if the folder holds another run.")] = False,
     quiet: QuietOpt = False,
-    executor: Annotated[str | None, typer.Option(help="Override run.executor: local or ray.")] = None,
-    workers: Annotated[int | None, typer.Option(help="Override run.workers (Ray actors per model stage).")] = None,
+    executor: Annotated[str | None, typer.Option(help="Override run.executor: local, ray or slurm.")] = None,
+    ranks: Annotated[int | None, typer.Option(help="Override run.ranks (slices of the documents, one task "
+                                                   "each; part of the fingerprint).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Override run.workers (tasks at once: local processes; "
+                                                     "Ray actors per query stage).")] = None,
     ray_address: Annotated[str | None, typer.Option(help="Join this Ray cluster (e.g. auto).")] = None,
     cpus_per_worker: Annotated[float | None, typer.Option(help="Override run.cpus_per_worker.")] = None,
     gpus_per_worker: Annotated[float | None, typer.Option(help="Override run.gpus_per_worker.")] = None,
@@ -142,7 +145,7 @@ def run(
 
     Execution overrides never change the config fingerprint: a run started locally resumes on Ray."""
     cfg = PipelineConfig.from_yaml(config)
-    flags = {"executor": executor, "workers": workers, "ray_address": ray_address,
+    flags = {"executor": executor, "ranks": ranks, "workers": workers, "ray_address": ray_address,
              "cpus_per_worker": cpus_per_worker, "gpus_per_worker": gpus_per_worker,
              "output_dir": str(out) if out is not None else None}
     assignments = [*(set_ or []), *(f"run.{k}={json.dumps(v)}" for k, v in flags.items() if v is not None)]
@@ -424,6 +427,27 @@ def filter_(
     sections = {"judge": _given({"min_score": min_score}), "instantiate": _given({"min_coverage": min_coverage}),
                 "filter": filter_section}
     _run_stage("filter", records, output, sections, quiet)
+
+
+@app.command()
+def task(
+    run_dir: Annotated[Path, typer.Argument(help="A claimed run folder (on storage this node sees).")],
+    step: Annotated[str, typer.Argument(help="generate, dedup, cluster or write.")],
+    number: Annotated[int, typer.Argument(help="The task: a rank for generate and write.")],
+) -> None:
+    """Run one task of a run's document phase (what a Slurm array task runs); a finished task exits at once."""
+    from fineinstructions.executors.tasks import run_task
+    from fineinstructions.ranks.steps import STEP_BY_NAME, RunJob
+
+    if step not in STEP_BY_NAME:
+        raise _fail(f"unknown step {step!r}: one of {', '.join(STEP_BY_NAME)}")
+    job_step = STEP_BY_NAME[step](RunJob.from_folder(run_dir))
+    if not 0 <= number < job_step.tasks():
+        raise _fail(f"{step} has tasks 0..{job_step.tasks() - 1}, not {number}")
+    if job_step.done(number):
+        console.print(f"{step} task {number} is already done")
+        return
+    run_task(job_step, number)
 
 
 @app.command()

@@ -184,6 +184,7 @@ class FilterConfig(Section):
     token_budget: bool = True  # generated pair tokens per document <= the document's tokens
     max_pairs_per_document: int | None = Field(default=None, ge=1)
     near_duplicate_threshold: float | None = Field(default=0.8, gt=0, le=1)  # pair dedup; None: exact only
+    dedup_partitions: int = Field(default=1, ge=1)  # hash ranges per signature column: dedup tasks' memory / n
 
 
 class RunConfig(Section):
@@ -196,28 +197,38 @@ class RunConfig(Section):
     output_dir: str = "runs/latest"
     shard_size: int = Field(default=64, ge=1)
     batch_size: int = Field(default=8, ge=1)
+    requests_in_flight: int = Field(default=128, ge=1)  # rows per call of a model stage on vLLM or a server
     seed: int = 0
-    executor: Literal["local", "ray"] = "local"
-    workers: int = Field(default=1, ge=1)  # ray: actors per model stage (each holds its own engine)
+    executor: Literal["local", "ray", "slurm"] = "local"
+    # The documents are split into `ranks` slices, each run start to end by one task with its own engines;
+    # more ranks than workers is fine (they queue). It changes the output only through the template cap's
+    # per-rank budgets, so it is part of the fingerprint.
+    ranks: int = Field(default=1, ge=1)
+    workers: int = Field(default=1, ge=1)  # tasks at once (local: processes; ray: actors per query stage)
     cpus_per_worker: float = Field(default=1.0, gt=0)  # ray: fractional CPUs are fine
     gpus_per_worker: float = Field(default=0.0, ge=0)  # ray: give GPU stages their GPUs (vLLM)
     ray_address: str | None = None  # ray: an existing cluster ("auto", "ray://host:10001"); None starts one
     shards_in_flight: int | None = Field(default=None, ge=1)  # shards per window; None: 2 (ray: 8) x workers
-    request_cache: bool = True  # keep every finished model call in <output_dir>/cache/requests.sqlite
+    request_cache: bool = True  # keep every finished model call in <output_dir>/cache/ (one SQLite file per rank)
     retry_engine_failures: bool = True  # a rerun retries requests that failed through the engine's fault
+    part_bytes: int = Field(default=512 * 2**20, ge=1)  # dataset files of about this size (the last may be smaller)
+    part_rows: int | None = Field(default=None, ge=1)  # ... or of this many pairs, whichever comes first
+    slurm_options: list[str] = []  # slurm: extra `#SBATCH` lines for every task, e.g. "--partition=gpu"
+    slurm_time: str = "24:00:00"  # slurm: the time limit of one task
 
 
 EXECUTION_FIELDS = ("output_dir", "executor", "workers", "cpus_per_worker", "gpus_per_worker", "ray_address",
-                    "shards_in_flight", "request_cache", "retry_engine_failures")
+                    "shards_in_flight", "request_cache", "retry_engine_failures", "requests_in_flight", "part_bytes",
+                    "part_rows", "slurm_options", "slurm_time")
 # Settings outside `run` that change where and how fast, not what, wherever they appear: the embedder's device
 # and batch (a run embedded on a GPU may resume on a CPU) and the limits of one HTTP request.
 EXECUTION_FIELDS_ANYWHERE = frozenset({"embedder_device", "embedder_batch_size", "request_deadline_s",
-                                       "max_response_bytes", "max_retry_after_s"})
+                                       "max_response_bytes", "max_retry_after_s", "dedup_partitions"})
 # Fields added after runs were made, each with the value that means "as before the field existed": left out
 # of the fingerprint while they hold it, so those runs still resume.
 LATER_OPTIONAL_FIELDS: dict[str, object] = {
     "queries": None, "backend": None, "revision": None, "prompt_file": None, "embedder_revision": None,
-    "data_files": None,
+    "data_files": None, "ranks": 1,
     "min_instance_share": DEFAULT_MIN_INSTANCE_SHARE, "max_instance_length_ratio": DEFAULT_MAX_INSTANCE_LENGTH_RATIO,
 }
 GenerativeStage = Literal["templatize", "instantiate", "judge"]

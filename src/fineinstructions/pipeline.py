@@ -5,22 +5,23 @@
 
 The pipeline owns the order and the data flow; each stage builds itself from the config
 (stages/registry.py), the executor runs it over shards (executors/base.py), and the run folder owns
-every path (io/run_folder.py). Queries are processed in shards; documents are processed in shards that
-flow through match, instantiate, judge and filter together, so a document's pairs always meet in one
-filter batch.
+every path (io/run_folder.py). Queries are processed in shards by the driver. The documents are split
+into `run.ranks` slices, and the document phase runs as steps of independent tasks (ranks/steps.py):
+each rank takes its slice through match, instantiate, judge and filter with its own engines; pair
+dedup across ranks works on compact signatures; each rank writes its dataset parts. The driver holds
+no documents or pairs: the summary merges the tasks' stats files and streams the dataset's parts.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import logging
 import logging.handlers
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence, Sized
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from rich.console import Console
 
@@ -41,12 +42,13 @@ from fineinstructions.io.sources import (
     sharegpt_queries,
     topical_demo_sample,
 )
-from fineinstructions.io.writers import read_records, write_records
-from fineinstructions.records import Document, Pair, Query, Record, Template
+from fineinstructions.ranks.steps import STEPS, GenerateStep, RunJob, WriteStep
+from fineinstructions.records import Document, Query, Record, Template
+from fineinstructions.stages.base import StageStats
 from fineinstructions.stages.context import StageContext
 from fineinstructions.stages.index import ShardedTemplateIndex, TemplateIndex, build_index
 from fineinstructions.stages.registry import StageSpec
-from fineinstructions.summary import build_summary
+from fineinstructions.summary import DatasetTally, build_summary
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -65,20 +67,40 @@ def load_queries(source: SourceConfig, stats: ReadStats) -> list[Query]:
                                 source=_source_name(source), stats=stats, limit=source.limit))
 
 
-def load_documents(source: SourceConfig, stats: ReadStats) -> Iterable[Document]:
-    """The documents of a source; files, folders and `hf:` datasets are streamed, never held whole."""
+def load_documents(source: SourceConfig, stats: ReadStats, part: tuple[int, int] | None = None) -> Iterable[Document]:
+    """The documents of a source (rank `part[0]`'s slice of `part[1]`); files, folders and `hf:` datasets are
+    streamed, never held whole. `limit` applies to the whole source: each rank reads its share of it."""
     if source.kind == "wikipedia":
         return demo_documents(source.limit or 10**9, source.seed)
     if source.kind == "sharegpt":
         raise ConfigError("the sharegpt source holds queries, not documents")
-    rows = source_rows(source, stats)
+    rows = source_rows(source, stats, part)
+    limit = source.limit
+    if limit is not None and part is not None:
+        limit = limit // part[1] + (1 if part[0] < limit % part[1] else 0)
     return rows_to_records(rows, Document, source.text_field, source.id_field, source.title_field,
-                           source=_source_name(source), stats=stats, limit=source.limit)
+                           source=_source_name(source), stats=stats, limit=limit)
 
 
-def source_rows(source: SourceConfig, stats: ReadStats) -> Iterator[dict[str, Any]]:
-    """The raw rows of a file, folder or `hf:` source, with its Hugging Face settings."""
-    return read_rows(source.path or "", source.split, stats, source.hf_config, source.revision, source.data_files)
+def source_rows(source: SourceConfig, stats: ReadStats, part: tuple[int, int] | None = None
+                ) -> Iterator[dict[str, Any]]:
+    """The raw rows of a file, folder, fsspec URL or `hf:` source, with its Hugging Face settings; `part` =
+    (rank, ranks) reads only that rank's slice (by file, Parquet row group or JSONL byte range; see `read_rows`)."""
+    return read_rows(source.path or "", source.split, stats, source.hf_config, source.revision, source.data_files,
+                     part=part if part is not None and part[1] > 1 else None)
+
+
+def demo_pairing(config: PipelineConfig) -> bool:
+    """Whether the run is the demo's: questions chosen so that packaged Wikipedia leads answer them."""
+    return (config.templates is None and config.queries is not None and config.queries.kind == "sharegpt"
+            and config.documents.kind == "wikipedia" and bool(config.documents.near_queries))
+
+
+def topical_demo_documents(config: PipelineConfig, embedder: Any) -> list[Document]:
+    """The demo's documents (`demo_pairing`), as every rank draws them again."""
+    assert config.queries is not None
+    return topical_demo_sample(config.queries.limit or 24, config.documents.limit or 12, embedder,
+                               config.queries.seed)[1]
 
 
 def _source_name(source: SourceConfig) -> str:
@@ -129,20 +151,20 @@ class Pipeline:
         started = time.perf_counter()
         self.folder.check(self.fingerprint, self.force)
         cfg = self.config
-        read_stats = {"queries": ReadStats(), "documents": ReadStats(), "templates": ReadStats()}
+        read_stats = {"queries": ReadStats(), "templates": ReadStats()}
+        load_documents(cfg.documents, ReadStats())  # a bad documents path fails here, before the folder is claimed
         if cfg.templates is not None:
             queries: list[Query] = []
-            documents = load_documents(cfg.documents, read_stats["documents"])
         elif cfg.queries is None:
             raise ConfigError("a run needs `queries` to templatize, or a ready `templates` bank")
-        elif cfg.documents.kind == "wikipedia" and cfg.documents.near_queries and cfg.queries.kind == "sharegpt":
-            queries, documents = topical_demo_sample(cfg.queries.limit or 24, cfg.documents.limit or 12,
-                                                     self.context.embedder, cfg.queries.seed)
+        elif demo_pairing(cfg):
+            queries = topical_demo_sample(cfg.queries.limit or 24, cfg.documents.limit or 12,
+                                          self.context.embedder, cfg.queries.seed)[0]
         else:
             queries = load_queries(cfg.queries, read_stats["queries"])
-            documents = load_documents(cfg.documents, read_stats["documents"])
         self._claim_folder()  # after the inputs opened: a bad path leaves no run folder behind
-        self.console.log(f"{len(queries)} queries and {_count(documents)} documents -> {self.root}")
+        ranks = cfg.run.ranks
+        self.console.log(f"{len(queries)} queries; documents in {ranks} rank{'s' if ranks > 1 else ''} -> {self.root}")
         try:
             with make_executor(cfg, self.context, self.console, self.show_progress) as ex:
                 if cfg.templates is not None:
@@ -151,20 +173,27 @@ class Pipeline:
                     templates = self._templatize(ex, self._filter_queries(ex, queries))
                 templates = self._one_shard(ex, "template_dedup", templates)
                 index = self._index(templates)
-                documents_seen = self._documents(ex, documents)
-                stage_stats = ex.stats
+                del templates
+                job = RunJob(cfg, self.fingerprint, self.index_key)
+                for step_type in STEPS:
+                    step = step_type(job)
+                    pending = step.pending()
+                    if pending:
+                        ex.run_tasks(step, pending)
+                stage_stats = dict(ex.stats)
         finally:
             self.context.close()
-        # The summary needs counts and scores, not the documents: their text stays on disk.
-        dataset = cast(list[Pair], read_records(self.folder.dataset, Pair, without=("text",))
-                       if self.folder.dataset.exists() else [])
+        # The summary merges the tasks' stats files and streams the dataset's parts: no pair is held in memory.
+        documents, document_stats = merge_task_stats(job, stage_stats)
+        read_stats["documents"] = document_stats
         summary = build_summary(
-            config=cfg, fingerprint=self.fingerprint, stage_stats=stage_stats, dataset=dataset,
-            dataset_dir=self.folder.dataset, read_stats=read_stats, index=index,
-            elapsed_s=time.perf_counter() - started, inputs={"queries": len(queries), "documents": documents_seen},
+            config=cfg, fingerprint=self.fingerprint, stage_stats=stage_stats,
+            dataset=DatasetTally.from_files(self.folder.dataset_files()), dataset_dir=self.folder.dataset,
+            read_stats=read_stats, index=index, elapsed_s=time.perf_counter() - started,
+            inputs={"queries": len(queries), "documents": documents},
         )
         write_json_atomic(self.folder.summary_file, summary)
-        log.info("run finished: %d pairs kept", len(dataset))
+        log.info("run finished: %d pairs kept", summary["quality"]["pairs"])
         return summary
 
     def _claim_folder(self) -> None:
@@ -226,50 +255,24 @@ class Pipeline:
         self.context.use_index(index, want)
         return index
 
-    def _documents(self, ex: Executor, documents: Iterable[Document]) -> int:
-        """Match, instantiate, judge and filter the documents, shard by shard; return how many were read.
-
-        Documents stream in windows of `run.shards_in_flight` shards, so memory holds one window. Each stage
-        runs over the window's shards: independent shards spread over the executor's workers, while
-        sequential stages (match under the corpus-wide template cap, the filter's pair dedup) run them in
-        order, carrying their state: the output is the same whatever the executor, the number of workers
-        or the window size.
-        """
-        cfg = self.config
-        window = cfg.run.shards_in_flight or ex.default_window
-        seen = 0
-        shards = enumerate(batched(documents, cfg.run.shard_size))
-        while group := list(itertools.islice(shards, window)):
-            seen += sum(len(records) for _, records in group)
-            matches = ex.run(self.spec("match"), group, depends=self.index_key)
-            pairs = ex.run(self.spec("instantiate"), sorted(matches.items()))
-            judged = ex.run(self.spec("judge"), sorted(pairs.items()))
-            kept = ex.run(self.spec("filter"), sorted(judged.items()))
-            for shard, _ in group:
-                write_part(self.folder.dataset_part(shard), kept[shard])  # type: ignore[arg-type]
-        return seen
-
-
 # What a run derives from its config: cleared when a forced run replaces another config's run.
-DERIVED = ("work", "dataset", "index", "report", "index.sha", "summary.json")
+DERIVED = ("work", "dataset", "index", "report", "index.sha", "summary.json", "logs")
 
 
-def write_part(part: Path, kept: list[Pair]) -> None:
-    """Write a dataset part unless it already holds exactly these pairs (a resumed or retried shard)."""
-    if part.is_file() and read_records(part, Pair) == kept:
-        return
-    write_records(part, kept, Pair)
-
-
-def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    """Consecutive lists of `size` items (the last may be shorter), drawn lazily."""
-    iterator = iter(items)
-    while chunk := list(itertools.islice(iterator, size)):
-        yield chunk
-
-
-def _count(items: Iterable[object]) -> str:
-    return str(len(items)) if isinstance(items, Sized) else "streamed"
+def merge_task_stats(job: RunJob, stage_stats: dict[str, StageStats]) -> tuple[int, ReadStats]:
+    """Add every rank's stage stats (generate and write markers) into `stage_stats`; return the documents read
+    and the documents' read skips, summed over the ranks."""
+    documents, read_stats = 0, ReadStats()
+    for step_type in (GenerateStep, WriteStep):
+        step = step_type(job)
+        for task in range(step.tasks()):
+            marker = step.marker(task) or {}
+            for name, stats in marker.get("stages", {}).items():
+                stage_stats.setdefault(name, StageStats()).merge(StageStats.from_dict(stats))
+            documents += int(marker.get("documents", 0))
+            read_stats.skipped.update(marker.get("read_skips", {}))
+            read_stats.ignored_files.update(marker.get("ignored_files", {}))
+    return documents, read_stats
 
 
 def configure_logging(verbose: bool = False) -> None:

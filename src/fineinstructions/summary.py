@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import xxhash
 from rich.console import Console
 from rich.table import Table
 
 from fineinstructions.records import Pair
 from fineinstructions.stages.base import StageStats
 from fineinstructions.stages.registry import STAGE_ORDER
+
+SUMMARY_ORDER = (*STAGE_ORDER, "dedup")  # the pipeline's stages, then pair dedup across ranks
 
 if TYPE_CHECKING:
     from fineinstructions.config import PipelineConfig
@@ -23,19 +30,102 @@ def _ratio(num: float, den: float) -> float | None:
     return round(num / den, 4) if den else None
 
 
-def quality(stage_stats: dict[str, StageStats], dataset: list[Pair]) -> dict[str, Any]:
+# The pair columns the summary reads: never the document text, so a streaming pass costs little.
+TALLY_COLUMNS = ("document_id", "template_id", "instantiated_instruction", "answer", "excerpt_coverage",
+                 "synthetic_token_count", "token_count")
+EXACT_DISTINCT_LIMIT = 1_000_000  # distinct instructions counted exactly up to here, estimated beyond
+
+
+class DatasetTally:
+    """The dataset's quality counts, from one streaming pass over its Parquet parts in bounded memory.
+
+    Memory holds one Arrow batch, a count per template (bounded by the bank, not the corpus), and the hashes of
+    distinct instructions up to EXACT_DISTINCT_LIMIT, beyond which a HyperLogLog sketch estimates their
+    number (about 1 % error). A document's pairs are adjacent in the dataset (shards are cut by document), so
+    documents are counted by runs of equal ids."""
+
+    def __init__(self) -> None:
+        self.pairs = 0
+        self.documents = 0
+        self.coverage_sum = 0.0
+        self.coverage_high = 0
+        self.unresolved = 0
+        self.synthetic_tokens = 0
+        self.document_tokens = 0
+        self.templates: Counter[str] = Counter()
+        self._instructions: set[int] | None = set()
+        self._sketch: Any = None
+        self._last_document: str | None = None
+
+    @classmethod
+    def from_files(cls, files: Iterable[Path]) -> DatasetTally:
+        tally = cls()
+        for file in files:
+            parquet = pq.ParquetFile(file)
+            columns = [c for c in TALLY_COLUMNS if c in parquet.schema_arrow.names]
+            for batch in parquet.iter_batches(batch_size=65_536, columns=columns):
+                tally.add(batch)
+        return tally
+
+    @classmethod
+    def from_pairs(cls, pairs: Sequence[Pair]) -> DatasetTally:
+        tally = cls()
+        if pairs:
+            tally.add(pa.RecordBatch.from_pylist([{c: getattr(p, c) for c in TALLY_COLUMNS} for p in pairs]))
+        return tally
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        self.pairs += batch.num_rows
+        coverage = batch.column("excerpt_coverage")
+        self.coverage_sum += float(pc.sum(coverage).as_py() or 0.0)
+        self.coverage_high += int(pc.sum(pc.greater_equal(coverage, 0.8)).as_py() or 0)
+        answers = batch.column("answer")
+        self.unresolved += int(pc.sum(pc.or_(pc.match_substring(answers, "<excerpt>"),
+                                             pc.match_substring(answers, "</excerpt>"))).as_py() or 0)
+        self.synthetic_tokens += int(pc.sum(batch.column("synthetic_token_count")).as_py() or 0)
+        self.templates.update(batch.column("template_id").to_pylist())
+        for document, tokens in zip(batch.column("document_id").to_pylist(),
+                                    batch.column("token_count").to_pylist(), strict=True):
+            if document != self._last_document:
+                self.documents += 1
+                self.document_tokens += tokens
+                self._last_document = document
+        self._count_instructions(pc.utf8_lower(batch.column("instantiated_instruction")).to_pylist())
+
+    def _count_instructions(self, instructions: list[str]) -> None:
+        if self._instructions is not None:
+            self._instructions.update(xxhash.xxh64_intdigest(i.encode()) for i in instructions)
+            if len(self._instructions) <= EXACT_DISTINCT_LIMIT:
+                return
+            from datasketch import HyperLogLogPlusPlus
+
+            self._sketch = HyperLogLogPlusPlus(p=14)
+            for value in self._instructions:
+                self._sketch.update(value.to_bytes(8, "little"))
+            self._instructions = None
+            return
+        for instruction in instructions:
+            self._sketch.update(instruction.encode())
+
+    @property
+    def distinct_instructions(self) -> int:
+        return len(self._instructions) if self._instructions is not None else int(self._sketch.count())
+
+
+def quality(stage_stats: dict[str, StageStats], tally: DatasetTally) -> dict[str, Any]:
     """Valid-template rate, excerpt coverage, judge pass rate and diversity."""
     templatize = stage_stats.get("templatize", StageStats())
     instantiate = stage_stats.get("instantiate", StageStats())
     judge = stage_stats.get("judge", StageStats())
     match = stage_stats.get("match", StageStats())
-    filter_ = stage_stats.get("filter", StageStats())
+    removed = Counter[str]()
+    for name in ("filter", "dedup"):
+        removed.update(stage_stats.get(name, StageStats()).dropped)
     histogram = {str(s): int(judge.metrics.get(f"score_{s}", 0)) for s in (1, 2, 3, 4, 5)}
     histogram["unparsed"] = int(judge.metrics.get("score_none", 0))
-    template_uses = Counter(p.template_id for p in dataset)
-    per_document = Counter(p.document_id for p in dataset)
     generated_chars = instantiate.metrics.get("answer_chars", 0.0)
     generated_tokens = instantiate.metrics.get("answer_completion_tokens", 0.0)
+    pairs = tally.pairs
     return {
         "valid_template_rate": _ratio(templatize.rows_out, templatize.rows_in),
         "mean_match_score": _ratio(match.metrics.get("match_score_sum", 0.0), match.rows_out),
@@ -43,30 +133,29 @@ def quality(stage_stats: dict[str, StageStats], dataset: list[Pair]) -> dict[str
         "instantiated_rate": _ratio(instantiate.rows_out, instantiate.rows_in),
         "mean_excerpt_coverage_instantiated": _ratio(instantiate.metrics.get("coverage_sum", 0.0),
                                                      instantiate.rows_out),
-        "mean_excerpt_coverage_kept": _ratio(sum(p.excerpt_coverage for p in dataset), len(dataset)),
-        "kept_with_coverage_at_least_0_8": _ratio(sum(p.excerpt_coverage >= 0.8 for p in dataset), len(dataset)),
-        "kept_with_unresolved_markers": sum("<excerpt>" in p.answer or "</excerpt>" in p.answer for p in dataset),
-        "duplicate_pairs_removed": int(filter_.dropped.get("duplicate_pair", 0)
-                                       + filter_.dropped.get("near_duplicate_pair", 0)),
+        "mean_excerpt_coverage_kept": _ratio(tally.coverage_sum, pairs),
+        "kept_with_coverage_at_least_0_8": _ratio(tally.coverage_high, pairs),
+        "kept_with_unresolved_markers": tally.unresolved,
+        "duplicate_pairs_removed": int(removed["duplicate_pair"] + removed["near_duplicate_pair"]),
         "answer_chars_per_generated_token": _ratio(generated_chars, generated_tokens),
         "judge_score_histogram": histogram,
         "judge_pass_rate": _ratio(sum(v for k, v in histogram.items() if k in ("4", "5")), judge.rows_out),
-        "pairs": len(dataset),
-        "documents_with_pairs": len(per_document),
-        "pairs_per_document": _ratio(len(dataset), len(per_document)),
-        "distinct_templates": len(template_uses),
-        "max_template_share": _ratio(max(template_uses.values(), default=0), len(dataset)),
-        "distinct_instruction_rate": _ratio(len({p.instantiated_instruction.lower() for p in dataset}), len(dataset)),
-        "synthetic_tokens": sum(p.synthetic_token_count for p in dataset),
-        "document_tokens": sum(tokens for tokens in {p.document_id: p.token_count for p in dataset}.values()),
+        "pairs": pairs,
+        "documents_with_pairs": tally.documents,
+        "pairs_per_document": _ratio(pairs, tally.documents),
+        "distinct_templates": len(tally.templates),
+        "max_template_share": _ratio(max(tally.templates.values(), default=0), pairs),
+        "distinct_instruction_rate": _ratio(tally.distinct_instructions, pairs),
+        "synthetic_tokens": tally.synthetic_tokens,
+        "document_tokens": tally.document_tokens,
     }
 
 
-def build_summary(config: PipelineConfig, fingerprint: str, stage_stats: dict[str, StageStats], dataset: list[Pair],
+def build_summary(config: PipelineConfig, fingerprint: str, stage_stats: dict[str, StageStats], dataset: DatasetTally,
                   dataset_dir: Path, read_stats: dict[str, ReadStats],
                   index: TemplateIndex | ShardedTemplateIndex | None,
                   elapsed_s: float, inputs: dict[str, int]) -> dict[str, Any]:
-    stages = {name: stage_stats[name].to_dict() for name in STAGE_ORDER if name in stage_stats}
+    stages = {name: stage_stats[name].to_dict() for name in SUMMARY_ORDER if name in stage_stats}
     return {
         "dataset": str(dataset_dir),
         "config_fingerprint": fingerprint,

@@ -11,7 +11,7 @@ from fineinstructions.backends.fake import FakeBackend
 from fineinstructions.config import stage_config
 from fineinstructions.executors.base import Executor
 from fineinstructions.executors.local import LocalExecutor
-from fineinstructions.records import Pair, Query
+from fineinstructions.records import Document, Pair, Query, Template
 from fineinstructions.stages.context import StageContext
 from fineinstructions.stages.registry import StageSpec
 
@@ -38,16 +38,31 @@ def test_local_and_ray_executors_implement_the_declared_interface():
 
 
 def test_a_sequential_stage_carries_its_state_across_shards_and_across_a_resume(tmp_path):
-    shards = [(0, [pair("d1")]), (1, [pair("d2")]), (2, [pair("d3", "Another answer of enough words.")])]
-    ex, spec, _ = executor(tmp_path)
+    from fineinstructions.backends.embeddings import make_embedder
+    from fineinstructions.stages.index import TemplateIndex
+
+    cfg = stage_config({"match": {"max_template_uses": 1, "top_k": 1, "embedder": "hashing-sim:64"}},
+                       output_dir=str(tmp_path))
+    templates = [Template(template_id=f"t{i}", template=f"What is <fi>{topic}</fi>?",
+                          compatible_document_description=f"An article about {topic}.")
+                 for i, topic in enumerate(["rivers and lakes", "rivers and seas"])]
+    text = "Rivers and lakes and seas hold most of the fresh and salt water that the plants and animals " * 3
+    shards = [(i, [Document(document_id=f"d{i}", text=text)]) for i in range(3)]
+
+    def executor_with_index() -> tuple[LocalExecutor, StageSpec]:
+        context = StageContext(cfg, "fp")
+        context.use_index(TemplateIndex.build(templates, make_embedder("hashing-sim:64")), "index-key")
+        return LocalExecutor(context, batch_size=2), StageSpec("match", cfg, "fp", str(tmp_path / "work" / "match"))
+
+    ex, spec = executor_with_index()
     with ex:
-        kept = ex.run(spec, shards)
-    assert [len(kept[s]) for s in (0, 1, 2)] == [1, 0, 1]  # d2 repeats d1's pair: dedup across shards
-    (tmp_path / "work" / "filter" / "shard-00002.parquet").unlink()  # a run killed before the last shard
-    ex, spec, _ = executor(tmp_path)
+        matched = ex.run(spec, shards, depends="index-key")
+    assert [len(matched[s]) for s in (0, 1, 2)] == [1, 1, 0]  # each template once in the corpus: none is left
+    (tmp_path / "work" / "match" / "shard-000002.parquet").unlink()  # a run killed before the last shard
+    ex, spec = executor_with_index()
     with ex:
-        resumed = ex.run(spec, shards)
-    assert resumed == kept and ex.computed == {("filter", 2)}  # the state was rebuilt from read-back shards
+        resumed = ex.run(spec, shards, depends="index-key")
+    assert resumed == matched and ex.computed == {("match", 2)}  # the state was rebuilt from read-back shards
 
 
 def test_committed_shards_are_read_back_without_building_the_stage(tmp_path, monkeypatch):

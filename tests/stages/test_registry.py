@@ -47,25 +47,29 @@ def test_model_stages_take_their_settings_from_their_section_and_their_engine_fr
     assert judge.sampling.max_tokens == 33 and judge.backend is engines["judge"]
 
 
-def test_filter_and_match_declare_their_state_across_shards():
+def test_match_declares_its_state_across_shards_and_the_filter_holds_none():
     capped, uncapped = stage_config({}), stage_config({"match": {"max_template_uses": None}})
-    assert stage_class("filter").sequential(capped)
     assert stage_class("match").sequential(capped) and not stage_class("match").sequential(uncapped)
+    assert not stage_class("filter").sequential(capped)  # pair dedup is its own step across ranks
     assert not stage_class("instantiate").sequential(capped)
 
 
-def test_the_filter_carries_pair_dedup_from_shard_to_shard():
+def test_the_pipelines_filter_keeps_duplicates_for_the_dedup_step():
     cfg = stage_config({})
     stage = stage_class("filter").from_config(cfg, StageContext(cfg))
     pair = Pair(document_id="d1", template_id="t1", text="a b c " * 20, template="t", instantiated_instruction="Q?",
                 answer="An answer of enough words.", excerpt_coverage=1.0, judge_score=5, token_count=100,
                 synthetic_token_count=10)
-    first = stage.state_digest()
-    assert stage.process([pair]).records == [pair]
-    stage.after_shard([pair])
-    assert stage.state_digest() != first  # the next shard's output depends on what this one kept
     again = pair.model_copy(update={"document_id": "d2"})
-    assert [r.reason for r in stage.process([again]).rejected] == ["duplicate_pair"]
+    assert stage.process([pair, again]).records == [pair, again]
+
+
+def test_model_stages_on_engines_that_batch_in_flight_get_more_rows_a_call():
+    vllm = stage_config({"instantiate": {"backend": {"kind": "vllm", "model": "m"}},
+                         "run": {"batch_size": 8, "requests_in_flight": 96}})
+    assert StageSpec("instantiate", vllm, "", "").feed_size == 96
+    assert StageSpec("judge", vllm, "", "").feed_size == 8  # the judge runs on the default llama.cpp engine
+    assert StageSpec("filter", vllm, "", "").feed_size == 8
 
 
 def test_a_spec_is_small_and_picklable_and_builds_its_stage(tmp_path):

@@ -1,9 +1,11 @@
 """A per-request cache of finished model calls, so a resumed or re-configured run never pays for one twice.
 
 A request's key is the hash of the model, the whole conversation (the rendered prompt, few-shot examples
-included), the sampling settings and a namespace naming the stage and its prompt version. Entries live in
-one SQLite file per run (WAL mode: several processes, e.g. Ray actors on one machine, may share it), and
-each batch's answers are committed as soon as the engine returns them, so a run killed mid-shard loses at
+included), the sampling settings and a namespace naming the stage and its prompt version. The driver's
+stages keep one SQLite file (WAL mode: several processes on one machine, e.g. Ray actors, may share it);
+each rank keeps its own file, written by that rank alone, in the classic rollback-journal mode, which
+(unlike WAL's shared memory) works on a network filesystem such as a cluster's NFS run folder. Each batch's
+answers are committed as soon as the engine returns them, so a run killed mid-shard loses at
 most the batch in flight. Failed requests are never cached: they are retried on the next run.
 """
 
@@ -28,14 +30,14 @@ def request_key(model_id: str, conversation: Conversation, sampling: SamplingPar
 
 
 class RequestCache:
-    """Finished generations by request key, in one SQLite file."""
+    """Finished generations by request key, in one SQLite file; `shared`: several processes write it (WAL)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, shared: bool = True):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), timeout=60, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA journal_mode={'WAL' if shared else 'DELETE'}")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS requests (key TEXT PRIMARY KEY, text TEXT NOT NULL, prompt_tokens INTEGER,"

@@ -83,6 +83,15 @@ class BackendPool:
         self.cache = cache
         self._backends: dict[str, Backend] = {}
         self._cached: dict[tuple[str, str], Backend] = {}
+        self._owns_engines = True
+
+    def sharing(self, cache: RequestCache | None) -> BackendPool:
+        """A pool serving this pool's live engines (and those it builds later for itself) behind another
+        request cache; closing it closes that cache, not the engines."""
+        pool = BackendPool(cache)
+        pool._backends = self._backends
+        pool._owns_engines = False
+        return pool
 
     def register(self, config: BackendConfig, backend: Backend) -> None:
         """Serve `config` with an already-built backend (e.g. one shared with other code)."""
@@ -100,9 +109,10 @@ class BackendPool:
         return self._cached[(key, namespace)]
 
     def close(self) -> None:
-        for backend in self._backends.values():
-            backend.close()
-        self._backends.clear()
+        if self._owns_engines:
+            for backend in self._backends.values():
+                backend.close()
+            self._backends.clear()
         self._cached.clear()
         if self.cache is not None:
             self.cache.close()

@@ -1,10 +1,13 @@
-"""The one interface the pipeline knows an executor by: run a stage spec over shards, commit each shard.
+"""The interface the pipeline knows an executor by: two verbs.
 
-An executor receives a `StageSpec` (stage name, config, fingerprint, output folder) and numbered shards
-of input records; it returns each shard's output records, computed and committed, or read back when
-already committed from the same inputs. How and where the stage runs (this process, Ray actors) is the
-executor's business; a `sequential` stage (its output depends on earlier shards) always runs its shards
-in order, in one instance.
+`run(spec, shards)`: a `StageSpec` (stage name, config, fingerprint, output folder) over numbered shards of
+input records; it returns each shard's output records, computed and committed, or read back when already
+committed from the same inputs. A `sequential` stage (its output depends on earlier shards) always runs
+its shards in order, in one instance. The query stages run this way.
+
+`run_tasks(step, tasks)`: independent tasks of a step (ranks/steps.py: a rank of the document phase, a
+dedup task), each of which writes its own outputs and marker. Where they run is the executor's business:
+this process or local child processes, Ray tasks, Slurm array tasks.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from fineinstructions.config import PipelineConfig
+    from fineinstructions.ranks.steps import Step
     from fineinstructions.stages.context import StageContext
 
 Shards = Sequence[tuple[int, Sequence[Record]]]
@@ -33,15 +37,15 @@ class Executor(ABC):
     stats: dict[str, StageStats]  # per stage, summed over every shard run or read back
     computed: set[tuple[str, int]]  # (stage, shard) computed by this run, not read back
 
-    @property
-    def default_window(self) -> int:
-        """Document shards in flight when the config does not say: the memory bound of a run."""
-        return 2 * self.workers
-
     @abstractmethod
     def run(self, spec: StageSpec, shards: Shards, depends: str = "") -> dict[int, list[Record]]:
         """Each shard's output (by shard number); `depends` names state besides the records that the
         outputs depend on (e.g. the index)."""
+
+    @abstractmethod
+    def run_tasks(self, step: Step, tasks: Sequence[int]) -> None:
+        """Run these tasks of `step` (each commits its own marker); raise TaskFailed naming those that did not
+        finish, after the others have."""
 
     def __enter__(self) -> Executor:
         return self
@@ -63,6 +67,12 @@ def make_executor(config: PipelineConfig, context: StageContext, console: Consol
         return RayExecutor(context, run.batch_size, progress, workers=run.workers,
                            cpus_per_worker=run.cpus_per_worker, gpus_per_worker=run.gpus_per_worker,
                            address=run.ray_address, retry_engine_failures=run.retry_engine_failures)
+    if run.executor == "slurm":
+        from fineinstructions.executors.slurm import SlurmExecutor
+
+        return SlurmExecutor(context, run.batch_size, progress, cpus_per_task=run.cpus_per_worker,
+                             gpus_per_task=run.gpus_per_worker, time_limit=run.slurm_time,
+                             options=run.slurm_options, retry_engine_failures=run.retry_engine_failures)
     from fineinstructions.executors.local import LocalExecutor
 
-    return LocalExecutor(context, run.batch_size, progress, run.retry_engine_failures)
+    return LocalExecutor(context, run.batch_size, progress, run.retry_engine_failures, workers=run.workers)

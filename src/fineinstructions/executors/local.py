@@ -1,4 +1,5 @@
-"""Run stages in this process, shard after shard, with a live progress bar per stage.
+"""Run stages in this process, shard after shard, with a live progress bar per stage; run a step's tasks
+in this process (one worker) or in `workers` local child processes.
 
 A stage is built once per run (through its `from_config`, from the executor's `StageContext`) and only
 when some shard must be computed: a resumed run whose shards are all committed loads no engine. A
@@ -7,24 +8,30 @@ when some shard must be computed: a resumed run whose shards are all committed l
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fineinstructions.executors.base import Executor, Shards
 from fineinstructions.executors.commit import commit_shard, read_committed, shard_digest
 from fineinstructions.executors.progress import StageProgress
+from fineinstructions.executors.tasks import run_in_processes
 from fineinstructions.records import Record
 from fineinstructions.stages.base import Stage, StageStats
 from fineinstructions.stages.context import StageContext
 from fineinstructions.stages.registry import StageSpec
+
+if TYPE_CHECKING:
+    from fineinstructions.ranks.steps import Step
 
 
 class LocalExecutor(Executor):
     """Runs every stage in this process."""
 
     def __init__(self, context: StageContext, batch_size: int = 8, progress: StageProgress | None = None,
-                 retry_engine_failures: bool = True):
+                 retry_engine_failures: bool = True, workers: int = 1):
         self.context = context
+        self.workers = workers
         self.batch_size = batch_size
         self.progress = progress or StageProgress(enabled=False)
         self.retry_engine_failures = retry_engine_failures
@@ -63,13 +70,24 @@ class LocalExecutor(Executor):
             outputs_by_shard[shard] = outputs
         return outputs_by_shard
 
+    def run_tasks(self, step: Step, tasks: Sequence[int]) -> None:
+        """One worker: the tasks in this process, lending them its engines and index (the demo's one model serves
+        every stage). Several: each task in a fresh child process, `workers` at a time."""
+        if self.workers <= 1 or len(tasks) <= 1:
+            for task in tasks:
+                step.run(task, self.context, self.progress)
+            return
+        label = f"{step.name} tasks"
+        self.progress.expect(label, len(tasks))
+        run_in_processes(step, tasks, self.workers, on_done=lambda _: self.progress.advance(label, 1))
+
     def _commit(self, stage: Stage[Any, Any], spec: StageSpec, shard: int, records: Any, out_dir: Path,
                 stats: StageStats, digest: str) -> tuple[list[Record], StageStats]:
         def on_batch(rows: int, shard_stats: StageStats) -> None:
             self.progress.advance(spec.stage, rows)
             self.progress.show_rate(spec.stage, stats, shard_stats)
 
-        committed = commit_shard(stage, shard, records, out_dir, self.batch_size, on_batch, digest)
+        committed = commit_shard(stage, shard, records, out_dir, spec.feed_size, on_batch, digest)
         self.computed.add((spec.stage, shard))
         return committed
 

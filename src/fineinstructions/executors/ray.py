@@ -1,6 +1,8 @@
-"""Run stages on a Ray cluster: pending shards become rows of a Ray Dataset, and `map_batches` hands them
-to a pool of actors, each building the stage (and its engine) from the spec once (GPU stages get
-`num_gpus`).
+"""Run on a Ray cluster. A step's tasks (each rank of the document phase, each dedup task) are Ray tasks:
+a rank gets `cpus_per_worker` CPUs and `gpus_per_worker` GPUs, holds its engines for its whole life, and
+commits into the run folder (shared storage on several machines); Ray reruns a task whose worker died, and
+the task resumes from its committed shards. The query stages' shards become rows of a Ray Dataset, and
+`map_batches` hands them to a pool of actors, each building the stage (and its engine) from the spec once.
 
 Sequential stages (match's corpus-wide template cap, the filter's pair dedup) and cheap stages run in the
 driver through a local executor; each actor commits its shard exactly like the local executor does
@@ -13,20 +15,24 @@ workers exist now.
 from __future__ import annotations
 
 import json
-import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fineinstructions.executors.base import Executor, Shards
 from fineinstructions.executors.commit import commit_shard, read_committed, shard_digest
 from fineinstructions.executors.local import LocalExecutor
 from fineinstructions.executors.progress import StageProgress
+from fineinstructions.executors.tasks import TaskFailed, failure_message, run_task, task_environment
 from fineinstructions.io.run_folder import shard_output_path
 from fineinstructions.io.writers import read_records
 from fineinstructions.records import Record
 from fineinstructions.stages.base import StageStats
 from fineinstructions.stages.context import StageContext, worker_context
 from fineinstructions.stages.registry import StageSpec
+
+if TYPE_CHECKING:
+    from fineinstructions.ranks.steps import Step
 
 
 class ShardWorker:
@@ -43,7 +49,7 @@ class ShardWorker:
         input_type = self.stage.input_type
         for shard, payload, digest in zip(batch["shard"], batch["records"], batch["digest"], strict=True):
             records = [input_type.model_validate_json(row) for row in json.loads(payload)]
-            _, shard_stats = commit_shard(self.stage, int(shard), records, Path(self.spec.out_dir), self.batch_size,
+            _, shard_stats = commit_shard(self.stage, int(shard), records, Path(self.spec.out_dir), self.spec.feed_size,
                                           digest=str(digest))
             shards.append(int(shard))
             stats.append(json.dumps(shard_stats.to_dict()))
@@ -68,20 +74,13 @@ class RayExecutor(Executor):
         self.address = address
         self._started_ray = False
 
-    @property
-    def default_window(self) -> int:
-        # Each window starts a fresh actor pool per model stage (engines load again): fewer, larger windows.
-        return 8 * self.workers
-
     def __enter__(self) -> RayExecutor:
         import ray
 
         if not ray.is_initialized():
             # Modules importable here (a custom backend in the user's project) must import in the actors too.
-            path = os.pathsep.join(p for p in [os.getcwd(), os.environ.get("PYTHONPATH", "")] if p)
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
-                     runtime_env={"env_vars": {"PYTHONPATH": path, "HF_HUB_OFFLINE":
-                                               os.environ.get("HF_HUB_OFFLINE", "0")}})
+                     runtime_env={"env_vars": task_environment()})
             self._started_ray = True
         ray.data.DataContext.get_current().enable_progress_bars = self.progress.enabled
         self.driver.__enter__()
@@ -93,6 +92,29 @@ class RayExecutor(Executor):
             import ray
 
             ray.shutdown()
+
+    def run_tasks(self, step: Step, tasks: Sequence[int]) -> None:
+        """Each task as a Ray task (a model-holding step's with the worker's GPUs), as many at once as the
+        cluster's resources allow; failures are reported once every task has ended."""
+        import ray
+
+        gpus = self.gpus_per_worker if step.holds_model else 0
+        remote = ray.remote(run_task).options(num_cpus=self.cpus_per_worker, num_gpus=gpus, max_retries=2)
+        label = f"{step.name} tasks"
+        self.progress.expect(label, len(tasks))
+        refs = {remote.remote(step, task): task for task in tasks}
+        failed: dict[int, str] = {}
+        waiting = list(refs)
+        while waiting:
+            ready, waiting = ray.wait(waiting, num_returns=1)
+            task = refs[ready[0]]
+            try:
+                ray.get(ready[0])
+            except Exception as err:  # noqa: BLE001 - reported per task below, with the run's logs
+                failed[task] = type(err).__name__
+            self.progress.advance(label, 1)
+        if failed:
+            raise TaskFailed(failure_message(step, failed))
 
     def on_workers(self, spec: StageSpec) -> bool:
         """Whether a spec's shards go to the actors: independent shards of a stage that holds a model (or any

@@ -32,7 +32,7 @@ def stage_dataset(run_dir: str | Path, target: str | Path, repo_id: str | None =
     with atomic_dir(target) as tmp:
         (tmp / "data").mkdir()
         for part in view.parts:
-            _link_or_copy(part, tmp / "data" / part.name)
+            _link_or_copy(part, tmp / "data" / f"{part.parent.name}-{part.name}")  # rank-R-part-N.parquet
         (tmp / "README.md").write_text(render_card(view, repo_id, license, data_files=DATA_FILES), encoding="utf-8")
     return target
 

@@ -21,7 +21,7 @@ from fineinstructions.errors import FineInstructionsError
 from fineinstructions.io.run_folder import RunFolder
 from fineinstructions.records import Pair
 from fineinstructions.stages.base import StageStats
-from fineinstructions.summary import STAGE_ORDER, quality
+from fineinstructions.summary import SUMMARY_ORDER, DatasetTally, quality
 
 # Dataset columns the report needs; the document text (the bulk of each row) is never read.
 PAIR_COLUMNS = ("document_id", "template_id", "template", "instantiated_instruction", "answer", "excerpt_coverage",
@@ -108,15 +108,15 @@ def load_run(run_dir: str | Path) -> RunView:
     if summary is not None and summary.get("config_fingerprint") != fingerprint:
         summary = None  # left by a run with another config, started over with --force and not done yet
     stages, shards = _stage_stats(folder)
-    parts = sorted(folder.dataset.glob("part-*.parquet"))
+    parts = folder.dataset_files()
     pairs = [Pair.model_construct(**row) for part in parts
              for row in pq.read_table(part, columns=_present(part, PAIR_COLUMNS)).to_pylist()]
-    coverage = [value for shard in sorted(folder.stage_dir("instantiate").glob("shard-*.parquet"))
+    coverage = [value for shard in folder.stage_outputs("instantiate")
                 for value in pq.read_table(shard, columns=["excerpt_coverage"]).column(0).to_pylist()]
     index = summary.get("index") if summary else _read_json(folder.index / "index.json")
     view = RunView(root, config, config_text, fingerprint, summary, stages, shards, parts, pairs, coverage,
                    index=index)
-    view.quality = quality(stages, pairs)
+    view.quality = quality(stages, DatasetTally.from_files(parts))
     view.row_values = {
         "templatize_model": _distinct(folder.stage_dir("templatize"), "model_id"),
         "templatize_prompt": _distinct(folder.stage_dir("templatize"), "prompt_version"),
@@ -132,9 +132,9 @@ def _stage_stats(folder: RunFolder) -> tuple[dict[str, StageStats], dict[str, in
     """Stats summed over each stage's committed shards (a shard counts once its output file exists)."""
     stages: dict[str, StageStats] = {}
     shards: dict[str, int] = {}
-    for name in STAGE_ORDER:
-        for stats_file in sorted((folder.stage_dir(name) / "stats").glob("shard-*.json")):
-            if not (folder.stage_dir(name) / f"{stats_file.stem}.parquet").is_file():
+    for name in SUMMARY_ORDER:
+        for stats_file in folder.stage_outputs(name, "stats/shard-*.json"):
+            if not (stats_file.parent.parent / f"{stats_file.stem}.parquet").is_file():
                 continue
             stages.setdefault(name, StageStats()).merge(StageStats.from_dict(json.loads(stats_file.read_text())))
             shards[name] = shards.get(name, 0) + 1

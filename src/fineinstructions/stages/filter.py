@@ -1,12 +1,11 @@
-"""Stage 7: keep pairs that pass the judge and the coverage gate, within each document's token budget,
-and not duplicates of pairs already in the dataset.
+"""Stage 7: keep pairs that pass the judge and the coverage gate, within each document's token budget.
 
-Pair dedup spans the whole dataset, so the filter carries state from shard to shard: the pairs kept so far
-(`after_shard`), whose digest each shard's output depends on (`state_digest`)."""
+In the pipeline, pair dedup across the whole dataset is its own step after the filter, on compact
+signatures, across ranks (ranks/signatures.py); a filter given a `PairDeduplicator` also drops pairs that
+repeat one it kept before (a single process's in-order dedup, e.g. for a stand-alone stage call)."""
 
 from __future__ import annotations
 
-import hashlib
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -37,26 +36,12 @@ class FilterStage(Stage[Pair, Pair]):
         self.min_coverage = min_coverage
         self.token_budget = token_budget
         self.max_pairs_per_document = max_pairs_per_document
-        self.deduplicator = deduplicator  # pairs kept in earlier shards: dedup over the whole dataset
-        self._kept_before = hashlib.sha256()  # digest of the pairs kept in earlier shards
+        self.deduplicator = deduplicator  # pairs kept before, when this filter deduplicates in order
 
     @classmethod
     def from_config(cls, config: PipelineConfig, context: StageContext) -> FilterStage:
         return cls(config.judge.min_score, config.instantiate.min_coverage, config.filter.token_budget,
-                   config.filter.max_pairs_per_document, PairDeduplicator(config.filter.near_duplicate_threshold))
-
-    @classmethod
-    def sequential(cls, config: PipelineConfig) -> bool:
-        return True
-
-    def state_digest(self) -> str:
-        return self._kept_before.hexdigest()
-
-    def after_shard(self, outputs: Sequence[Pair]) -> None:
-        if self.deduplicator is not None:
-            self.deduplicator.remember(outputs)  # idempotent: rebuilds the state from read-back shards on resume
-        for pair in outputs:
-            self._kept_before.update(f"{pair.document_id}\x00{pair.template_id}\x00".encode())
+                   config.filter.max_pairs_per_document)
 
     def process(self, batch: Sequence[Pair]) -> StageResult[Pair]:
         rejected: list[Rejected] = []

@@ -30,6 +30,8 @@ STAGES: dict[str, str] = {
     "filter": "fineinstructions.stages.filter:FilterStage",
 }
 STAGE_ORDER: tuple[str, ...] = tuple(STAGES)
+GENERATIVE_STAGES = frozenset({"templatize", "instantiate", "judge"})
+CONCURRENT_ENGINES = frozenset({"vllm", "openai", "transformers"})  # engines that batch requests in flight
 
 
 def stage_class(name: str) -> type[Stage[Any, Any]]:
@@ -59,6 +61,18 @@ class StageSpec:
     def sequential(self) -> bool:
         """Shards depend on earlier ones: one instance runs them in order (in the driver)."""
         return self.stage_class.sequential(self.config)
+
+    @property
+    def feed_size(self) -> int:
+        """Rows per call of the stage. A model stage whose engine runs concurrent requests itself (vLLM, an
+        OpenAI-compatible server, transformers) gets `run.requests_in_flight` rows a call, so the engine's
+        scheduler always holds a full queue rather than draining every `batch_size` requests; an engine that
+        runs one request at a time (llama.cpp) gets `run.batch_size` rows (a killed run loses one call)."""
+        run = self.config.run
+        if self.stage in GENERATIVE_STAGES and \
+                self.config.backend_for(self.stage).kind in CONCURRENT_ENGINES:  # type: ignore[arg-type]
+            return max(run.batch_size, run.requests_in_flight)
+        return run.batch_size
 
     def build(self, context: StageContext) -> Stage[Any, Any]:
         return self.stage_class.from_config(self.config, context)

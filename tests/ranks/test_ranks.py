@@ -1,0 +1,140 @@
+"""The document phase in ranks: the same dataset from 1 rank in this process and from several ranks in local
+child processes, a rank killed at a random instant resumes exactly once, and Slurm array tasks run the same
+task code (through a stand-in `sbatch` that runs the array here: no Slurm cluster on this machine)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import stat
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from fineinstructions.config import BackendConfig, PipelineConfig, RunConfig, SourceConfig
+from fineinstructions.executors.tasks import TaskFailed
+from fineinstructions.io.sources import wikipedia_documents
+from fineinstructions.pipeline import Pipeline
+from fineinstructions.ranks.steps import GenerateStep, RunJob, template_budget
+from tests.test_pipeline import QUERIES
+
+SCRIPTED = BackendConfig(kind="custom", model="tests.scripted_backend:make")
+
+
+@pytest.fixture(autouse=True)
+def judge_passes(monkeypatch):
+    monkeypatch.setenv("SCRIPTED_JUDGE", "pass")  # inherited by the rank processes
+
+
+def ranked_config(tmp_path: Path, out: str, ranks: int, workers: int = 1, documents: int = 24) -> PipelineConfig:
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text("".join(json.dumps({"text": q, "id": f"q{i}"}) + "\n" for i, q in enumerate(QUERIES)))
+    docs = tmp_path / "documents.jsonl"
+    leads = [d for d in wikipedia_documents() if 400 <= len(d.text) <= 1200][:documents]
+    docs.write_text("".join(json.dumps({"id": d.document_id, "text": d.text, "title": d.title}) + "\n" for d in leads))
+    cfg = PipelineConfig(queries=SourceConfig(path=str(queries)), documents=SourceConfig(path=str(docs)),
+                         generator=SCRIPTED,
+                         run=RunConfig(output_dir=str(tmp_path / out), shard_size=3, batch_size=2, ranks=ranks,
+                                       workers=workers, part_rows=7))
+    cfg.match.top_k = 2
+    cfg.match.max_template_uses = None  # a cap is split into per-rank budgets: the datasets would differ
+    return cfg
+
+
+def dataset(cfg: PipelineConfig) -> list[tuple[str, str, str]]:
+    root = Path(cfg.run.output_dir) / "dataset"
+    return sorted((r["document_id"], r["template_id"], r["answer"]) for part in root.glob("rank-*/part-*.parquet")
+                  for r in pq.read_table(part, columns=["document_id", "template_id", "answer"]).to_pylist())
+
+
+def test_ranks_in_child_processes_give_the_one_rank_dataset(tmp_path):
+    one = ranked_config(tmp_path, "one", ranks=1)
+    summary_one = Pipeline(one, show_progress=False).run()
+    three = ranked_config(tmp_path, "three", ranks=3, workers=3)
+    summary = Pipeline(three, show_progress=False).run()
+    assert dataset(three) == dataset(one) and dataset(one)
+    assert summary["inputs"]["documents"] == summary_one["inputs"]["documents"] == 24
+    assert summary["quality"]["pairs"] == summary_one["quality"]["pairs"] == len(dataset(one))
+    for stage in ("match", "instantiate", "judge", "filter"):
+        assert summary["stages"][stage]["rows_out"] == summary_one["stages"][stage]["rows_out"]
+    root = tmp_path / "three"
+    assert sorted(p.name for p in (root / "dataset").iterdir()) == ["rank-00000", "rank-00001", "rank-00002"]
+    assert all(pq.read_metadata(p).num_rows <= 7 for p in (root / "dataset").glob("rank-*/part-*.parquet"))
+    assert (root / "cache" / "rank-00002.sqlite").is_file() and (root / "logs" / "generate-rank-00001.log").is_file()
+
+
+def test_a_rank_killed_at_a_random_instant_resumes_without_lost_or_repeated_rows(tmp_path, monkeypatch):
+    reference = ranked_config(tmp_path, "reference", ranks=4, workers=1)
+    Pipeline(reference, show_progress=False).run()
+    monkeypatch.setenv("SCRIPTED_CALL_DELAY", "0.05")  # slow calls, so the kill lands mid-rank
+    cfg = ranked_config(tmp_path, "killed", ranks=4, workers=4)
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            Pipeline(cfg, show_progress=False).run()
+        except BaseException as err:  # noqa: BLE001 - handed to the test thread
+            failure.append(err)
+
+    driver = threading.Thread(target=run)
+    driver.start()
+    rng = random.Random(os.getpid())
+    victim = None
+    while driver.is_alive() and victim is None:
+        children = [p for p in __import__("multiprocessing").active_children() if p.name.startswith("generate-")]
+        if len(children) == 4:
+            time.sleep(rng.uniform(2.0, 8.0))  # model loading, then somewhere inside its shards
+            victim = rng.choice(children)
+            os.kill(victim.pid, signal.SIGKILL)
+        time.sleep(0.05)
+    driver.join()
+    assert victim is not None, "the run ended before a rank could be killed"
+    assert failure and isinstance(failure[0], TaskFailed) and "killed by signal 9" in str(failure[0])
+    monkeypatch.setenv("SCRIPTED_CALL_DELAY", "0")
+    Pipeline(cfg, show_progress=False).run()
+    assert dataset(cfg) == dataset(reference)
+    assert not list((tmp_path / "killed").rglob(".*.tmp-*"))
+
+
+def test_slurm_array_tasks_run_the_same_task_code(tmp_path, monkeypatch):
+    sbatch = tmp_path / "sbatch"
+    sbatch.write_text(f"""#!{sys.executable}
+# A stand-in for Slurm's sbatch: runs each array task of the script here, one after another.
+import os, re, subprocess, sys
+script = sys.argv[-1]
+text = open(script).read()
+spec = re.search(r"--array=(\\S+)", text).group(1)
+ids = [i for span in spec.split(",") for i in (range(int(span.split("-")[0]), int(span.split("-")[-1]) + 1))]
+code = 0
+for task in ids:
+    code |= subprocess.run(["bash", script], env=dict(os.environ, SLURM_ARRAY_TASK_ID=str(task))).returncode
+print("4242")
+sys.exit(code)
+""")
+    sbatch.chmod(sbatch.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("FINEINSTRUCTIONS_SBATCH", str(sbatch))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
+    local = ranked_config(tmp_path, "local", ranks=2, documents=8)
+    Pipeline(local, show_progress=False).run()
+    cfg = ranked_config(tmp_path, "slurm", ranks=2, documents=8)
+    cfg.run.executor = "slurm"
+    cfg.run.slurm_options = ["--partition=debug"]
+    Pipeline(cfg, show_progress=False).run()
+    assert dataset(cfg) == dataset(local) and dataset(local)
+    script = (tmp_path / "slurm" / "slurm" / "generate.sbatch").read_text()
+    assert "#SBATCH --array=0-1" in script and "#SBATCH --partition=debug" in script
+    assert "-m fineinstructions.cli task" in script
+    assert GenerateStep(RunJob.from_folder(tmp_path / "slurm")).pending() == []
+
+
+def test_template_budgets_split_the_cap_and_sum_to_it():
+    for cap in (1, 5, 12):
+        for ranks in (1, 3, 8):
+            budgets = [template_budget(cap, r, ranks) for r in range(ranks)]
+            assert sum(budgets) == cap and max(budgets) - min(budgets) <= 1
