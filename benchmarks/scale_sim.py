@@ -70,13 +70,16 @@ def engine() -> SimulationEngine:
 
 
 def respond(conversation: Conversation) -> str:
+    """Judge: 5. Instantiate: the template's variable filled with a word of the document, and an excerpt
+    reference to one of its sentences (which one depends on the template, so a document's pairs differ)."""
     system, user = conversation[0]["content"], conversation[-1]["content"]
     if system.startswith("You are a strict judge"):
         return "<feedback>Grounded.</feedback><score>5</score>"
     document = user.split("DOCUMENT:\n", 1)[1].split("\n\nTEMPLATE:", 1)[0]
     template = user.split("TEMPLATE:\n", 1)[1]
-    sentence = re.split(r"(?<=\.)\s", document)[0].split()
-    instruction = re.sub(r"<fi>.*?</fi>", sentence[0], template)
+    sentences = [s.split() for s in re.split(r"(?<=\.)\s", document) if len(s.split()) >= 6]
+    sentence = sentences[sum(map(ord, template)) % len(sentences)]
+    instruction = re.sub(r"<fi>.*?</fi>", f"{sentence[0]} {sentence[1]}", template)
     return (f"<instruction>{instruction}</instruction>\n<answer><excerpt>{' '.join(sentence[:3])}<...>"
             f"{' '.join(sentence[-3:])}</excerpt></answer>")
 
@@ -111,7 +114,7 @@ def write_documents(folder: Path, n: int) -> Path:
             texts.append(" ".join(shuffled))
             titles.append(title)
         pq.write_table(pa.table({"id": ids, "text": texts, "title": titles}),
-                       target / f"documents-{first // DOCUMENTS_PER_FILE:05d}.parquet", row_group_size=5_000)
+                       target / f"documents-{first // DOCUMENTS_PER_FILE:05d}.parquet", row_group_size=1_000)
     (target / "done").write_text("")
     return target
 
@@ -186,7 +189,8 @@ def measure(cfg: PipelineConfig, folder: Path) -> dict[str, Any]:
 
 def dataset_rows(out: Path) -> list[tuple[str, str, str]]:
     columns = ["document_id", "template_id", "answer"]
-    return sorted((r["document_id"], r["template_id"], r["answer"]) for part in out.glob("dataset/rank-*/part-*.parquet")
+    parts = out.glob("dataset/rank-*/part-*.parquet")
+    return sorted((r["document_id"], r["template_id"], r["answer"]) for part in parts
                   for r in pq.read_table(part, columns=columns).to_pylist())
 
 
@@ -216,7 +220,8 @@ def main() -> None:
         rate = [d / s for d, s in zip(r["rank_documents"], r["rank_seconds"], strict=True)]
         print(f"{n:>9,} documents: {r['pairs']:,} pairs in {r['seconds']:.0f} s; driver peak RSS "
               f"{r['driver_rss_mb']:.0f} MB; rank peak RSS {', '.join(f'{x:.0f}' for x in r['rank_rss_mb'])} MB; "
-              f"{', '.join(f'{x:.0f}' for x in rate)} documents/s per rank", flush=True)
+              f"{', '.join(f'{x:.0f}' for x in rate)} documents/s per rank; stage seconds "
+              f"{ {k: round(v) for k, v in r['stage_seconds'].items()} }", flush=True)
     print("\n| documents | pairs | driver peak RSS | rank peak RSS (max) | documents/s per rank | parts | "
           "part size vs target (min-max, all but the last per rank) |")
     print("|---|---|---|---|---|---|---|")
@@ -238,17 +243,29 @@ def main() -> None:
         same = dataset_rows(local_out) == dataset_rows(ray_out)
         print(f"\n{args.ray_size:,} documents under Ray: {ray['pairs']:,} pairs in {ray['seconds']:.0f} s; "
               f"identical to the local executor's dataset row for row: {same}")
-    pairs_per_document = last["pairs"] / sizes[-1]
     bytes_per_pair = sum(last["part_bytes"]) / max(last["pairs"], 1)
-    print(f"\nProjection to 1B pairs (from the {sizes[-1]:,}-document run: {pairs_per_document:.2f} pairs/document "
-          f"kept by the stand-in engine, {bytes_per_pair:.0f} bytes/pair in Parquet):")
-    print("| ranks | documents | dataset files (512 MB) | storage | GPU-hours |")
+    projection(bytes_per_pair, max(last["rank_rss_mb"]), min(
+        d / sec for d, sec in zip(last["rank_documents"], last["rank_seconds"], strict=True)))
+
+
+def projection(bytes_per_pair: float, rank_rss_mb: float, documents_per_s: float) -> None:
+    """1B kept pairs at the paper's yield (6 candidates, ~3 kept per document): ranks, files, storage, and the
+    GPU-hours as a formula of the engine's throughput (no GPU figures were measured here)."""
+    pairs, kept_per_document, candidates = 1e9, 3, 6
+    documents = pairs / kept_per_document
+    requests = documents * candidates  # instantiate requests; the judge sees the instantiated share of them
+    storage = pairs * bytes_per_pair
+    print(f"\nProjection to 1B pairs ({kept_per_document} kept of {candidates} candidates per document, as the paper: "
+          f"{documents:,.0f} documents, {requests:,.0f} instantiate requests; {bytes_per_pair:.0f} bytes/pair in "
+          f"Parquet as measured here, real answers are longer):")
+    print("| ranks | documents per rank | dataset files of 512 MB | storage | pipeline CPU-hours (no model) |")
     print("|---|---|---|---|---|")
     for ranks in (64, 256, 1024):
-        documents = 1e9 / 3  # the paper's ~3 kept pairs per document
-        storage = 1e9 * bytes_per_pair
-        print(f"| {ranks} | {documents:,.0f} | {storage / 2**29:,.0f} | {storage / 1e12:.1f} TB | "
-              f"(instantiate + judge tokens) / (GPU tokens/s x 3600): see README |")
+        print(f"| {ranks} | {documents / ranks:,.0f} | {storage / 2**29:,.0f} | {storage / 1e12:.2f} TB | "
+              f"{documents / documents_per_s / 3600:,.0f} in all, rank peak RSS ~{rank_rss_mb:.0f} MB |")
+    print("GPU-hours = requests x (prompt tokens / prefill tok/s + completion tokens / generated tok/s) / 3600, "
+          "instantiate and judge each; e.g. 2e9 instantiate requests x (1,500 / P + 250 / G) / 3600 with P, G the "
+          "per-GPU figures of benchmarks/gpu_throughput.py.")
 
 
 if __name__ == "__main__":

@@ -105,7 +105,7 @@ def test_templatize_subcommand_with_the_real_model(tmp_path):
                                  "--model", "smollm2-135m-instruct", "--quiet"])
     assert result.exit_code == 0, result.output
     assert "templatize: 1 in" in result.output
-    assert (tmp_path / "t" / "stats" / "shard-00000.json").is_file()
+    assert (tmp_path / "t" / "stats" / "shard-000000.json").is_file()
     assert len(read_records(tmp_path / "t", Template)) <= 1
 
 

@@ -126,7 +126,7 @@ def test_dataset_card_front_matter_counts_and_fingerprint(runs, tmp_path):
     pairs = summary["quality"]["pairs"]
     assert meta["license"] == "cc-by-4.0" and meta["language"] == ["en"] and meta["size_categories"] == ["n<1K"]
     assert meta["configs"] == [{"config_name": "default",
-                                "data_files": [{"split": "train", "path": "data/part-*.parquet"}]}]
+                                "data_files": [{"split": "train", "path": "data/*.parquet"}]}]
     assert "text-generation" in meta["task_categories"] and meta["pretty_name"]
     assert DatasetCard(card).data.to_dict()["license"] == "cc-by-4.0"  # the Hub library reads it too
     assert f"{pairs} synthetic instruction-answer pairs" in card
@@ -162,7 +162,7 @@ def test_unfinished_run_is_reported_and_not_pushed_by_default(runs, tmp_path):
     result = runner.invoke(app, ["push", str(run), "me/data", "--to-dir", str(tmp_path / "cli")])
     assert result.exit_code == 2 and "allow-unfinished" in flat(result.output)
     staged = stage_dataset(run, tmp_path / "staged", allow_unfinished=True)
-    assert (staged / "data" / "part-00000.parquet").is_file()
+    assert [p.name for p in (staged / "data").iterdir()] == ["rank-00000-shard-000000.parquet"]  # before dedup
 
 
 def test_cli_report_and_push_to_dir_layout(runs, tmp_path):

@@ -145,6 +145,9 @@ class MatchConfig(Section):
     max_document_chars: int = Field(default=200_000, ge=1)
     index: str = "auto"  # FAISS factory string: Flat, IVF4096,PQ64, IVF1024,Flat, HNSW32; auto by size
     index_shards: int = Field(default=1, ge=1)
+    # A ready bank (`templates`) is near-deduplicated in memory like templatized queries; false streams a bank
+    # already deduplicated (the released FineTemplates) into the index in bounded memory (ids still unique).
+    deduplicate_bank: bool = True
     train_size: int = Field(default=100_000, ge=1)  # vectors that train IVF/PQ kinds
     nprobe: int = Field(default=32, ge=1)  # IVF lists searched per query (of <= 4096 lists by auto)
     ef_search: int = Field(default=128, ge=1)  # HNSW search breadth
@@ -208,7 +211,7 @@ class RunConfig(Section):
     cpus_per_worker: float = Field(default=1.0, gt=0)  # ray: fractional CPUs are fine
     gpus_per_worker: float = Field(default=0.0, ge=0)  # ray: give GPU stages their GPUs (vLLM)
     ray_address: str | None = None  # ray: an existing cluster ("auto", "ray://host:10001"); None starts one
-    shards_in_flight: int | None = Field(default=None, ge=1)  # shards per window; None: 2 (ray: 8) x workers
+    shards_in_flight: int | None = Field(default=None, ge=1)  # a rank's shards per stage step; None: 2
     request_cache: bool = True  # keep every finished model call in <output_dir>/cache/ (one SQLite file per rank)
     retry_engine_failures: bool = True  # a rerun retries requests that failed through the engine's fault
     part_bytes: int = Field(default=512 * 2**20, ge=1)  # dataset files of about this size (the last may be smaller)
@@ -228,7 +231,7 @@ EXECUTION_FIELDS_ANYWHERE = frozenset({"embedder_device", "embedder_batch_size",
 # of the fingerprint while they hold it, so those runs still resume.
 LATER_OPTIONAL_FIELDS: dict[str, object] = {
     "queries": None, "backend": None, "revision": None, "prompt_file": None, "embedder_revision": None,
-    "data_files": None, "ranks": 1,
+    "data_files": None, "ranks": 1, "deduplicate_bank": True,
     "min_instance_share": DEFAULT_MIN_INSTANCE_SHARE, "max_instance_length_ratio": DEFAULT_MAX_INSTANCE_LENGTH_RATIO,
 }
 GenerativeStage = Literal["templatize", "instantiate", "judge"]

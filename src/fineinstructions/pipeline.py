@@ -30,7 +30,7 @@ from fineinstructions.backends.factory import BackendPool
 from fineinstructions.config import PipelineConfig, SourceConfig
 from fineinstructions.errors import ConfigError
 from fineinstructions.executors.base import Executor, make_executor
-from fineinstructions.executors.commit import chunked
+from fineinstructions.executors.commit import batched, chunked
 from fineinstructions.io.atomic import write_json_atomic, write_text_atomic
 from fineinstructions.io.readers import ReadStats, read_rows
 from fineinstructions.io.rows import rows_to_records, rows_to_templates
@@ -167,13 +167,16 @@ class Pipeline:
         self.console.log(f"{len(queries)} queries; documents in {ranks} rank{'s' if ranks > 1 else ''} -> {self.root}")
         try:
             with make_executor(cfg, self.context, self.console, self.show_progress) as ex:
-                if cfg.templates is not None:
-                    templates = self._bank(read_stats)
+                if cfg.templates is not None and not cfg.match.deduplicate_bank:
+                    index = self._streamed_bank_index(read_stats)
                 else:
-                    templates = self._templatize(ex, self._filter_queries(ex, queries))
-                templates = self._one_shard(ex, "template_dedup", templates)
-                index = self._index(templates)
-                del templates
+                    if cfg.templates is not None:
+                        templates = self._bank(read_stats)
+                    else:
+                        templates = self._templatize(ex, self._filter_queries(ex, queries))
+                    templates = self._one_shard(ex, "template_dedup", templates)
+                    index = self._index(templates)
+                    del templates
                 job = RunJob(cfg, self.fingerprint, self.index_key)
                 for step_type in STEPS:
                     step = step_type(job)
@@ -228,6 +231,40 @@ class Pipeline:
         assert source is not None
         rows = source_rows(source, read_stats["templates"])
         return list(rows_to_templates(rows, read_stats["templates"], source.limit))
+
+    def _streamed_bank_index(self, read_stats: dict[str, ReadStats]) -> TemplateIndex | ShardedTemplateIndex:
+        """A bank already deduplicated (the released FineTemplates: ~18M) into the index in bounded memory: the
+        templates stream as Arrow batches of validated rows into `build_bank_index`, twice (a content digest
+        names the index, then the build), never all as Python objects."""
+        from fineinstructions.stages.bank import build_bank_index
+
+        mc, source, embedder = self.config.match, self.config.templates, self.context.embedder
+        assert source is not None
+        if mc.index_shards > 1:
+            raise ConfigError("match.index_shards applies to banks deduplicated in memory; a streamed bank "
+                              "(match.deduplicate_bank: false) is one index")
+
+        def batches(stats: ReadStats) -> Iterator[Any]:
+            rows = source_rows(source, stats)
+            for chunk in batched(rows_to_templates(rows, stats, source.limit), 65_536):
+                yield Template.to_table(chunk)
+
+        content = hashlib.sha256()
+        for table in batches(ReadStats()):
+            for column in ("template_id", "template", "compatible_document_description"):
+                for value in table.column(column).to_pylist():
+                    content.update(value.encode() + b"\x00")
+        want = hashlib.sha256("|".join(["streamed", mc.index, str(mc.train_size), embedder.fingerprint,
+                                        content.hexdigest()]).encode()).hexdigest()
+        stamp = self.folder.index_stamp
+        if not (stamp.is_file() and stamp.read_text().strip() == want and self.folder.index.is_dir()):
+            self.console.log(f"indexing the template bank {source.path} with {embedder.model_id} (streamed)")
+            stamp.unlink(missing_ok=True)
+            build_bank_index(batches(read_stats["templates"]), embedder, self.folder.index, mc.index,
+                             mc.train_size, deduplicate=False)
+            write_text_atomic(stamp, want + "\n")
+        self.index_key = want
+        return self.context.index
 
     def _index(self, templates: list[Template]) -> TemplateIndex | ShardedTemplateIndex:
         """The FAISS index of the templates, reused while its key holds: the templates, the embedding model

@@ -33,7 +33,7 @@ def _ratio(num: float, den: float) -> float | None:
 # The pair columns the summary reads: never the document text, so a streaming pass costs little.
 TALLY_COLUMNS = ("document_id", "template_id", "instantiated_instruction", "answer", "excerpt_coverage",
                  "synthetic_token_count", "token_count")
-EXACT_DISTINCT_LIMIT = 1_000_000  # distinct instructions counted exactly up to here, estimated beyond
+EXACT_DISTINCT_LIMIT = 100_000  # distinct instructions counted exactly up to here, estimated beyond
 
 
 class DatasetTally:

@@ -5,6 +5,7 @@ task code (through a stand-in `sbatch` that runs the array here: no Slurm cluste
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import random
 import signal
@@ -22,6 +23,7 @@ from fineinstructions.executors.tasks import TaskFailed
 from fineinstructions.io.sources import wikipedia_documents
 from fineinstructions.pipeline import Pipeline
 from fineinstructions.ranks.steps import GenerateStep, RunJob, template_budget
+from fineinstructions.records import Template
 from tests.test_pipeline import QUERIES
 
 SCRIPTED = BackendConfig(kind="custom", model="tests.scripted_backend:make")
@@ -70,10 +72,10 @@ def test_ranks_in_child_processes_give_the_one_rank_dataset(tmp_path):
 
 
 def test_a_rank_killed_at_a_random_instant_resumes_without_lost_or_repeated_rows(tmp_path, monkeypatch):
-    reference = ranked_config(tmp_path, "reference", ranks=4, workers=1)
+    reference = ranked_config(tmp_path, "reference", ranks=4, workers=1, documents=48)
     Pipeline(reference, show_progress=False).run()
-    monkeypatch.setenv("SCRIPTED_CALL_DELAY", "0.05")  # slow calls, so the kill lands mid-rank
-    cfg = ranked_config(tmp_path, "killed", ranks=4, workers=4)
+    monkeypatch.setenv("SCRIPTED_CALL_DELAY", "0.1")  # slow calls: each rank takes seconds over its 4 shards
+    cfg = ranked_config(tmp_path, "killed", ranks=4, workers=4, documents=48)
     failure: list[BaseException] = []
 
     def run() -> None:
@@ -85,16 +87,18 @@ def test_a_rank_killed_at_a_random_instant_resumes_without_lost_or_repeated_rows
     driver = threading.Thread(target=run)
     driver.start()
     rng = random.Random(os.getpid())
+    rank = rng.randrange(4)
+    first_shard = tmp_path / "killed" / "work" / "match" / f"rank-{rank:05d}" / "shard-000000.parquet"
     victim = None
     while driver.is_alive() and victim is None:
-        children = [p for p in __import__("multiprocessing").active_children() if p.name.startswith("generate-")]
-        if len(children) == 4:
-            time.sleep(rng.uniform(2.0, 8.0))  # model loading, then somewhere inside its shards
-            victim = rng.choice(children)
+        children = [p for p in multiprocessing.active_children() if p.name == f"generate-{rank}"]
+        if children and first_shard.is_file():  # the rank is inside its shards: kill it somewhere in them
+            time.sleep(rng.uniform(0.0, 1.5))
+            victim = children[0]
             os.kill(victim.pid, signal.SIGKILL)
-        time.sleep(0.05)
+        time.sleep(0.02)
     driver.join()
-    assert victim is not None, "the run ended before a rank could be killed"
+    assert victim is not None, "the run ended before the rank could be killed"
     assert failure and isinstance(failure[0], TaskFailed) and "killed by signal 9" in str(failure[0])
     monkeypatch.setenv("SCRIPTED_CALL_DELAY", "0")
     Pipeline(cfg, show_progress=False).run()
@@ -138,3 +142,25 @@ def test_template_budgets_split_the_cap_and_sum_to_it():
         for ranks in (1, 3, 8):
             budgets = [template_budget(cap, r, ranks) for r in range(ranks)]
             assert sum(budgets) == cap and max(budgets) - min(budgets) <= 1
+
+
+def test_a_deduplicated_bank_streams_into_the_index_and_is_reused(tmp_path):
+    cfg = ranked_config(tmp_path, "bank", ranks=2, documents=8)
+    bank = tmp_path / "bank.parquet"
+    leads = [d for d in wikipedia_documents() if 400 <= len(d.text) <= 1200][:40]
+    pq.write_table(Template.to_table([
+        Template(template_id=f"ft-{i}", template=f"What is known about <fi>{d.title.split()[0]} or similar</fi>?",
+                 compatible_document_description=f"An encyclopedia article about {d.title}.")
+        for i, d in enumerate(leads)]), bank)
+    cfg.templates = SourceConfig(path=str(bank))
+    cfg.queries = None
+    cfg.match.deduplicate_bank = False
+    cfg.match.embedder = "hashing-sim"
+    summary = Pipeline(cfg, show_progress=False).run()
+    assert summary["index"]["templates"] == 40 and "template_dedup" not in summary["stages"]
+    assert dataset(cfg)
+    stamp = (tmp_path / "bank" / "index.sha").read_text()
+    index_file = tmp_path / "bank" / "index" / "templates.faiss"
+    built = index_file.stat().st_mtime_ns
+    Pipeline(cfg, show_progress=False).run()  # a rerun reads the bank again, finds the same digest, keeps the index
+    assert (tmp_path / "bank" / "index.sha").read_text() == stamp and index_file.stat().st_mtime_ns == built

@@ -1,5 +1,9 @@
 """Sentence embeddings for templates and documents, with Gaussian coverage pooling
-(docs/method.md, "Matching: coverage pooling")."""
+(docs/method.md, "Matching: coverage pooling").
+
+`make_embedder` builds the embedder a config names: a sentence-transformers model (`Embedder`), or
+`hashing-sim[:DIM]` (`HashingEmbedder`), a deterministic bag of hashed words for simulations and tests.
+"""
 
 from __future__ import annotations
 
@@ -98,10 +102,9 @@ class Embedder:
 
     def token_windows(self, texts: Sequence[str], max_windows: int = 64) -> list[TokenWindow]:
         """Cut each text's tokens into model-sized windows, each token placed on the text's [0, 1] axis."""
-        tokenizer = self.model.tokenizer
         body = self.window_tokens
         prefix, suffix = self._special_ids
-        encoded = tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+        encoded = self._token_ids(texts)
         windows: list[TokenWindow] = []
         for slot, ids in enumerate(encoded):
             n = len(ids)
@@ -119,6 +122,11 @@ class Embedder:
                                             np.full(len(suffix), body_pos[-1])])
                 windows.append(TokenWindow(slot, prefix + piece + suffix, positions))
         return windows
+
+    def _token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Each text's token ids, without special tokens and uncut."""
+        tokenizer = self.model.tokenizer
+        return tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
 
     @property
     def window_tokens(self) -> int:
@@ -195,3 +203,192 @@ def coverage_pool(tokens: np.ndarray, chunks: int, sigma: float, alpha: float,
     out = np.stack(rows).astype(np.float32)
     out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
     return out
+
+
+# -- a hashing embedder for simulations and tests -------------------------------------------------------
+
+HASHING_SIM = "hashing-sim"
+_MASK64 = (1 << 64) - 1
+_PRIME = 0x100000001B3  # odd, so it has an inverse modulo 2**64
+_PRIME_INVERSE = pow(_PRIME, -1, 1 << 64)
+_WORD_BYTES = np.zeros(256, dtype=bool)  # ASCII letters and digits after lower-casing, and every non-ASCII byte
+_WORD_BYTES[ord("0") : ord("9") + 1] = True
+_WORD_BYTES[ord("a") : ord("z") + 1] = True
+_WORD_BYTES[0x80:] = True
+_EMPTY_TEXT = 0x5EED_0F_E4_7E_11  # the one token of a text without words
+_GROUP_BYTES = 1 << 20  # texts are hashed in groups of about this many bytes (small temporaries)
+_GROUP_TEXTS = 2048  # and embedded this many at a time
+
+
+def mix64(values: np.ndarray) -> np.ndarray:
+    """A well-spread uint64 per uint64 (the splitmix64 finaliser), vectorised."""
+    x = np.asarray(values, dtype=np.uint64).copy()
+    with np.errstate(over="ignore"):
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return x
+
+
+def hash_segments(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """64-bit hashes of the byte strings data[starts[i]:ends[i]] (uint8 data), with no Python loop per string.
+
+    A polynomial hash modulo 2**64 from prefix sums (each segment's sum shifted back by the inverse power
+    of its start), mixed with the segment's length. Temporaries: about 32 bytes per byte of `data`.
+    """
+    starts = np.asarray(starts, dtype=np.int64)
+    ends = np.asarray(ends, dtype=np.int64)
+    n = len(data)
+    with np.errstate(over="ignore"):
+        powers = np.full(n + 1, _PRIME, dtype=np.uint64)
+        powers[0] = 1
+        np.cumprod(powers, out=powers)
+        prefix = np.zeros(n + 1, dtype=np.uint64)
+        np.cumsum((data.astype(np.uint64) + np.uint64(1)) * powers[:-1], out=prefix[1:])
+        del powers
+        inverse = np.full(n + 1, _PRIME_INVERSE, dtype=np.uint64)
+        inverse[0] = 1
+        np.cumprod(inverse, out=inverse)
+        raw = (prefix[ends] - prefix[starts]) * inverse[starts]
+    return mix64(raw ^ mix64((ends - starts).astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)))
+
+
+def hash_strings(strings: Sequence[str]) -> np.ndarray:
+    """64-bit hashes of strings (their UTF-8 bytes), deterministic across processes and machines."""
+    if len(strings) == 0:
+        return np.zeros(0, dtype=np.uint64)
+    encoded = [s.encode("utf-8", "surrogatepass") for s in strings]
+    lengths = np.fromiter((len(b) for b in encoded), dtype=np.int64, count=len(encoded))
+    ends = np.cumsum(lengths)
+    return hash_segments(np.frombuffer(b"".join(encoded), dtype=np.uint8), ends - lengths, ends)
+
+
+def _word_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(hash of each word, text number of each word), in reading order; a text without words has one
+    token standing for the empty text. Words are runs of letters and digits (any non-ASCII character
+    counts as a letter), compared lower-cased."""
+    hashes: list[np.ndarray] = []
+    owners: list[np.ndarray] = []
+    first = 0
+    while first < len(texts):
+        last, size = first, 0
+        while last < len(texts) and (last == first or size + len(texts[last]) <= _GROUP_BYTES):
+            size += len(texts[last]) + 1
+            last += 1
+        group = [t.lower().encode("utf-8", "surrogatepass") for t in texts[first:last]]
+        data = np.frombuffer(b"\0".join(group), dtype=np.uint8)
+        text_starts = np.cumsum([0] + [len(b) + 1 for b in group[:-1]])
+        word = _WORD_BYTES[data]
+        edges = np.diff(np.concatenate(([False], word, [False])).astype(np.int8))
+        starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        hashes.append(hash_segments(data, starts, ends))
+        owners.append(np.searchsorted(text_starts, starts, side="right") - 1 + first)
+        first = last
+    words = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
+    owner = np.concatenate(owners) if owners else np.zeros(0, np.int64)
+    empty = np.flatnonzero(np.bincount(owner, minlength=len(texts)) == 0)
+    if len(empty):
+        order = np.argsort(np.concatenate([owner, empty]), kind="stable")
+        words = np.concatenate([words, np.full(len(empty), _EMPTY_TEXT, np.uint64)])[order]
+        owner = np.concatenate([owner, empty])[order]
+    return words, owner
+
+
+class HashingEmbedder(Embedder):
+    """Bag of hashed words for simulations and tests (never a default): each word adds a signed unit to
+    one of `dimension` buckets, each pair of neighbouring words half a unit to another; L2-normalised.
+
+    Deterministic across processes and fast (no model, numpy only); texts that share words are close.
+    It is an `Embedder` whose tokens are word hashes, so coverage pooling runs the same code path
+    (`encode_with_coverage`): a token's embedding is its word's unit plus its bigram with the word
+    before, and the mean of a single-window text's tokens points where `encode` does.
+    """
+
+    bigram_weight = 0.5
+    words_per_window = 256
+
+    def __init__(self, dimension: int = 384, batch_size: int = 32, model: str | None = None):
+        # no model to load: Embedder.__init__ (which loads one) is deliberately not called
+        if dimension < 2:
+            raise ConfigError(f"a hashing embedder needs at least 2 dimensions, not {dimension}")
+        self.model_id = model or f"{HASHING_SIM}:{dimension}"
+        self.dimension = int(dimension)
+        self.batch_size = batch_size
+        self.revision = None
+        self.device = "cpu"
+
+    @property
+    def fingerprint(self) -> str:
+        return short_hash(f"{HASHING_SIM}|{self.dimension}|v1")
+
+    def _features(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(bucket, sign) of each feature hash."""
+        bucket = ((hashes >> np.uint64(32)) % np.uint64(self.dimension)).astype(np.int64)
+        sign = 1.0 - 2.0 * (hashes & np.uint64(1)).astype(np.float32)
+        return bucket, sign
+
+    @staticmethod
+    def _bigrams(previous: np.ndarray, current: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore"):
+            return mix64(previous * np.uint64(0x9E3779B97F4A7C15) ^ current)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-length hashed bag-of-words vectors, shape (n, d), float32."""
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        for start in range(0, len(texts), _GROUP_TEXTS):  # small groups: fresh large temporaries are slow
+            out[start : start + _GROUP_TEXTS] = self._encode_group(texts[start : start + _GROUP_TEXTS])
+        return out
+
+    def _encode_group(self, texts: Sequence[str]) -> np.ndarray:
+        n, d = len(texts), self.dimension
+        words, owner = _word_hashes(texts)
+        pair = owner[1:] == owner[:-1]
+        bigrams = self._bigrams(words[:-1][pair], words[1:][pair])
+        bucket, sign = self._features(words)
+        pair_bucket, pair_sign = self._features(bigrams)
+        cells = np.concatenate([owner * d + bucket, owner[1:][pair] * d + pair_bucket])
+        weights = np.concatenate([sign, self.bigram_weight * pair_sign])
+        vectors = np.bincount(cells, weights=weights, minlength=n * d).reshape(n, d).astype(np.float32)
+        vectors[~vectors.any(axis=1), 0] = 1.0  # features that cancel out exactly: an arbitrary unit vector
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    def _token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        words, owner = _word_hashes(texts)
+        bounds = np.cumsum(np.bincount(owner, minlength=len(texts)))[:-1]
+        return [part.tolist() for part in np.split(words, bounds)]
+
+    @property
+    def window_tokens(self) -> int:
+        return self.words_per_window
+
+    @functools.cached_property
+    def _special_ids(self) -> tuple[list[int], list[int]]:
+        return [], []
+
+    def _token_embeddings(self, batch: Sequence[list[int]]) -> list[np.ndarray]:
+        out: list[np.ndarray] = []
+        for ids in batch:
+            words = np.asarray(ids, dtype=np.uint64)
+            tokens = np.zeros((len(words), self.dimension), dtype=np.float32)
+            rows = np.arange(len(words))
+            bucket, sign = self._features(words)
+            tokens[rows, bucket] += sign
+            if len(words) > 1:
+                pair_bucket, pair_sign = self._features(self._bigrams(words[:-1], words[1:]))
+                tokens[rows[1:], pair_bucket] += self.bigram_weight * pair_sign
+            out.append(tokens)
+        return out
+
+
+def make_embedder(model: str, device: str | None = "auto", batch_size: int = 32,
+                  revision: str | None = None) -> Embedder:
+    """The embedder `model` names: `hashing-sim` or `hashing-sim:DIM` (the hashing embedder, 384 dimensions
+    unless given), else a sentence-transformers model on `device`."""
+    if model == HASHING_SIM or model.startswith(f"{HASHING_SIM}:"):
+        _, _, size = model.partition(":")
+        if size and not size.isdigit():
+            raise ConfigError(f"{model!r}: the hashing embedder is named {HASHING_SIM} or {HASHING_SIM}:DIM")
+        return HashingEmbedder(int(size) if size else 384, batch_size, model)
+    return Embedder(model, device=device, batch_size=batch_size, revision=revision)

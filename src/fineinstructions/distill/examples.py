@@ -296,7 +296,9 @@ def _instantiate(teacher: InstantiateStage, student: InstantiateStage, matches: 
         batch = usable[start : start + batch_size]
         generations = teacher.backend.generate([teacher.conversation(m) for m in batch], teacher.sampling)
         for match, generation in zip(batch, generations, strict=True):
-            doc = normalized.setdefault(match.document_id, NormalizedText(match.text))
+            if match.document_id not in normalized:  # once per document, not per candidate
+                normalized[match.document_id] = NormalizedText(match.text)
+            doc = normalized[match.document_id]
             outcome = teacher.gate(match, generation, doc)
             if not isinstance(outcome, tuple):
                 if outcome.reason == "null":

@@ -31,6 +31,7 @@ def run_task(step: Step, task: int) -> None:
     from fineinstructions.pipeline import configure_logging
 
     configure_logging()
+    limit_threads(step.job.config.run.cpus_per_worker)
     path = step.job.folder.rank_log(task, step.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
@@ -46,6 +47,25 @@ def run_task(step: Step, task: int) -> None:
     finally:
         package.removeHandler(handler)
         handler.close()
+
+
+def limit_threads(cpus: float) -> None:
+    """Hold this task process's math libraries (BLAS, OpenMP in FAISS and torch) to its share of the CPUs:
+    several ranks on one machine otherwise oversubscribe the cores, and small matrix products then wait
+    milliseconds for threads that another rank's work keeps off the CPU."""
+    threads = max(1, int(cpus))
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(threads)
+    import faiss
+
+    faiss.omp_set_num_threads(threads)
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency; a slim install may lack it
+        return
+    torch.set_num_threads(threads)
 
 
 def failure_message(step: Step, failed: dict[int, str]) -> str:

@@ -1,0 +1,1 @@
+"""The document phase at scale: ranks, cross-rank pair dedup on signatures, and sized dataset parts."""

@@ -45,16 +45,18 @@ class PartWriter:
             self.abort()
 
     def write(self, table: pa.Table) -> None:
-        """Append rows (one row group); roll over to a new part once the current one reaches its target."""
-        if table.num_rows == 0:
-            return
-        if self._writer is None:
-            self._open()
-        assert self._writer is not None and self._sink is not None
-        self._writer.write_table(table.cast(self.schema))
-        self._rows += table.num_rows
-        if self._sink.tell() >= self.target_bytes or (self.target_rows and self._rows >= self.target_rows):
-            self._finish()
+        """Append rows as a row group; a part is closed once it reaches `target_bytes` (so it may pass it by
+        one row group) or holds exactly `target_rows` rows (a table is split at that boundary)."""
+        while table.num_rows:
+            if self._writer is None:
+                self._open()
+            assert self._writer is not None and self._sink is not None
+            room = self.target_rows - self._rows if self.target_rows else table.num_rows
+            head, table = table.slice(0, room), table.slice(room)
+            self._writer.write_table(head.cast(self.schema))
+            self._rows += head.num_rows
+            if self._sink.tell() >= self.target_bytes or (self.target_rows and self._rows >= self.target_rows):
+                self._finish()
 
     def close(self) -> None:
         """Close the part being written (when it holds rows)."""

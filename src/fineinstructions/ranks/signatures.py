@@ -17,13 +17,12 @@ collisions below it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 
 import numpy as np
 import pyarrow as pa
 import xxhash
-from datasketch import MinHash
 
 from fineinstructions.records import Pair
 from fineinstructions.stages.pair_dedup import pair_key, pair_text
@@ -70,9 +69,7 @@ def signatures(pairs: Sequence[Pair], rank: int, shard: int, threshold: float | 
     for i, pair in enumerate(pairs):
         columns[EXACT].append(xxhash.xxh64_intdigest(pair_key(pair).encode()))
         if bands:
-            minhash = MinHash(num_perm=NUM_PERM, seed=1)
-            minhash.update_batch([s.encode("utf-8") for s in shingles(pair_text(pair))])
-            minhashes[i] = np.asarray(minhash.hashvalues, dtype=np.uint32)
+            minhashes[i] = minhash(shingles(pair_text(pair)))
             for b in range(bands):
                 columns[f"band_{b}"].append(
                     xxhash.xxh64_intdigest(minhashes[i, b * rows_per_band : (b + 1) * rows_per_band].tobytes()))
@@ -83,6 +80,23 @@ def signatures(pairs: Sequence[Pair], rank: int, shard: int, threshold: float | 
         flat = pa.array(minhashes.reshape(-1), pa.uint32())
         table = table.append_column(MINHASH, pa.FixedSizeListArray.from_arrays(flat, NUM_PERM))
     return table
+
+
+_MERSENNE = np.uint64((1 << 61) - 1)
+_PERMUTATIONS = np.random.default_rng(1).integers(1, (1 << 61) - 1, size=(2, NUM_PERM), dtype=np.uint64)
+
+
+def minhash(items: Iterable[str]) -> np.ndarray:
+    """The MinHash signature (NUM_PERM uint32 values) of a set of strings: for each of NUM_PERM universal hash
+    functions ((a * h + b) mod 2^61 - 1, h a 32-bit xxhash of the item), the minimum over the items. Vectorised
+    (one numpy pass per text), which is what makes signatures cheap enough for every kept pair."""
+    hashes = np.fromiter((xxhash.xxh32_intdigest(item.encode("utf-8")) for item in items), dtype=np.uint64)
+    if len(hashes) == 0:
+        return np.full(NUM_PERM, np.iinfo(np.uint32).max, dtype=np.uint32)
+    a, b = _PERMUTATIONS
+    with np.errstate(over="ignore"):  # uint64 products wrap, as the hash family intends
+        values = (np.outer(hashes, a) + b) % _MERSENNE
+    return (values.min(axis=0) & np.uint64(0xFFFFFFFF)).astype(np.uint32)
 
 
 def similar(first: np.ndarray, other: np.ndarray, threshold: float) -> np.ndarray:
@@ -105,27 +119,34 @@ def duplicate_edges(hashes: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, n
     return run_first[others], order[others]
 
 
-def column_edges(tables: Iterable[pa.Table], column: str, threshold: float | None, partition: int = 0,
-                 partitions: int = 1) -> pa.Table:
-    """The duplicate edges (first row, other row, exact?) within one signature column and hash range of these
-    signature tables; for a band, only the collisions whose MinHash estimate reaches `threshold`."""
-    near = column != EXACT and threshold is not None
-    hashes, rows, minhashes = [], [], []
-    for table in tables:
+def column_edges(read: Callable[[list[str]], Iterable[pa.Table]], column: str, threshold: float | None,
+                 partition: int = 0, partitions: int = 1) -> pa.Table:
+    """The duplicate edges (first row, other row, exact?) within one signature column and hash range of the
+    signature tables `read(columns)` yields; for a band, only the collisions whose MinHash estimate reaches
+    `threshold`. Memory holds the range's hashes and rows (16 bytes a pair), and full signatures only for the
+    rows that collide (a second read)."""
+    hashes, rows = [], []
+    for table in read(["row", column]):
         values = table.column(column).to_numpy().astype(np.uint64)
         mask = partition_mask(values, partition, partitions)
         hashes.append(values[mask])
         rows.append(table.column("row").to_numpy()[mask])
-        if near:
-            flat = table.column(MINHASH).combine_chunks().flatten().to_numpy()
-            minhashes.append(flat.reshape(-1, NUM_PERM)[mask])
     all_rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
     first, other = duplicate_edges(np.concatenate(hashes) if hashes else np.zeros(0, np.uint64), all_rows)
-    if near and len(first):
-        stacked = np.concatenate(minhashes)
-        keep = similar(stacked[first], stacked[other], float(threshold or 0))
+    first, other = all_rows[first], all_rows[other]
+    if column != EXACT and threshold is not None and len(first):
+        wanted = np.unique(np.concatenate([first, other]))
+        found: dict[int, np.ndarray] = {}
+        for table in read(["row", MINHASH]):
+            table_rows = table.column("row").to_numpy()
+            hit = np.flatnonzero(np.isin(table_rows, wanted))
+            if len(hit):
+                flat = table.column(MINHASH).combine_chunks().flatten().to_numpy().reshape(-1, NUM_PERM)
+                found.update(zip(table_rows[hit].tolist(), flat[hit], strict=True))
+        keep = similar(np.stack([found[r] for r in first.tolist()]), np.stack([found[r] for r in other.tolist()]),
+                       threshold)
         first, other = first[keep], other[keep]
-    return pa.table({"first": pa.array(all_rows[first], pa.int64()), "other": pa.array(all_rows[other], pa.int64()),
+    return pa.table({"first": pa.array(first, pa.int64()), "other": pa.array(other, pa.int64()),
                      "exact": pa.array(np.full(len(first), column == EXACT))})
 
 

@@ -38,8 +38,6 @@ from fineinstructions.io.atomic import atomic_path, write_json_atomic
 from fineinstructions.io.run_folder import RunFolder, shard_output_path, shard_stats_path
 from fineinstructions.ranks.parts import PartWriter
 from fineinstructions.ranks.signatures import (
-    EXACT,
-    MINHASH,
     column_edges,
     duplicates,
     row_rank,
@@ -190,8 +188,7 @@ class GenerateStep(Step):
                     stored = json.loads(shard_stats_path(filter_dir, shard).read_text())
                     output.append([shard, stored.get("input_digest", ""), len(kept[shard])])
         finally:
-            if own is not context:
-                own.close()
+            own.close()  # the rank's request cache; a lender's engines stay open
         stats = executor.stats
         self.commit(task, documents=seen, shards=shards, output=json_hash(output),
                     seconds=round(time.perf_counter() - started, 3), peak_rss_mb=peak_rss_mb(),
@@ -222,10 +219,9 @@ class DedupStep(Step):
 
     def run(self, task: int, context: StageContext | None = None, progress: StageProgress | None = None) -> None:
         column, partition = self.columns[task // self.partitions], task % self.partitions
-        threshold = self.job.config.filter.near_duplicate_threshold
-        wanted = ["row", column, *([MINHASH] if column != EXACT and threshold is not None else [])]
-        tables = (pq.read_table(path, columns=wanted) for path in self.job.folder.signature_files())
-        edges = column_edges(tables, column, threshold, partition, self.partitions)
+        files = self.job.folder.signature_files()
+        edges = column_edges(lambda columns: (pq.read_table(path, columns=columns) for path in files), column,
+                             self.job.config.filter.near_duplicate_threshold, partition, self.partitions)
         with atomic_path(self.job.folder.dedup_edges(task)) as tmp:
             pq.write_table(edges, tmp)
         self.commit(task, edges=edges.num_rows, output=json_hash([self.key(task), edges.to_pydict()]))
@@ -273,6 +269,7 @@ class WriteStep(Step):
                            removed.column("reason").to_numpy(zero_copy_only=False)[mine].tolist(), strict=True))
         target = folder.dataset_rank(task)
         shutil.rmtree(target, ignore_errors=True)  # what an interrupted write of this rank left
+        target.mkdir(parents=True)  # a rank that kept no pair has an empty folder
         stats = StageStats()
         rejected: list[dict[str, Any]] = []
         filter_dir = folder.stage_dir("filter", task)

@@ -11,7 +11,7 @@ import yaml
 from fineinstructions.records import Pair
 from fineinstructions.reporting.run import ReportError, RunView
 
-DATA_FILES = "data/part-*.parquet"  # where `push` puts the parts, relative to the repository root
+DATA_FILES = "data/*.parquet"  # where `push` puts the parts, relative to the repository root
 # Every card this tool writes carries this line (after the front matter, invisible on the Hub): a README.md
 # without it is someone else's and is never replaced without being asked to.
 CARD_MARKER = "<!-- fineinstructions dataset card: written by the fineinstructions tool, replaced when rewritten -->"

@@ -18,7 +18,7 @@ STAGED_ENTRIES = {"README.md", "data"}
 
 def stage_dataset(run_dir: str | Path, target: str | Path, repo_id: str | None = None, license: str | None = None,
                   allow_unfinished: bool = False, overwrite: bool = False) -> Path:
-    """Write exactly the folder `push` uploads: `README.md` (the card) and `data/part-N.parquet`.
+    """Write exactly the folder `push` uploads: `README.md` (the card) and `data/rank-R-part-N.parquet`.
 
     The folder is replaced atomically; an existing folder that holds anything else, or a README.md this tool
     did not write (unless `overwrite`), is refused.

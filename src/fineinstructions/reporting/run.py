@@ -21,7 +21,8 @@ from fineinstructions.errors import FineInstructionsError
 from fineinstructions.io.run_folder import RunFolder
 from fineinstructions.records import Pair
 from fineinstructions.stages.base import StageStats
-from fineinstructions.summary import SUMMARY_ORDER, DatasetTally, quality
+from fineinstructions.stages.registry import STAGE_ORDER
+from fineinstructions.summary import DatasetTally, quality
 
 # Dataset columns the report needs; the document text (the bulk of each row) is never read.
 PAIR_COLUMNS = ("document_id", "template_id", "template", "instantiated_instruction", "answer", "excerpt_coverage",
@@ -109,6 +110,8 @@ def load_run(run_dir: str | Path) -> RunView:
         summary = None  # left by a run with another config, started over with --force and not done yet
     stages, shards = _stage_stats(folder)
     parts = folder.dataset_files()
+    if summary is None and not parts:  # unfinished: the pairs its ranks have kept so far, before pair dedup
+        parts = folder.stage_outputs("filter")
     pairs = [Pair.model_construct(**row) for part in parts
              for row in pq.read_table(part, columns=_present(part, PAIR_COLUMNS)).to_pylist()]
     coverage = [value for shard in folder.stage_outputs("instantiate")
@@ -129,15 +132,23 @@ def load_run(run_dir: str | Path) -> RunView:
 
 
 def _stage_stats(folder: RunFolder) -> tuple[dict[str, StageStats], dict[str, int]]:
-    """Stats summed over each stage's committed shards (a shard counts once its output file exists)."""
+    """Stats summed over each stage's committed shards (a shard counts once its output file exists), and pair
+    dedup across ranks as each rank's write task counted it."""
     stages: dict[str, StageStats] = {}
     shards: dict[str, int] = {}
-    for name in SUMMARY_ORDER:
+
+    def add(name: str, stats: dict[str, Any]) -> None:
+        stages.setdefault(name, StageStats()).merge(StageStats.from_dict(stats))
+        shards[name] = shards.get(name, 0) + 1
+
+    for name in STAGE_ORDER:
         for stats_file in folder.stage_outputs(name, "stats/shard-*.json"):
-            if not (stats_file.parent.parent / f"{stats_file.stem}.parquet").is_file():
-                continue
-            stages.setdefault(name, StageStats()).merge(StageStats.from_dict(json.loads(stats_file.read_text())))
-            shards[name] = shards.get(name, 0) + 1
+            if (stats_file.parent.parent / f"{stats_file.stem}.parquet").is_file():
+                add(name, json.loads(stats_file.read_text()))
+    for marker in sorted(folder.work.glob("steps/write/task-*.json")):
+        dedup = json.loads(marker.read_text()).get("stages", {}).get("dedup")
+        if dedup:
+            add("dedup", dedup)
     return stages, shards
 
 

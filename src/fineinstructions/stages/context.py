@@ -46,11 +46,11 @@ class StageContext:
 
     @cached_property
     def embedder(self) -> Embedder:
-        from fineinstructions.backends.embeddings import Embedder
+        from fineinstructions.backends.embeddings import make_embedder
 
         mc = self.config.match
-        return Embedder(mc.embedder, device=mc.embedder_device, batch_size=mc.embedder_batch_size,
-                        revision=mc.embedder_revision)
+        return make_embedder(mc.embedder, device=mc.embedder_device, batch_size=mc.embedder_batch_size,
+                             revision=mc.embedder_revision)
 
     def use_index(self, index: TemplateIndex | ShardedTemplateIndex, key: str) -> None:
         """Serve this index (just built or loaded by the pipeline), named by `key`, to the match stage."""

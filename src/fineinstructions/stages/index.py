@@ -2,10 +2,13 @@
 
 The index kind is a FAISS factory string: `Flat` (exact), `IVF{nlist},Flat`, `IVF{nlist},PQ{m}` (compressed,
 trained on a sample), fast-scan `IVF{nlist},PQ{m}x4fs` with re-scoring (`,RFlat` or `,Refine(PQ{m})`),
-or `HNSW{M}`; `auto` picks one from the bank's size (see `resolve_spec`). The templates themselves sit
-next to the vectors in an uncompressed Arrow file that is memory-mapped, so a bank of millions costs the
-pages a search touches, not its size. A bank too large for one machine is split into shards whose results
-are merged by score.
+or `HNSW{M}`; `auto` picks one from the bank's size (see `resolve_spec`). One suffix is ours, not FAISS':
+`,RDisk` re-scores the compressed index's candidates exactly with the full vectors, kept as float16 row
+shards on disk (`vectors/shard-NNNNN.npy`) and memory-mapped, so RAM holds the compressed codes and the
+pages a search touches. The templates themselves sit next to the vectors in an uncompressed Arrow file
+that is memory-mapped too, so a bank of millions costs the pages a search touches, not its size. A bank too
+large for one machine is split into shards whose results are merged by score. Banks that do not fit in
+memory as records are built from Arrow batches by `stages.bank.build_bank_index`.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import contextlib
 import json
 import logging
 import math
-from collections.abc import Callable, Sequence
+import os
+import shutil
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,7 +30,7 @@ import pyarrow as pa
 
 from fineinstructions.backends.embeddings import Embedder
 from fineinstructions.errors import FineInstructionsError
-from fineinstructions.io.atomic import atomic_dir
+from fineinstructions.io.atomic import atomic_dir, atomic_path
 from fineinstructions.records import Template
 
 log = logging.getLogger(__name__)
@@ -33,8 +38,12 @@ log = logging.getLogger(__name__)
 INDEX_FILE = "templates.faiss"
 META_FILE = "index.json"
 TEMPLATES_FILE = "templates.arrow"
+VECTORS_DIR = "vectors"
+RESCORE_FROM_DISK = "RDisk"  # the kind suffix of exact re-scoring with the float16 vectors on disk
+SHARD_ROWS = 131_072  # rows per float16 vector shard (96 MiB at 384 dimensions)
+TEMPLATE_BATCH_ROWS = 65_536  # rows per record batch of the templates file
 AUTO_EXACT_LIMIT = 50_000  # `auto` stays exact up to this many templates
-AUTO_FULL_VECTORS_LIMIT = 2_000_000  # and re-scores with full vectors up to this many
+AUTO_FULL_VECTORS_LIMIT = 2_000_000  # and re-scores with full vectors in memory up to this many
 
 
 class TemplateIndexError(FineInstructionsError):
@@ -51,8 +60,8 @@ def resolve_spec(spec: str, n: int, dim: int) -> str:
 
     auto: exact `Flat` up to 50k templates; then IVF with ~4 sqrt(n) lists (at most 4096, so training
     stays minutes on a laptop) over 4-bit fast-scan PQ codes, whose candidates are re-scored with the
-    full vectors (`RFlat`) up to 2M templates, and with 8-bit PQ codes of twice the size beyond
-    (`Refine(PQ...)`), which keeps 18M templates of 384 dimensions under 2 GB.
+    full vectors: held in memory (`RFlat`) up to 2M templates, memory-mapped float16 vectors on disk
+    beyond (`RDisk`), which keeps the RAM of 18M templates of 384 dimensions at the codes (~0.5 GB).
     """
     if spec != "auto":
         return spec
@@ -60,14 +69,26 @@ def resolve_spec(spec: str, n: int, dim: int) -> str:
         return "Flat"
     nlist = min(4096, 1 << int(round(math.log2(4 * math.sqrt(n)))))
     m = next((m for m in (dim // 12, dim // 8, dim // 4, dim // 2) if m % 2 == 0 and m and dim % m == 0), dim)
-    refine = "RFlat" if n <= AUTO_FULL_VECTORS_LIMIT else f"Refine(PQ{2 * m})"
+    refine = "RFlat" if n <= AUTO_FULL_VECTORS_LIMIT else RESCORE_FROM_DISK
     return f"IVF{nlist},PQ{m}x4fs,{refine}"
+
+
+def split_spec(spec: str) -> tuple[str, bool]:
+    """(the FAISS factory string, whether candidates are re-scored from the vectors on disk) of a kind."""
+    parts = spec.split(",")
+    if parts[-1] == RESCORE_FROM_DISK:
+        if len(parts) == 1:
+            raise TemplateIndexError(f"{spec!r}: {RESCORE_FROM_DISK} follows a compressed kind, e.g. "
+                                     f"IVF4096,PQ32x4fs,{RESCORE_FROM_DISK}")
+        return ",".join(parts[:-1]), True
+    return spec, False
 
 
 def empty_faiss_index(spec: str, dim: int) -> faiss.Index:
     """An empty inner-product index of kind `spec` (a clear error for a string FAISS cannot parse)."""
+    factory, _ = split_spec(spec)
     try:
-        return faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
+        return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as err:
         reason = str(err).strip().splitlines()[-1]
         raise TemplateIndexError(f"{spec!r} is not a FAISS index factory string ({reason})") from err
@@ -115,7 +136,7 @@ def _read_faiss(path: Path, spec: str, mmap: bool) -> faiss.Index:
     return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC if mmap and not fast_scan else 0)
 
 
-def _sample_rows(n: int, size: int, seed: int) -> np.ndarray:
+def sample_rows(n: int, size: int, seed: int) -> np.ndarray:
     """A seeded, sorted sample of min(size, n) row numbers out of n (the vectors that train IVF/PQ)."""
     return np.sort(np.random.default_rng(seed).choice(n, min(size, n), replace=False))
 
@@ -134,19 +155,127 @@ def _read_meta(directory: Path, embedder: Embedder | None) -> dict[str, Any]:
     return meta
 
 
+def shard_name(number: int) -> str:
+    return f"shard-{number:05d}.npy"
+
+
+def write_shard(path: Path, vectors: np.ndarray) -> None:
+    """Write one vector shard (.npy) atomically: a killed write leaves no file under its name."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, vectors)
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """Give `target` the content of `source`: a hard link where the file system allows, else a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+class VectorShards:
+    """Unit vectors as float16 row shards of `rows_per_shard` rows each (the last may be shorter): memory-mapped
+    `vectors/shard-NNNNN.npy` files of a folder, or arrays in memory (until saved).
+
+    Reading rows touches only the pages that hold them: a memory-mapped bank of millions costs what is read.
+    """
+
+    def __init__(self, shards: Sequence[np.ndarray], rows_per_shard: int, folder: Path | None = None):
+        self.shards = list(shards)
+        self.rows_per_shard = rows_per_shard
+        self.folder = folder
+        self.ntotal = sum(len(s) for s in self.shards)
+        self.dimension = int(self.shards[0].shape[1]) if self.shards else 0
+
+    @classmethod
+    def from_array(cls, vectors: np.ndarray, rows_per_shard: int = SHARD_ROWS) -> VectorShards:
+        """In-memory shards of these vectors (stored as float16)."""
+        vectors = np.asarray(vectors, dtype=np.float16)
+        return cls([vectors[a : a + rows_per_shard] for a in range(0, len(vectors), rows_per_shard)],
+                   rows_per_shard)
+
+    @classmethod
+    def open(cls, folder: Path, count: int, rows_per_shard: int, mmap: bool = True) -> VectorShards:
+        """The `count` shards saved in `folder`, memory-mapped unless `mmap` is False."""
+        shards = [np.load(folder / shard_name(i), mmap_mode="r" if mmap else None) for i in range(count)]
+        if any(len(s) != rows_per_shard for s in shards[:-1]):
+            raise TemplateIndexError(f"{folder}: vector shards do not hold {rows_per_shard} rows each")
+        return cls(shards, rows_per_shard, folder if mmap else None)
+
+    def take(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The float32 vectors of these rows, in the order asked (each shard read in row order)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        out = np.empty((len(ids), self.dimension), dtype=np.float32)
+        order = np.argsort(ids, kind="stable")
+        ordered = ids[order]
+        shard = ordered // self.rows_per_shard
+        starts = np.flatnonzero(np.diff(shard, prepend=-1))
+        for a, b in zip(starts.tolist(), [*starts[1:].tolist(), len(ids)], strict=True):
+            s = int(shard[a])
+            out[order[a:b]] = self.shards[s][ordered[a:b] - s * self.rows_per_shard]
+        return out
+
+    def write(self, folder: Path) -> None:
+        """Save the shards into `folder` (linked from the files they are mapped from, where there are files)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, shard in enumerate(self.shards):
+            if self.folder is not None:
+                link_or_copy(self.folder / shard_name(i), folder / shard_name(i))
+            else:
+                write_shard(folder / shard_name(i), np.asarray(shard, dtype=np.float16))
+
+    def meta(self) -> dict[str, Any]:
+        return {"dtype": "float16", "rows_per_shard": self.rows_per_shard, "shards": len(self.shards)}
+
+
+def rescore(queries: np.ndarray, candidates: np.ndarray, vectors: VectorShards, k: int,
+            block: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k (scores, ids) of each query among its candidate ids (-1: none), scored with `vectors`.
+
+    Queries go `block` at a time, so the gathered candidate vectors stay a few MB.
+    """
+    n, depth = candidates.shape
+    k = min(k, depth)
+    scores_out = np.full((n, k), -np.finfo(np.float32).max, dtype=np.float32)
+    ids_out = np.full((n, k), -1, dtype=np.int64)
+    for start in range(0, n, block):
+        ids = candidates[start : start + block]
+        valid = ids >= 0
+        unique, inverse = np.unique(ids[valid], return_inverse=True)
+        gathered = vectors.take(unique)
+        scores = np.full(ids.shape, -np.inf, dtype=np.float32)
+        rows = np.nonzero(valid)[0]
+        scores[valid] = np.einsum("nd,nd->n", queries[start : start + block][rows], gathered[inverse])
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        top = np.take_along_axis(scores, order, axis=1)
+        found = np.isfinite(top)
+        scores_out[start : start + block] = np.where(found, top, scores_out[start : start + block])
+        ids_out[start : start + block] = np.where(found, np.take_along_axis(ids, order, axis=1), -1)
+    return scores_out, ids_out
+
+
 class TemplateIndex:
-    """Template vectors in one FAISS index, with the templates (an Arrow table) in the same row order."""
+    """Template vectors in one FAISS index, with the templates (an Arrow table) in the same row order.
+
+    `RDisk` kinds also hold the full vectors (`VectorShards`) that re-score the index's candidates.
+    """
 
     def __init__(self, index: faiss.Index, table: pa.Table, embedder_id: str, embedder_fingerprint: str,
-                 spec: str = "Flat", duplicates_removed: int = 0):
+                 spec: str = "Flat", duplicates_removed: int = 0, vectors: VectorShards | None = None,
+                 templates_file: Path | None = None):
         if index.ntotal != table.num_rows:
             raise TemplateIndexError(f"index holds {index.ntotal} vectors but {table.num_rows} templates")
+        if split_spec(spec)[1] and (vectors is None or vectors.ntotal != index.ntotal):
+            raise TemplateIndexError(f"a {spec} index needs its {index.ntotal} full vectors to re-score with")
         self.index = index
         self.table = table
         self.embedder_id = embedder_id
         self.embedder_fingerprint = embedder_fingerprint
         self.spec = spec
         self.duplicates_removed = duplicates_removed
+        self.vectors = vectors if split_spec(spec)[1] else None
+        self.templates_file = templates_file  # the Arrow file `table` is mapped from, if any (saved by linking)
+        self.refine_k_factor = 16
         self._direct_map = False
 
     # -- building -----------------------------------------------------------------------------------
@@ -165,22 +294,30 @@ class TemplateIndex:
         probe = empty_faiss_index(kind, embedder.dimension)  # an unparseable kind fails before any embedding
         training = None
         if not probe.is_trained:
-            training = embedder.encode([descriptions[i] for i in _sample_rows(len(kept), train_size, seed)])
+            training = embedder.encode([descriptions[i] for i in sample_rows(len(kept), train_size, seed)])
         index = new_faiss_index(kind, embedder.dimension, training)
+        full: list[np.ndarray] = []  # the float16 vectors an RDisk kind re-scores with
         for start in range(0, len(descriptions), batch_size):
-            index.add(np.ascontiguousarray(embedder.encode(descriptions[start : start + batch_size])))
+            batch = np.ascontiguousarray(embedder.encode(descriptions[start : start + batch_size]))
+            index.add(batch)
+            if split_spec(kind)[1]:
+                full.append(batch.astype(np.float16))
+        vectors = None
+        if split_spec(kind)[1]:
+            vectors = VectorShards.from_array(np.concatenate(full) if full else np.zeros((0, embedder.dimension)))
         return cls(index, Template.to_table(kept), embedder.model_id, embedder.fingerprint, kind,
-                   len(templates) - len(kept))
+                   len(templates) - len(kept), vectors)
 
     @classmethod
     def from_vectors(cls, vectors: np.ndarray, table: pa.Table, embedder_id: str, embedder_fingerprint: str,
                      spec: str = "auto", train_size: int = 100_000, seed: int = 0) -> TemplateIndex:
         """Index ready-made unit vectors (row i describes table row i)."""
         kind = resolve_spec(spec, len(vectors), vectors.shape[1])
-        training = vectors[_sample_rows(len(vectors), train_size, seed)]
+        training = vectors[sample_rows(len(vectors), train_size, seed)]
         index = new_faiss_index(kind, vectors.shape[1], training)
         index.add(np.ascontiguousarray(vectors, dtype=np.float32))
-        return cls(index, table, embedder_id, embedder_fingerprint, kind)
+        full = VectorShards.from_array(vectors) if split_spec(kind)[1] else None
+        return cls(index, table, embedder_id, embedder_fingerprint, kind, vectors=full)
 
     # -- querying -----------------------------------------------------------------------------------
 
@@ -196,13 +333,23 @@ class TemplateIndex:
     def configure(self, nprobe: int | None = None, ef_search: int | None = None,
                   refine_k_factor: int | None = None) -> None:
         set_search_params(self.index, nprobe, ef_search, refine_k_factor)
+        if refine_k_factor is not None:
+            self.refine_k_factor = int(refine_k_factor)
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, row ids) per query vector; missing neighbours have id -1."""
+        """Top-k (scores, row ids) per query vector; missing neighbours have id -1.
+
+        RDisk kinds fetch k x `refine_k_factor` candidates from the compressed index and re-score them
+        exactly with the full vectors.
+        """
         k = min(k, self.ntotal)
         if k == 0 or len(vectors) == 0:
             return np.zeros((len(vectors), 0), np.float32), np.zeros((len(vectors), 0), np.int64)
-        return self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+        queries = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self.vectors is None:
+            return self.index.search(queries, k)
+        _, candidates = self.index.search(queries, min(self.ntotal, k * max(1, self.refine_k_factor)))
+        return rescore(queries, candidates, self.vectors, k)
 
     def templates_at(self, ids: Sequence[int]) -> list[Template]:
         """The templates at these row ids, in order (reads only those rows)."""
@@ -218,7 +365,10 @@ class TemplateIndex:
         return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float64)
 
     def vectors_at(self, ids: Sequence[int]) -> np.ndarray | None:
-        """The stored (for compressed kinds, decoded) vectors of these rows; None where FAISS cannot."""
+        """The stored vectors of these rows (exact for RDisk kinds, decoded for other compressed kinds); None
+        where FAISS cannot decode them."""
+        if self.vectors is not None:
+            return self.vectors.take(ids)
         decoder = _decoder(self.index)
         if _is_fast_scan(decoder):
             return None
@@ -234,8 +384,11 @@ class TemplateIndex:
     # -- persistence --------------------------------------------------------------------------------
 
     def meta(self) -> dict[str, Any]:
-        return {"kind": self.spec, "embedder": self.embedder_id, "embedder_fingerprint": self.embedder_fingerprint,
+        meta = {"kind": self.spec, "embedder": self.embedder_id, "embedder_fingerprint": self.embedder_fingerprint,
                 "templates": self.ntotal, "dimension": self.index.d, "duplicates_removed": self.duplicates_removed}
+        if self.vectors is not None:
+            meta["vectors"] = self.vectors.meta()
+        return meta
 
     def save(self, directory: str | Path) -> None:
         """Write index, templates and metadata into a temporary folder, then rename it into place."""
@@ -245,9 +398,12 @@ class TemplateIndex:
     def _write(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         faiss.write_index(self.index, str(folder / INDEX_FILE))
-        with pa.OSFile(str(folder / TEMPLATES_FILE), "wb") as sink, \
-                pa.ipc.new_file(sink, self.table.schema) as writer:
-            writer.write_table(self.table, max_chunksize=65_536)
+        if self.templates_file is not None:  # already an Arrow file (a loaded index, a streamed bank)
+            link_or_copy(self.templates_file, folder / TEMPLATES_FILE)
+        else:
+            write_templates(folder / TEMPLATES_FILE, self.table.schema, self.table.to_batches(TEMPLATE_BATCH_ROWS))
+        if self.vectors is not None:
+            self.vectors.write(folder / VECTORS_DIR)
         (folder / META_FILE).write_text(json.dumps(self.meta(), indent=2))
 
     @classmethod
@@ -256,7 +412,8 @@ class TemplateIndex:
              refine_k_factor: int | None = 16) -> TemplateIndex | ShardedTemplateIndex:
         """Load a saved index (one or sharded); refuse it when `embedder` is not the model that built it.
 
-        With `mmap`, FAISS maps the vector codes and Arrow maps the templates instead of reading them in.
+        With `mmap`, FAISS maps the vector codes and Arrow maps the templates (and the full vectors of RDisk
+        kinds) instead of reading them in.
         """
         directory = Path(directory)
         meta = _read_meta(directory, embedder)
@@ -267,8 +424,12 @@ class TemplateIndex:
         index = _read_faiss(directory / INDEX_FILE, meta["kind"], mmap)
         source = pa.memory_map(str(directory / TEMPLATES_FILE)) if mmap else pa.OSFile(str(directory / TEMPLATES_FILE))
         table = pa.ipc.open_file(source).read_all()
+        vectors = None
+        if split_spec(meta["kind"])[1]:
+            shards = meta["vectors"]
+            vectors = VectorShards.open(directory / VECTORS_DIR, shards["shards"], shards["rows_per_shard"], mmap)
         loaded = cls(index, table, meta["embedder"], meta["embedder_fingerprint"], meta["kind"],
-                     meta.get("duplicates_removed", 0))
+                     meta.get("duplicates_removed", 0), vectors, directory / TEMPLATES_FILE if mmap else None)
         loaded.configure(nprobe, ef_search, refine_k_factor)
         return loaded
 
@@ -358,6 +519,16 @@ class ShardedTemplateIndex:
             for name, shard in zip(meta["shards"], self.shards, strict=True):
                 shard._write(tmp / name)
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+
+
+def write_templates(path: Path, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> int:
+    """Write record batches into the Arrow IPC file an index maps its templates from; return the rows."""
+    rows = 0
+    with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
+            rows += batch.num_rows
+    return rows
 
 
 def merge_search_results(results: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -124,7 +124,9 @@ class InstantiateStage(Stage[Match, Pair]):
         passed: list[tuple[Match, ParsedInstantiation, ExpandedAnswer, int]] = []
         for match, generation in zip(matches, generations, strict=True):
             row = match.model_dump(exclude={"text"}) | {"output": generation.text}
-            doc = normalized.setdefault(match.document_id, NormalizedText(match.text))
+            if match.document_id not in normalized:  # once per document, not per candidate
+                normalized[match.document_id] = NormalizedText(match.text)
+            doc = normalized[match.document_id]
             outcome = self.gate(match, generation, doc)
             if isinstance(outcome, Rejected):
                 rejected.append(Rejected(row | outcome.row, outcome.reason))
