@@ -71,14 +71,15 @@ def engine() -> SimulationEngine:
 
 def respond(conversation: Conversation) -> str:
     """Judge: 5. Instantiate: the template's variable filled with a word of the document, and an excerpt
-    reference to one of its sentences (which one depends on the template, so a document's pairs differ)."""
+    reference to one of its sentences (which one depends on the template and the document's opening, so a
+    document's pairs differ, and documents made from the same lead mostly do too)."""
     system, user = conversation[0]["content"], conversation[-1]["content"]
     if system.startswith("You are a strict judge"):
         return "<feedback>Grounded.</feedback><score>5</score>"
     document = user.split("DOCUMENT:\n", 1)[1].split("\n\nTEMPLATE:", 1)[0]
     template = user.split("TEMPLATE:\n", 1)[1]
     sentences = [s.split() for s in re.split(r"(?<=\.)\s", document) if len(s.split()) >= 6]
-    sentence = sentences[sum(map(ord, template)) % len(sentences)]
+    sentence = sentences[sum(map(ord, template + document[:80])) % len(sentences)]
     instruction = re.sub(r"<fi>.*?</fi>", f"{sentence[0]} {sentence[1]}", template)
     return (f"<instruction>{instruction}</instruction>\n<answer><excerpt>{' '.join(sentence[:3])}<...>"
             f"{' '.join(sentence[-3:])}</excerpt></answer>")

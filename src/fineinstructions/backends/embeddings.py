@@ -208,7 +208,6 @@ def coverage_pool(tokens: np.ndarray, chunks: int, sigma: float, alpha: float,
 # -- a hashing embedder for simulations and tests -------------------------------------------------------
 
 HASHING_SIM = "hashing-sim"
-_MASK64 = (1 << 64) - 1
 _PRIME = 0x100000001B3  # odd, so it has an inverse modulo 2**64
 _PRIME_INVERSE = pow(_PRIME, -1, 1 << 64)
 _WORD_BYTES = np.zeros(256, dtype=bool)  # ASCII letters and digits after lower-casing, and every non-ASCII byte

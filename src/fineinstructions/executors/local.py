@@ -72,8 +72,9 @@ class LocalExecutor(Executor):
 
     def run_tasks(self, step: Step, tasks: Sequence[int]) -> None:
         """One worker: the tasks in this process, lending them its engines and index (the demo's one model serves
-        every stage). Several: each task in a fresh child process, `workers` at a time."""
-        if self.workers <= 1 or len(tasks) <= 1:
+        every stage). Several: each task in a fresh child process, `workers` at a time (a single task too: what it
+        holds, e.g. the cluster step's duplicate groups, never lands in the driver)."""
+        if self.workers <= 1:
             for task in tasks:
                 step.run(task, self.context, self.progress)
             return

@@ -176,7 +176,8 @@ def hash_ids(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     _, offsets_buffer, data_buffer = array.buffers()
     offsets = np.frombuffer(offsets_buffer, dtype=np.int64)[array.offset : array.offset + len(array) + 1]
     data = np.frombuffer(data_buffer, dtype=np.uint8) if data_buffer is not None else np.zeros(0, np.uint8)
-    return hash_segments(data, offsets[:-1], offsets[1:])
+    first = int(offsets[0])  # a slice of a larger array: hash only its own bytes
+    return hash_segments(data[first : int(offsets[-1])], offsets[:-1] - first, offsets[1:] - first)
 
 
 def conform(batch: pa.RecordBatch | pa.Table) -> pa.Table:

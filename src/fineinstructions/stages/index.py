@@ -332,6 +332,7 @@ class TemplateIndex:
 
     def configure(self, nprobe: int | None = None, ef_search: int | None = None,
                   refine_k_factor: int | None = None) -> None:
+        """Search settings (see `set_search_params`); `refine_k_factor` is also the re-scoring depth of RDisk."""
         set_search_params(self.index, nprobe, ef_search, refine_k_factor)
         if refine_k_factor is not None:
             self.refine_k_factor = int(refine_k_factor)
