@@ -1,17 +1,26 @@
 from __future__ import annotations
 
+from importlib import resources
+
 import pytest
 
 from fineinstructions.contracts.templates import (
     FieldGuard,
     first_json_object,
+    generic_description,
     has_fi_tags,
     instance_error,
     instance_match,
     parse_templatizer_output,
+    placeholder_copy,
+    query_template_error,
+    specific_variables,
     template_error,
     template_variables,
+    unfilled_variables,
+    variable_values,
 )
+from fineinstructions.prompts import load_prompt
 
 
 def test_variables_in_order():
@@ -115,3 +124,130 @@ def test_field_guard_neutralizes_the_prompts_own_labels_and_tags_and_restores_th
     # An excerpt tag the document holds stays neutralised when asked: restored it would become a marker.
     assert guard.restore(guard.neutralize("<excerpt>"), keep_tags=("excerpt",)) == "<\u200bexcerpt>"
     assert FieldGuard((), ()).neutralize(text) == text
+
+
+# -- Variable values, unfilled variables, generic and specific descriptions ---------------------------------
+
+LANG = "How do I speed up <fi>numerical computations</fi> in <fi>programming language</fi>?"
+
+
+def test_variable_values_are_read_off_the_alignment_with_the_template():
+    values = variable_values("How can I speed up matrix products in Python 3?", LANG)
+    assert [(v.variables, v.text) for v in values] == [((0,), "matrix products"), ((1,), "python 3")]
+    # The "of" inside the first value is not taken for the template's own "of".
+    level = "Explain the <fi>level of organization</fi> of the <fi>industry or field</fi>."
+    assert [v.text for v in variable_values("Explain the level of organization of the software industry.", level)] \
+        == ["level of organization", "software industry"]
+    # Variables that no matched template word separates share one value.
+    pair = variable_values("Compare numpy with pandas", "Compare <fi>a</fi> <fi>b</fi>")
+    assert [(v.variables, v.text) for v in pair] == [((0, 1), "numpy with pandas")]
+    assert variable_values("What is love?", "What is <fi>feeling</fi>?")[0].before == "is"
+
+
+@pytest.mark.parametrize(("instruction", "template", "unfilled"), [
+    # A value equal to a description that names a concrete thing passes.
+    ("Why isn't memory freed when the Python interpreter exits?",
+     "Why isn't memory freed when <fi>Python interpreter</fi> exits?", []),
+    ("How do I speed up numerical computations in Julia?", LANG, []),
+    ("How does the immune system fight infection?", "How does <fi>the immune system</fi> fight infection?", []),
+    ("What causes acid rain?", "What <fi>causes</fi> acid rain?", []),
+    ("What is the personality type of extraversion?", "What is the personality type of <fi>personality type</fi>?",
+     []),
+    # The kind itself is the natural value right after a question word.
+    ("Which animal is named at the end?", "Which <fi>animal</fi> is named at the end?", []),
+    ("What programming language should I learn first?",
+     "What <fi>programming language</fi> should I learn first?", []),
+    # A generic description copied, bracketed, missing or still tagged is unfilled.
+    ("How do I speed up numerical computations in programming language?", LANG, ["programming language"]),
+    ("How do I speed up numerical computations in a programming language?", LANG, ["programming language"]),
+    ("How do I speed up numerical computations in some specific programming languages?", LANG,
+     ["programming language"]),
+    ("How do I speed up numerical computations in [programming language]?", LANG, ["programming language"]),
+    ("How do I speed up numerical computations in {language}?", LANG, ["programming language"]),
+    ("How do I speed up numerical computations in <programming language>?", LANG, ["programming language"]),
+    ("How do I speed up numerical computations in ?", LANG, ["programming language"]),
+    ("How do I speed up numerical computations in ___?", LANG, ["programming language"]),
+    ("How do I speed up <fi>numerical computations</fi> in C?", LANG, ["numerical computations"]),
+    ("What is the personality type of personality type?",
+     "What is the personality type of <fi>personality type</fi>?", ["personality type"]),
+    ("Explain the level of organization of the industry or field.",
+     "Explain the <fi>level of organization</fi> of the <fi>industry or field</fi>.",
+     ["level of organization", "industry or field"]),
+    ("How do I install the name of a software package on Windows?",
+     "How do I install <fi>name of a software package</fi> on <fi>operating system</fi>?",
+     ["name of a software package"]),
+    # Seen in a demo run of the 1.5B model: the old count-based rule let the first two through, rejected the third.
+    ("What is an environmental phenomenon?", "What is <fi>environmental phenomenon</fi>?",
+     ["environmental phenomenon"]),
+    ("Describe the narrative structure of the TV show.",
+     "Describe the <fi>type of narrative structure</fi> of the <fi>TV show</fi>.", ["TV show"]),
+    ("What is the role of sustainability in financial analysis?",
+     "What is the role of <fi>environmental factor</fi> in <fi>financial analysis</fi>?", []),
+    # Brackets around something that is not a bare phrase are a value.
+    ("Compute the sum of [1, 2, 3] in Python", "Compute the sum of <fi>list</fi> in <fi>language</fi>", []),
+])
+def test_unfilled_variables(instruction, template, unfilled):
+    assert unfilled_variables(instruction, template) == unfilled
+
+
+@pytest.mark.parametrize(("description", "generic"), [
+    ("programming language", True), ("name of a software package", True), ("operating system", True),
+    ("type of expert", True), ("a city", True), ("some tool", True), ("specific date", True),
+    ("industry or field", True), ("level of organization", True), ("desired quality of the activities", True),
+    ("kind of day", True), ("task the function performs", True), ("Name of the person", True),
+    ("Python interpreter", False), ("numerical computations", False), ("the immune system", False),
+    ("causes", False), ("photosynthesis", False), ("numpy", False), ("Windows", False), ("Windows 10", False),
+    ("SQL query", True), ("TV show", True), ("environmental phenomenon", True), ("NASA mission", False),
+    ("financial analysis", False),
+])
+def test_generic_description(description, generic):
+    assert generic_description(description) is generic
+
+
+def test_placeholder_copy_ignores_articles_fillers_case_and_plural():
+    assert placeholder_copy("A Programming Language", "programming language")
+    assert placeholder_copy("your programming languages", "programming language")
+    assert not placeholder_copy("the Python interpreter", "Python interpreter")
+    assert not placeholder_copy("Rust", "programming language")
+    assert not placeholder_copy("", "programming language")
+
+
+@pytest.mark.parametrize(("query", "template", "reason"), [
+    ("How do I install numpy on Windows?", "How do I install <fi>numpy</fi> on <fi>Windows</fi>?",
+     "specific_variable"),
+    ("How do I install numpy on Windows 10?", "How do I install <fi>Python package</fi> on <fi>Windows 10</fi>?",
+     "specific_variable"),
+    ("What is photosynthesis?", "What is <fi>photosynthesis</fi>?", "specific_variable"),
+    ("What is photosynthesis?", "What is <fi>the photosynthesis</fi>?", "specific_variable"),
+    ("How do I install numpy on Windows?",
+     "How do I install <fi>name of a software package</fi> on <fi>operating system</fi>?", None),
+    ("What is photosynthesis?", "What is <fi>scientific concept</fi>?", None),
+    # A generic description that happens to use the query's own words is a description.
+    ("Which programming language is fastest for numerical work?",
+     "Which <fi>programming language</fi> is fastest for <fi>kind of work</fi>?", None),
+    # Specifics kept outside the variables are still `leaks_specifics`.
+    ("When was the Golden Gate Bridge built?", "When was the Golden Gate Bridge <fi>event</fi>?", "leaks_specifics"),
+])
+def test_query_template_error_names_specific_variables(query, template, reason):
+    assert query_template_error(query, template) == reason
+    assert bool(specific_variables(query, template)) is (reason == "specific_variable")
+
+
+def templatize_prompt_versions() -> list[str]:
+    folder = resources.files("fineinstructions") / "prompts"
+    return sorted(p.name[len("templatize."):-len(".yaml")] for p in folder.iterdir()
+                  if p.name.startswith("templatize.") and p.name.endswith(".yaml"))
+
+
+def test_every_few_shot_example_of_every_templatize_prompt_passes_every_check():
+    versions = templatize_prompt_versions()
+    assert {"v1", "v2"} <= set(versions)
+    checked = 0
+    for version in versions:
+        for example_input, output in load_prompt("templatize", version).examples:
+            parsed = parse_templatizer_output(output)
+            assert not isinstance(parsed, str), (version, output)
+            assert query_template_error(example_input["query"], parsed.template) is None, (version, parsed.template)
+            assert not specific_variables(example_input["query"], parsed.template)
+            checked += 1
+    assert checked >= 10

@@ -94,6 +94,7 @@ def test_parse_instantiation(text, expected):
     if isinstance(expected, str):
         assert parsed == expected
     else:
+        assert not isinstance(parsed, str)
         assert (parsed.instruction, parsed.answer) == expected
 
 
@@ -293,3 +294,67 @@ def test_instance_gate_in_the_stage(instruction, kept):
     assert [r.reason for r in result.rejected] == ([] if kept else ["not_an_instance_of_template"])
     lenient = InstantiateStage(FakeBackend(lambda c: output), min_instance_share=0.0, max_instance_length_ratio=100)
     assert len(lenient.process([match("a", DOC_A, template, 0)]).records) == 1
+
+
+@pytest.mark.parametrize(("instruction", "template", "reason"), [
+    # The natural value may equal a description that names a concrete thing.
+    ("Why isn't memory freed when the Python interpreter exits?",
+     "Why isn't memory freed when <fi>Python interpreter</fi> exits?", None),
+    ("How do I speed up numerical computations in Julia?",
+     "How do I speed up <fi>numerical computations</fi> in <fi>programming language</fi>?", None),
+    ("How do I speed up numerical computations in a programming language?",
+     "How do I speed up <fi>numerical computations</fi> in <fi>programming language</fi>?", "unfilled_variable"),
+    ("How do I speed up numerical computations in [programming language]?",
+     "How do I speed up <fi>numerical computations</fi> in <fi>programming language</fi>?", "unfilled_variable"),
+    ("How do I speed up numerical computations in?",
+     "How do I speed up <fi>numerical computations</fi> in <fi>programming language</fi>?", "unfilled_variable"),
+])
+def test_unfilled_variable_is_decided_from_the_templates_structure(instruction, template, reason):
+    assert InstantiateStage._instruction_error(instruction, template) == reason
+
+
+@pytest.mark.parametrize("version", ["v1", "v2", "written.v1"])
+def test_the_few_shot_instructions_pass_the_instruction_gates(version):
+    stage = InstantiateStage(FakeBackend(lambda c: "null"), version)
+    pairs = [(example["template"], parse_instantiation(output)) for example, output in stage.prompt.examples]
+    checked = [(template, parsed) for template, parsed in pairs if not isinstance(parsed, str)]
+    assert checked
+    for template, parsed in checked:
+        assert InstantiateStage._instruction_error(parsed.instruction, template) is None, parsed.instruction
+
+
+def test_repaired_excerpts_are_kept_and_counted():
+    outputs = {
+        "causes": "<instruction>What causes acid rain?</instruction><answer><excerpt>acid rain is caused, "
+                  "by<...>to produce “acids”</excerpt></answer>",  # case, punctuation and quotes off
+        "effects": "<instruction>What are the effects of acid rain?</instruction><answer><excerpt>It can have "
+                   "harmful effects<...>and infrastructure.</excerpt></answer>",  # exact
+        "come from": "<instruction>Where does acid rain come from?</instruction><answer><excerpt>Acid rain is "
+                     "caused by the emissions<...>the water molecules<...>in the upper atmosphere to produce acids."
+                     "</excerpt></answer>",  # one word added at each end, and a middle piece
+    }
+
+    def respond(conversation):
+        template = conversation[-1]["content"].split("TEMPLATE:")[1]
+        return next(output for key, output in outputs.items() if key in template)
+
+    stage = InstantiateStage(FakeBackend(respond))
+    stats = StageStats()
+    result = stage.run_batch([match("a", DOC_A, "What <fi>causes</fi> acid rain?", 0),
+                              match("a", DOC_A, "What are the effects of <fi>kind of weather</fi>?", 1),
+                              match("a", DOC_A, "Where does <fi>kind of weather</fi> come from?", 2)], stats)
+    assert not result.rejected
+    sentence = DOC_A[DOC_A.index("Acid rain is caused") :]
+    assert [p.answer for p in result.records] == [sentence, DOC_A[DOC_A.index("It can") : DOC_A.index(" Acid rain is")],
+                                                  sentence]
+    assert "“acids”" in result.records[0].answer_with_markers  # the model's own markers are kept as written
+    assert stats.metrics["repaired_excerpts"] == 2 and stats.metrics["pairs_with_repaired_excerpts"] == 2
+
+
+def test_a_marker_that_fits_two_spans_is_rejected_as_ambiguous():
+    doc = DOC_A + " It can have harmful consequences, and effects on people too."
+    output = ("<instruction>What are the effects of acid rain?</instruction><answer><excerpt>It can have very harmful"
+              "<...>effects on</excerpt></answer>")
+    result = InstantiateStage(FakeBackend(lambda c: output)).process(
+        [match("a", doc, "What are the effects of <fi>kind of weather</fi>?", 0)])
+    assert [r.reason for r in result.rejected] == ["unresolved_excerpt: excerpt_ambiguous"]

@@ -56,7 +56,7 @@ def test_templatize_keeps_valid_and_names_every_drop():
 
 
 def test_a_retry_can_recover_an_invalid_output():
-    answers = {}
+    answers: dict[str, int] = {}
 
     def flaky(conversation):
         query = conversation[-1]["content"]
@@ -74,3 +74,24 @@ def test_template_id_and_skeleton():
     assert template_id("What is <fi>x</fi>?") != template_id("What is x?")
     assert template_key("What is <fi>Chemical  element</fi>?") == template_key("what is <fi>chemical element</fi>")
     assert template_key("What is <fi>chemical element</fi>?") != template_key("What is <fi>disease</fi>?")
+
+
+def test_a_template_whose_variables_copy_the_querys_values_is_retried_then_dropped():
+    copied = json.dumps({"template": "How do I install <fi>numpy</fi> on <fi>Windows</fi>?",
+                         "compatible_document_description": "Installation instructions for a Python package."})
+    described = json.dumps({"template": "How do I install <fi>Python package</fi> on <fi>operating system</fi>?",
+                            "compatible_document_description": "Installation instructions for a Python package."})
+    attempts: list[str] = []
+
+    def respond(conversation):
+        attempts.append(conversation[-1]["content"])
+        return copied if len(attempts) == 1 or "always" in conversation[-1]["content"] else described
+
+    stage = TemplatizeStage(FakeBackend(respond), retries=1)
+    stats = StageStats()
+    result = stage.run_batch([Query(query_id="1", text="How do I install numpy on Windows?")], stats)
+    assert [t.template for t in result.records] == [
+        "How do I install <fi>Python package</fi> on <fi>operating system</fi>?"]
+    assert stats.metrics["recovered_by_retry"] == 1
+    always = stage.run_batch([Query(query_id="2", text="How do I install numpy on Windows? (always)")], StageStats())
+    assert [r.reason for r in always.rejected] == ["specific_variable"]

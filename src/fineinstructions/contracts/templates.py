@@ -167,13 +167,146 @@ def intent_overlap(query: str, template: str) -> float:
     return sum(1 for w in own if w in query_words or w[:5] in stems) / len(own)
 
 
+def specific_variables(query: str, template: str) -> list[str]:
+    """Variables whose "description" is a specific value of the query instead of a description of one.
+
+    A variable is specific when its text, without a leading article, appears in the query word for word (case
+    and spacing aside) and is not a generic description (`generic_description`: "programming language" copied
+    from "which programming language is fastest?" is a description, "numpy" or "Windows" is a value); or when
+    it holds one of the query's specifics (`query_specifics`: a number, quoted text, a URL, an e-mail address,
+    a multi-word proper name), as "<fi>Windows 10</fi>" does.
+    """
+    query_text = " ".join(_words(query))
+    specifics = [" ".join(_words(s)) for s in query_specifics(query)]
+    found = []
+    for description in template_variables(template):
+        words = _words(description)
+        while words and words[0] in _ARTICLES:
+            words = words[1:]
+        text = " ".join(words)
+        if not text:
+            continue
+        copied = _contains_words(query_text, text) and not generic_description(description)
+        if copied or any(s and _contains_words(" ".join(_words(description)), s) for s in specifics):
+            found.append(description)
+    return found
+
+
+def _contains_words(text: str, words: str) -> bool:
+    """True when the space-joined word tokens `words` occur in `text` as whole words."""
+    return f" {words} " in f" {text} "
+
+
 def query_template_error(query: str, template: str, min_intent_overlap: float = 0.5) -> str | None:
-    """Checks that need the query: leftover specifics and intent kept."""
+    """Checks that need the query: specifics kept outside the variables (`leaks_specifics`), a variable that is
+    a specific value of the query rather than a description (`specific_variable`), and intent kept."""
     if leaked_specifics(query, template):
         return "leaks_specifics"
+    if specific_variables(query, template):
+        return "specific_variable"
     if intent_overlap(query, template) < min_intent_overlap:
         return "intent_changed"
     return None
+
+
+# -- Generic descriptions ---------------------------------------------------------------------------------
+
+_ARTICLES = frozenset({"a", "an", "the"})
+# Determiners and qualifiers a placeholder copy may carry ("a specific programming language").
+_PLACEHOLDER_FILLERS = _ARTICLES | frozenset({"some", "any", "your", "my", "our", "their", "one", "specific",
+                                             "certain", "particular", "given"})
+# Opening words that make a description generic ("some tool", "a specific date", "desired quality of ...").
+_GENERIC_OPENERS = frozenset({"a", "an", "some", "any", "specific", "certain", "particular", "given", "relevant",
+                              "desired", "related", "chosen", "another", "other", "different", "various",
+                              "such", "someone", "something", "somebody"})
+# Nouns that name a kind of thing wherever they stand in the description ("name of the person").
+_GENERIC_NOUNS = frozenset({
+    "type", "kind", "sort", "name", "thing", "item", "object", "topic", "subject", "concept", "idea", "person",
+    "people", "individual", "someone", "something", "somebody", "place", "number", "amount", "quantity", "value",
+    "task", "entity", "category", "example", "detail", "term", "word", "phrase", "placeholder", "variable",
+    "element", "aspect", "feature", "attribute", "property", "specific", "certain", "particular",
+})
+# Head nouns that name a kind of thing unless the description is definite ("the immune system" names one).
+_GENERIC_HEADS = _GENERIC_NOUNS | frozenset({
+    "language", "system", "event", "country", "city", "region", "location", "area", "field", "domain", "industry",
+    "level", "degree", "organization", "organisation", "company", "brand", "product", "service", "tool", "method",
+    "technique", "approach", "process", "action", "activity", "issue", "problem", "situation", "condition",
+    "context", "scenario", "goal", "purpose", "reason", "result", "outcome", "effect", "factor", "role",
+    "relationship", "group", "team", "audience", "animal", "species", "plant", "food", "dish", "ingredient",
+    "material", "substance", "profession", "occupation", "job", "skill", "hobby", "habit", "routine",
+    "preference", "need", "genre", "style", "format", "file", "document", "text", "date", "time", "period", "year",
+    "age", "size", "unit", "measure", "quality", "characteristic", "software", "device", "platform", "framework",
+    "library", "package", "application", "app", "program", "game", "book", "song", "movie", "film", "work",
+    "project", "question", "request", "part", "component", "resource", "source", "information", "data", "content",
+    "medium", "mode", "environment", "version", "setting", "option", "parameter", "stage", "step", "phase",
+    "state", "status", "pronoun", "adjective", "verb", "noun", "description", "expert", "destination",
+    "landmark", "structure", "medication", "scientist", "companion", "behaviour", "behavior", "deadline",
+    "phenomenon", "phenomena", "principle", "theory", "law", "rule", "policy", "strategy", "practice", "procedure",
+    "mechanism", "function", "operation", "technology", "invention", "discovery", "discipline", "science",
+    "sport", "cuisine", "beverage", "drink", "show", "series", "episode", "character", "author", "artist",
+    "musician", "writer", "figure", "leader", "politician", "celebrity", "building", "monument", "feature",
+    "river", "mountain", "continent", "nation", "province", "institution", "university", "school", "museum",
+    "currency", "organism", "creature", "disease", "illness", "symptom", "treatment", "chemical", "compound",
+    "mineral", "metal", "planet", "vehicle", "instrument", "tradition", "custom", "holiday", "festival",
+    "religion", "belief", "emotion", "feeling", "trait", "query", "website", "model", "design", "pattern",
+    "narrative", "plot", "theme", "occasion", "recipe", "exercise", "workout", "medicine", "drug",
+})
+# Words that end the head noun phrase ("name | of a package", "task | the function performs").
+_PHRASE_ENDS = _ARTICLES | frozenset({"of", "for", "that", "which", "who", "whose", "in", "on", "to", "with",
+                                      "from", "by", "about", "at", "as", "like", "and", "or", "e", "eg", "i", "ie"})
+
+
+def _singular(word: str) -> str:
+    """A light singular: "languages" -> "language", "activities" -> "activity"; short words and -ss/-us/-is kept."""
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
+def generic_description(description: str) -> bool:
+    """True when a variable's description names a kind of thing ("programming language", "name of a person")
+    rather than a thing itself ("Python interpreter", "numerical computations").
+
+    A description with a digit, or with a capitalised word that is neither one of the generic words below nor
+    a short acronym (up to 3 capitals: TV, SQL), names something concrete ("Python interpreter"). Otherwise it
+    is generic when it offers alternatives ("industry or field", "x/y", "e.g.", "such as", "etc"), opens with
+    a generic opener (a, an, some, any, specific, certain, particular, given, desired, ...: "a programming
+    language"), holds a generic noun anywhere (type, kind, name, thing, item, topic, concept, person, place,
+    number, task, ...: "name of a package"), or its head noun (the last word before "of", "for", "that", an
+    article, ...) is a generic head (language, system, event, country, level, tool, show, phenomenon, ...:
+    "programming language", "level of organization", "TV show"), the last only when the description does not
+    open with "the" ("the immune system" names one system).
+    """
+    raw = re.findall(r"[^\W_]+", unicodedata.normalize("NFKC", description))
+    words = [w.casefold() for w in raw]
+    if not words:
+        return False
+    singular = [_singular(w) for w in words]
+    known = _GENERIC_HEADS | _GENERIC_OPENERS | _PHRASE_ENDS | _STOPWORDS
+    if any(any(c.isdigit() for c in w) for w in raw) or any(
+            any(c.isupper() for c in w) and not (w.isupper() and len(w) <= 3)
+            and w.casefold() not in known and _singular(w.casefold()) not in known for w in raw):
+        return False
+    lowered = " " + " ".join(words) + " "
+    if " or " in lowered or "/" in description or " e g " in lowered or " such as " in lowered or " etc " in lowered:
+        return True
+    if words[0] in _GENERIC_OPENERS or any(w in _GENERIC_NOUNS for w in singular):
+        return True
+    start = 1 if words[0] in _ARTICLES else 0
+    head = start
+    while head + 1 < len(words) and words[head + 1] not in _PHRASE_ENDS:
+        head += 1
+    return words[0] != "the" and singular[head] in _GENERIC_HEADS
+
+
+def placeholder_copy(value: str, description: str) -> bool:
+    """True when `value` is the description itself, not a value for it: equal to it (case, punctuation, plural
+    `-s`, articles and fillers such as "some", "your", "specific" aside) while the description is generic."""
+    def key(text: str) -> list[str]:
+        return [_singular(w) for w in _words(text) if w not in _PLACEHOLDER_FILLERS]
+    return bool(key(value)) and key(value) == key(description) and generic_description(description)
 
 
 # -- Instances of a template ------------------------------------------------------------------------------
@@ -212,20 +345,27 @@ class InstanceMatch:
         return self.instruction_words / max(1, self.template_words + self.value_words)
 
 
-def instance_match(instruction: str, template: str) -> InstanceMatch:
-    """Align the instruction with the template's own words (a longest common subsequence of word tokens)."""
+def _template_slots(template: str) -> tuple[list[str], list[list[int]]]:
+    """The template's own words (outside `<fi>`), and per gap g (before own word g; gap len(words) is the end)
+    the indexes of the variables that stand there."""
     literal: list[str] = []
-    variable_before: list[bool] = []  # per gap g (before literal word g; gap len(literal) is the end)
-    pending_variable = False
+    slots: list[list[int]] = [[]]
+    variable = 0
     for piece in re.split(r"(<fi>.*?</fi>)", template, flags=re.S):
         if FI_SPAN.fullmatch(piece):
-            pending_variable = True
+            slots[-1].append(variable)
+            variable += 1
             continue
         for word in _words(piece):
             literal.append(word)
-            variable_before.append(pending_variable)
-            pending_variable = False
-    variable_before.append(pending_variable)
+            slots.append([])
+    return literal, slots
+
+
+def instance_match(instruction: str, template: str) -> InstanceMatch:
+    """Align the instruction with the template's own words (a longest common subsequence of word tokens)."""
+    literal, slots = _template_slots(template)
+    variable_before = [bool(slot) for slot in slots]  # per gap g (before literal word g; gap len(literal) is the end)
     words = _words(instruction)
     n, m = len(literal), len(words)
     # lcs[i][j]: longest common subsequence of literal[i:] and words[j:]
@@ -266,6 +406,109 @@ def instance_error(instruction: str, template: str, min_share: float = DEFAULT_M
     if found.share < min_share or found.length_ratio > max_length_ratio:
         return "not_an_instance_of_template"
     return None
+
+
+@dataclass(frozen=True)
+class VariableValue:
+    """What an instruction puts where one or more of its template's variables stand.
+
+    `variables`: indexes of the variables (more than one when no matched word of the template separates
+    them); `text`: the instruction's text between the matched template words around them (NFKC, case-folded,
+    punctuation kept), stripped of spacing and sentence punctuation; `before`: the instruction's word just
+    before that text ("" at the start).
+    """
+
+    variables: tuple[int, ...]
+    text: str
+    before: str = ""
+
+
+def variable_values(instruction: str, template: str) -> list[VariableValue]:
+    """Align the instruction with the template and read off each variable's value.
+
+    The alignment matches the template's own words to the instruction's in order, as many as possible; among
+    those alignments it takes the one that leaves the fewest instruction words outside the variables' places
+    (so in "Explain the <fi>level of organization</fi> of the <fi>industry</fi>" the "of" inside the first
+    value is not taken for the template's "of"). The text between two consecutive matched words is the value
+    of the variables that stand between them.
+    """
+    literal, slots = _template_slots(template)
+    norm = unicodedata.normalize("NFKC", instruction).casefold()
+    tokens = list(_WORD.finditer(norm))
+    words = [t.group() for t in tokens]
+    n, m = len(literal), len(words)
+    weight = m + 1  # one matched word outweighs every word left outside the variables
+    # best[i][j]: best score aligning literal[i:] with words[j:] (matches * weight - words outside variables)
+    best = [[0] * (m + 1) for _ in range(n + 1)]
+    for i in range(n, -1, -1):
+        row = best[i]
+        outside = 0 if slots[i] else 1
+        for j in range(m, -1, -1):
+            if i == n and j == m:
+                continue
+            options = []
+            if i < n:
+                options.append(best[i + 1][j])
+                if j < m and literal[i] == words[j]:
+                    options.append(best[i + 1][j + 1] + weight)
+            if j < m:
+                options.append(row[j + 1] - outside)
+            row[j] = max(options)
+    pairs: list[tuple[int, int]] = []
+    i = j = 0
+    while i < n or j < m:
+        if i < n and j < m and literal[i] == words[j] and best[i][j] == best[i + 1][j + 1] + weight:
+            pairs.append((i, j))
+            i, j = i + 1, j + 1
+        elif j < m and best[i][j] == best[i][j + 1] - (0 if slots[i] else 1):
+            j += 1
+        else:
+            i += 1
+    values = []
+    previous_i, previous_j, previous_end = -1, -1, 0
+    for next_i, next_j in [*pairs, (n, m)]:
+        variables = tuple(v for g in range(previous_i + 1, next_i + 1) for v in slots[g])
+        if variables:
+            end = tokens[next_j].start() if next_j < m else len(norm)
+            before = words[previous_j] if previous_j >= 0 else ""
+            values.append(VariableValue(variables, norm[previous_end:end].strip(_VALUE_STRIP), before))
+        previous_i, previous_j = next_i, next_j
+        previous_end = tokens[next_j].end() if next_j < m else len(norm)
+    return values
+
+
+_ALNUM = re.compile(r"[^\W_]")
+_VALUE_STRIP = " \t\r\n.,;:!?\"'“”‘’"
+_BRACKETED = re.compile(r"^(?:\[[^\[\]]*\]|\{[^{}]*\}|<[^<>]*>)$")
+# Words after which the kind itself is the natural value: "Which <fi>animal</fi> is named at the end?".
+_QUESTION_HEADS = frozenset({"which", "what", "whichever", "whatever", "whose", "many", "much"})
+_PLACEHOLDER_INNER = re.compile(r"^[^\W\d]+(?:[\s_'’-]+[^\W\d]+)*$")
+
+
+def unfilled_variables(instruction: str, template: str) -> list[str]:
+    """Descriptions of the template's variables that the instruction leaves unfilled.
+
+    Each variable's value is read off the alignment of the instruction with the template (`variable_values`).
+    A value is unfilled when it is missing (no word where the variable stands), still holds a `<fi>` tag, is a
+    bracketed placeholder ("[programming language]", "{name}", "<topic>": brackets, braces or angle brackets
+    around words only), or is a placeholder copy of a generic description (`placeholder_copy`: "programming
+    language" or "a programming language" for <fi>programming language</fi>). A value that equals a description
+    naming a concrete thing passes ("the Python interpreter" for <fi>Python interpreter</fi>), and so does the
+    kind itself right after a question word (which, what, whose, how many/much: "Which animal is named at the
+    end?" for "Which <fi>animal</fi> is named at the end?").
+    """
+    descriptions = template_variables(template)
+    unfilled = []
+    for value in variable_values(instruction, template):
+        names = [descriptions[v] for v in value.variables]
+        bracketed = _BRACKETED.match(value.text)
+        if (not _ALNUM.search(value.text) or has_fi_tags(value.text)
+                or (bracketed and _PLACEHOLDER_INNER.match(value.text[1:-1].strip()))
+                or (value.before not in _QUESTION_HEADS
+                    and (any(placeholder_copy(value.text, d) for d in names)
+                         or (len(names) > 1 and placeholder_copy(value.text, " ".join(names)))))):
+            unfilled.extend(names)
+    return unfilled
 
 
 # -- Prompt fields ----------------------------------------------------------------------------------------

@@ -13,12 +13,12 @@ from fineinstructions.contracts.excerpts import ExpandedAnswer, NormalizedText, 
 from fineinstructions.contracts.templates import (
     DEFAULT_MAX_INSTANCE_LENGTH_RATIO,
     DEFAULT_MIN_INSTANCE_SHARE,
-    FI_SPAN,
     first_json_object,
     has_fi_tags,
     instance_error,
     strip_fences,
     template_variables,
+    unfilled_variables,
 )
 from fineinstructions.errors import ConfigError
 from fineinstructions.prompts import load_prompt
@@ -135,8 +135,12 @@ class InstantiateStage(Stage[Match, Pair]):
         documents = {m.document_id: m.text for m in matches}
         truncated = sum(1 for text in documents.values() if len(text) > self.max_prompt_document_chars)
         marked = sum(1 for text in documents.values() if self.guard.affected(self._cut(text)))
+        # Kept pairs whose markers resolved only by repair (case, quotes, punctuation, a word or two off).
+        repaired = [expanded.repaired_excerpts for _, _, expanded, _ in passed]
         return StageResult(self._pairs(passed), rejected,
-                           {"documents_cut_for_prompt": truncated, "documents_with_prompt_markers": marked})
+                           {"documents_cut_for_prompt": truncated, "documents_with_prompt_markers": marked,
+                            "repaired_excerpts": sum(repaired),
+                            "pairs_with_repaired_excerpts": sum(1 for count in repaired if count)})
 
     @cached_property
     def _example_names(self) -> frozenset[str]:
@@ -228,15 +232,19 @@ class InstantiateStage(Stage[Match, Pair]):
 
     @staticmethod
     def _instruction_error(instruction: str, template: str) -> str | None:
+        """`leftover_fi` (a `<fi>` tag left in), `unfilled_variable`, `instruction_too_short` or `_too_long`.
+
+        `unfilled_variable` is decided from the template's structure (`unfilled_variables`): the instruction is
+        aligned with the template, whose own words anchor each variable's value, and a variable is unfilled when
+        its value is missing, still holds `<fi>`, is a bracketed placeholder ("[programming language]"), or
+        copies a description that names a kind of thing ("a programming language" for <fi>programming
+        language</fi>). A value equal to a description that names a concrete thing passes ("the Python
+        interpreter" for <fi>Python interpreter</fi>).
+        """
         if has_fi_tags(instruction):
             return "leftover_fi"
-        lowered = instruction.lower()
-        fixed_text = FI_SPAN.sub(" ", template).lower()
-        for variable in template_variables(template):
-            v = variable.lower()
-            # The description was copied instead of a value (more often than the template's own words use it).
-            if len(v.split()) >= 2 and lowered.count(v) > fixed_text.count(v):
-                return "unfilled_variable"
+        if unfilled_variables(instruction, template):
+            return "unfilled_variable"
         if len(instruction.split()) < MIN_INSTRUCTION_WORDS:
             return "instruction_too_short"
         if len(instruction) > MAX_INSTRUCTION_CHARS:
