@@ -198,6 +198,7 @@ def test_a_ready_template_bank_skips_templatize(tmp_path):
          "compatible_document_description": "An encyclopedia article about a country and its geography."},
     ]))
     cfg = config_for(tmp_path)
+    cfg.queries = None
     cfg.templates = SourceConfig(path=str(bank))
     summary, backend = run_scripted(cfg)
     assert "templatize" not in summary["stages"] and "query_filter" not in summary["stages"]

@@ -116,11 +116,15 @@ def demo(
     documents: Annotated[int, typer.Option(help="Wikipedia leads to instantiate templates from.")] = 12,
     seed: Annotated[int, typer.Option(help="Seed of the samples.")] = 0,
     model: Annotated[str, typer.Option(help="Registry model name or GGUF path.")] = "qwen2.5-coder-1.5b-instruct",
+    bank: Annotated[str, typer.Option(help="Packaged template bank matched besides the live queries' templates "
+                                           "('none': the live ones only).")] = "sharegpt",
     force: Annotated[bool, typer.Option(help="Start over if the folder holds another run.")] = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Run a small real job: real ShareGPT questions and Wikipedia leads, the embedded 1.5B model, offline."""
-    _run_pipeline(demo_config(str(out), queries, documents, seed, model), force, quiet)
+    """Run a small real job: real ShareGPT questions templatized live plus the packaged template bank, matched
+    to Wikipedia leads, the embedded 1.5B model, offline."""
+    cfg = demo_config(str(out), queries, documents, seed, model, None if bank == "none" else bank)
+    _run_pipeline(cfg, force, quiet)
 
 
 @app.command()
@@ -150,6 +154,31 @@ def run(
              "output_dir": str(out) if out is not None else None}
     assignments = [*(set_ or []), *(f"run.{k}={json.dumps(v)}" for k, v in flags.items() if v is not None)]
     _run_pipeline(cfg.with_overrides(assignments) if assignments else cfg, force, quiet)
+
+
+@app.command()
+def bank(
+    config: Annotated[Path, typer.Option("--config", "-c", help="A pipeline YAML with `queries` (configs/bank.yaml "
+                                                              "builds the packaged bank).")],
+    output: Annotated[Path, typer.Option(help="The bank's Parquet file; its manifest goes beside it (.json).")],
+    out: Annotated[Path | None, typer.Option(help="Override run.output_dir (the resumable work folder).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override one setting, SECTION.KEY=VALUE.")] = None,
+    force: Annotated[bool, typer.Option(help="Start over if the work folder holds another run.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Build a template bank: the config's queries through the query filter, templatize and template dedup
+    only (resumable: rerun the same command after a stop), written as one Parquet file with a manifest."""
+    from fineinstructions.pipeline import Pipeline
+
+    cfg = PipelineConfig.from_yaml(config)
+    assignments = [*(set_ or []), *([f"run.output_dir={json.dumps(str(out))}"] if out is not None else [])]
+    cfg = cfg.with_overrides(assignments) if assignments else cfg
+    manifest = Pipeline(cfg, console=err_console, show_progress=not quiet, force=force).build_bank(output)
+    funnel = manifest["funnel"]
+    dropped = {reason: count for name in ("query_filter", "templatize")
+               for reason, count in funnel.get(name, {}).get("dropped", {}).items()}
+    console.print(f"{manifest['templates']} templates from {manifest['queries']} queries -> {output} "
+                  f"({manifest['seconds']:.0f} s); dropped: {dropped}")
 
 
 def _run_pipeline(cfg: PipelineConfig, force: bool, quiet: bool) -> None:

