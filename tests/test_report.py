@@ -23,7 +23,7 @@ from tests.test_pipeline import DOCUMENTS as PIPELINE_DOCUMENTS
 from tests.test_pipeline import QUERIES, scripted
 
 runner = CliRunner()
-SECTIONS = ("quality", "funnel", "judge-scores", "coverage", "templates", "throughput", "samples", "config")
+SECTIONS = ("quality", "funnel", "judge-scores", "coverage", "match-floor", "templates", "throughput", "samples", "config")
 # Two documents a shard (the second shard is where the unfinished run crashes); one carries a script tag.
 DOCUMENTS = [(name, text.replace("Acid rain is rain", "Acid rain is rain <script>alert('owned')</script>", 1))
              for name, text in PIPELINE_DOCUMENTS]
@@ -93,8 +93,10 @@ def test_html_report_has_every_section_with_embedded_plots(runs, tmp_path):
     for section in SECTIONS:
         assert f'<section id="{section}">' in html
     images = pngs(html)
-    assert len(images) == 5 and all(img.format == "PNG" and img.width > 300 for img in images)
+    assert len(images) == 6 and all(img.format == "PNG" and img.width > 300 for img in images)
     assert not re.search(r'(src|href)="(https?:)?//', html)  # self-contained: no network assets
+    floor = html.split('<section id="match-floor">')[1].split("</section>")[0]  # candidates by match score
+    assert "null rate" in floor and "kept rate" in floor and "<code>match.min_score</code>" in floor
     assert "Finished run" in html and "has not finished" not in html
     for name, stage in summary["stages"].items():  # the funnel table holds every stage's counts and reasons
         assert f"<td>{name}</td><td class=\"n\">{stage['rows_in']}</td><td class=\"n\">{stage['rows_out']}</td>" \
@@ -141,7 +143,7 @@ def test_dataset_card_front_matter_counts_and_fingerprint(runs, tmp_path):
 def test_run_with_zero_kept_pairs(runs, tmp_path):
     html_path, card_path = write_report(runs["empty"], tmp_path / "report")
     html, card = html_path.read_text(), card_path.read_text()
-    assert "No pairs were kept" in html and len(pngs(html)) == 5
+    assert "No pairs were kept" in html and len(pngs(html)) == 6
     assert front_matter(card)["size_categories"] == ["n<1K"]
     assert "0 synthetic instruction-answer pairs" in card and "| filter |" in card
     staged = stage_dataset(runs["empty"], tmp_path / "staged")
@@ -155,7 +157,7 @@ def test_unfinished_run_is_reported_and_not_pushed_by_default(runs, tmp_path):
     assert not view.finished and view.shards["filter"] == 1 and view.pairs  # the first shard got through
     html_path, card_path = write_report(run, tmp_path / "report")
     html = html_path.read_text()
-    assert "This run has not finished" in html and "filter 1" in html and len(pngs(html)) == 5
+    assert "This run has not finished" in html and "filter 1" in html and len(pngs(html)) == 6
     assert "Unfinished run" in card_path.read_text()
     with pytest.raises(ReportError, match="has not finished"):
         stage_dataset(run, tmp_path / "staged")

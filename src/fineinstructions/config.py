@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fineinstructions.backends.models import DEFAULT_EMBEDDER, DEFAULT_GENERATOR
 from fineinstructions.contracts.templates import DEFAULT_MAX_INSTANCE_LENGTH_RATIO, DEFAULT_MIN_INSTANCE_SHARE
@@ -21,12 +21,14 @@ class Section(BaseModel):
 
 
 class SourceConfig(Section):
-    """Where rows come from: a file/folder path, `hf:NAME`, or a packaged demo source.
+    """Where rows come from: a file/folder path, `hf:NAME`, or a packaged source: `sharegpt` (queries),
+    `wikipedia` (documents), `bank` (templates: the bank this project built from ShareGPT, `fineinstructions
+    bank`; `path` may name another packaged bank).
 
     For `templates`, rows in the released FineTemplates schema are read as they are.
     """
 
-    kind: Literal["path", "sharegpt", "wikipedia"] = "path"
+    kind: Literal["path", "sharegpt", "wikipedia", "bank"] = "path"
     path: str | None = None
     split: str = "train"
     hf_config: str | None = None  # hf: only: the dataset's config name
@@ -131,8 +133,8 @@ class MatchConfig(Section):
     embedder_revision: str | None = None  # a branch, tag or commit of a Hub embedder (pin it)
     embedder_device: str = "auto"  # cpu, cuda, cuda:N, mps, or auto (a GPU when there is one)
     embedder_batch_size: int = Field(default=32, ge=1)  # texts (or windows) per forward pass
-    top_k: int = Field(default=6, ge=1)
-    coverage_chunks: int = Field(default=10, ge=0)  # K local vectors; 0 = global vector only
+    top_k: int = Field(default=6, ge=1)  # candidates per document (the paper: 6)
+    coverage_chunks: int = Field(default=5, ge=0)  # K local vectors (the paper: 5); 0 = global vector only
     sigma: float = Field(default=0.05, gt=0)
     alpha: float = Field(default=1.0, ge=0, le=1)
     max_windows: int = Field(default=64, ge=1)  # model-sized windows embedded per long document
@@ -141,6 +143,13 @@ class MatchConfig(Section):
     mmr_lambda: float = Field(default=0.7, ge=0, le=1)  # 1 = relevance only; lower = more diverse
     max_template_uses: int | None = Field(default=1000, ge=1)  # corpus-wide cap per template
     popularity_weight: float = Field(default=0.0, ge=0)  # + weight * ln(popularity) on the score
+    # Each pick draws a complexity class (number of <fi> variables) by these target weights, then takes that
+    # class's best MMR candidate (docs/method.md): "bank" = the bank's own mix (1, 2, 3, 4+ variables, by
+    # popularity), "weights" = `complexity_weights`, "off" = MMR alone.
+    complexity_sampling: Literal["bank", "weights", "off"] = "bank"
+    # Target weights: entry i for templates of i + 1 variables, the last entry for that many or more,
+    # e.g. [0.35, 0.3, 0.2, 0.15] for 1, 2, 3, 4+ (normalised; only with complexity_sampling: weights).
+    complexity_weights: list[float] | None = None
     min_document_words: int = Field(default=20, ge=1)
     max_document_chars: int = Field(default=200_000, ge=1)
     index: str = "auto"  # FAISS factory string: Flat, IVF4096,PQ64, IVF1024,Flat, HNSW32; auto by size
@@ -152,6 +161,22 @@ class MatchConfig(Section):
     nprobe: int = Field(default=32, ge=1)  # IVF lists searched per query (of <= 4096 lists by auto)
     ef_search: int = Field(default=128, ge=1)  # HNSW search breadth
     refine_k_factor: int = Field(default=16, ge=1)  # Refine/RFlat kinds re-score top_k x this candidates
+
+    @field_validator("complexity_sampling", mode="before")
+    @classmethod
+    def _off_is_false(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML reads a bare `off` as false
+
+    @model_validator(mode="after")
+    def _complexity_weights_fit(self) -> MatchConfig:
+        weights = self.complexity_weights
+        if self.complexity_sampling == "weights":
+            if not weights or min(weights) < 0 or sum(weights) <= 0:
+                raise ValueError("complexity_sampling 'weights' needs complexity_weights: a list of non-negative "
+                                 "weights by number of variables (the last for that many or more), not all 0")
+        elif weights is not None:
+            raise ValueError("complexity_weights apply with complexity_sampling: weights")
+        return self
 
 
 class InstantiateConfig(Section):
@@ -185,6 +210,11 @@ class JudgeConfig(Section):
 
 class FilterConfig(Section):
     token_budget: bool = True  # generated pair tokens per document <= the document's tokens
+    # Budget a document leaves unused carries over to the next documents of its shard (the paper's rule; the
+    # carry starts at 0 in each shard). A document may draw at most max_carry_ratio x its own tokens from it
+    # (None: no cap), so its pairs hold at most (1 + ratio) x its tokens.
+    budget_carry_over: bool = True
+    max_carry_ratio: float | None = Field(default=1.0, ge=0)
     max_pairs_per_document: int | None = Field(default=None, ge=1)
     near_duplicate_threshold: float | None = Field(default=0.8, gt=0, le=1)  # pair dedup; None: exact only
     dedup_partitions: int = Field(default=1, ge=1)  # hash ranges per signature column: dedup tasks' memory / n
@@ -240,7 +270,7 @@ GenerativeStage = Literal["templatize", "instantiate", "judge"]
 class PipelineConfig(Section):
     queries: SourceConfig | None = None  # real user queries to templatize (not needed with `templates`)
     documents: SourceConfig
-    templates: SourceConfig | None = None  # a ready template bank: skips query filtering and templatize
+    templates: SourceConfig | None = None  # a ready template bank; with `queries` too, their templates join it
     generator: BackendConfig = BackendConfig()  # serves every model stage that names no backend of its own
     judge_backend: BackendConfig | None = None  # older spelling of judge.backend
     query_filter: QueryFilterConfig = QueryFilterConfig()
@@ -360,11 +390,13 @@ def _fingerprinted(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def demo_config(output_dir: str = "runs/demo", queries: int = 24, documents: int = 12, seed: int = 0,
-                model: str = DEFAULT_GENERATOR) -> PipelineConfig:
-    """The README's first command: real ShareGPT questions and Wikipedia leads, the embedded 1.5B model."""
+                model: str = DEFAULT_GENERATOR, bank: str | None = "sharegpt") -> PipelineConfig:
+    """The README's first command: real ShareGPT questions templatized live and the packaged template bank
+    (`bank`; None: the live templates only), matched to Wikipedia leads, the embedded 1.5B model."""
     return PipelineConfig(
         queries=SourceConfig(kind="sharegpt", limit=queries, seed=seed),
         documents=SourceConfig(kind="wikipedia", limit=documents, seed=seed, near_queries=True),
+        templates=SourceConfig(kind="bank", path=bank) if bank else None,
         generator=BackendConfig(model=model),
         run=RunConfig(output_dir=output_dir, seed=seed, shard_size=64, batch_size=4),
     )

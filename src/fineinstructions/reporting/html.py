@@ -12,6 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure  # Figure without pyplot: the Agg canvas, no GUI backend, no global state
 from matplotlib.ticker import MaxNLocator
 
+from fineinstructions.reporting.floor import DEFAULT_MAX_KEPT_LOSS, propose_floor
 from fineinstructions.reporting.run import RunView
 
 KEPT, DROPPED, LIGHT = "#2f6f4f", "#b5523b", "#c9d6cf"
@@ -39,6 +40,7 @@ def render_html(view: RunView, sample_size: int = 5) -> str:
         _section("coverage", "Excerpt coverage", _png(_coverage_plot(view)) + _p(
             f"Share of each answer quoted from its document by excerpt reference; kept answers with coverage "
             f"&ge; 0.8: {_pct(q.get('kept_with_coverage_at_least_0_8'))}.")),
+        _section("match-floor", "Similarity floor", _png(_floor_plot(view)) + _floor_text(view)),
         _section("templates", "Template usage", _png(_template_plot(view)) + _template_table(view)),
         _section("throughput", "Throughput", _png(_throughput_plot(view)) + _throughput_table(view)),
         _section("samples", "Random kept pairs", _samples(view, sample_size)),
@@ -107,6 +109,27 @@ def _funnel_table(view: RunView) -> str:
             rows.append(["index", s.rows_out, view.index.get("templates", "?"),
                          f"duplicate_template: {removed}" if removed else "-", "", ""])
     return _table(["stage", "in", "out", "dropped (reason: count)", "shards", "seconds"], rows, numeric=(1, 2, 4, 5))
+
+
+def _floor_text(view: RunView) -> str:
+    bins = view.score_bins
+    floor = _configured_floor(view)
+    if bins is None or not sum(bins.candidates):
+        return _p("No shard has passed the filter yet, so no candidate can be followed to its outcome.")
+    intro = _p(f"Each matched candidate by its similarity score (the configured floor, <code>match.min_score</code>, "
+               f"is {floor:g}): the share the instantiating model answered <code>null</code> (the template does "
+               f"not fit) and the share that became a kept pair, over {sum(bins.candidates)} candidates.")
+    proposal, loss = propose_floor(bins), f"{100 * DEFAULT_MAX_KEPT_LOSS:g} %"
+    if proposal is None:
+        advice = _p(f"No floor removes a null while losing at most {loss} of the kept pairs "
+                    f"({sum(bins.nulls)} nulls, {sum(bins.kept)} kept pairs).")
+    else:
+        advice = _p(f"<strong>Proposed floor</strong> (most nulls removed for at most {loss} of the kept pairs "
+                    f"lost): {escape(proposal.describe())}")
+    rows = [[f"{lo:.3f} - {hi:.3f}", c, _pct(n), _pct(k)]
+            for lo, hi, c, n, k in zip(bins.edges[:-1], bins.edges[1:], bins.candidates, bins.null_rate,
+                                       bins.kept_rate, strict=True) if c]
+    return intro + advice + _table(["match score", "candidates", "null rate", "kept rate"], rows, numeric=(1, 2, 3))
 
 
 def _template_table(view: RunView, top: int = 10) -> str:
@@ -210,6 +233,35 @@ def _coverage_plot(view: RunView) -> Figure:
     return fig
 
 
+def _floor_plot(view: RunView) -> Figure:
+    fig, ax = _figure()
+    bins = view.score_bins
+    if bins is None or not sum(bins.candidates):
+        return _empty(fig, ax, "no candidate has reached the filter yet")
+    edges = np.asarray(bins.edges)
+    centres, width = (edges[:-1] + edges[1:]) / 2, float(edges[1] - edges[0])
+    counts = ax.twinx()
+    counts.bar(centres, bins.candidates, width=width * 0.9, color=LIGHT, label="candidates")
+    counts.set_ylabel("candidates")
+    counts.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_zorder(counts.get_zorder() + 1)  # the rates over the bars
+    ax.patch.set_visible(False)
+    for rates, label, color in ((bins.null_rate, "null rate", DROPPED), (bins.kept_rate, "kept rate", KEPT)):
+        values = np.array([np.nan if r is None else r for r in rates])
+        ax.plot(centres, values, marker="o", markersize=3, color=color, label=label)
+    proposal = propose_floor(bins)
+    if proposal is not None:
+        ax.axvline(proposal.floor, color=DROPPED, linestyle=":", linewidth=1.2, label=f"proposed {proposal.floor:.4g}")
+    floor = _configured_floor(view)
+    if edges[0] <= floor <= edges[-1]:
+        ax.axvline(floor, color="gray", linestyle="--", linewidth=1, label=f"min_score {floor:g}")
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("match score (similarity of template and document)")
+    ax.set_ylabel("share of the bin's candidates")
+    ax.legend(loc="best", fontsize=8)
+    return fig
+
+
 def _template_plot(view: RunView) -> Figure:
     fig, ax = _figure()
     uses = [n for _, n in view.template_uses()]
@@ -303,6 +355,10 @@ def _pct(value: float | None) -> str:
 
 def _num(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _configured_floor(view: RunView) -> float:
+    return float((view.config.get("match") or {}).get("min_score", 0.0))
 
 
 def _min_score(view: RunView) -> int:

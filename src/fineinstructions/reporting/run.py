@@ -20,6 +20,7 @@ import yaml
 from fineinstructions.errors import FineInstructionsError
 from fineinstructions.io.run_folder import RunFolder
 from fineinstructions.records import Pair
+from fineinstructions.reporting.floor import ScoreBins, read_score_bins
 from fineinstructions.stages.base import StageStats
 from fineinstructions.stages.registry import STAGE_ORDER
 from fineinstructions.summary import DatasetTally, quality
@@ -51,6 +52,7 @@ class RunView:
     quality: dict[str, Any] = field(default_factory=dict)
     row_values: dict[str, set[str]] = field(default_factory=dict)  # models and prompt versions on the rows
     index: dict[str, Any] | None = None
+    score_bins: ScoreBins | None = None  # candidates, nulls and kept pairs by match score (choosing min_score)
 
     @property
     def finished(self) -> bool:
@@ -120,6 +122,7 @@ def load_run(run_dir: str | Path) -> RunView:
     view = RunView(root, config, config_text, fingerprint, summary, stages, shards, parts, pairs, coverage,
                    index=index)
     view.quality = quality(stages, DatasetTally.from_files(parts))
+    view.score_bins = read_score_bins(folder, parts)
     view.row_values = {
         "templatize_model": _distinct(folder.stage_dir("templatize"), "model_id"),
         "templatize_prompt": _distinct(folder.stage_dir("templatize"), "prompt_version"),
