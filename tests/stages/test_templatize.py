@@ -2,10 +2,17 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from fineinstructions.backends.base import SamplingParams
 from fineinstructions.backends.fake import FakeBackend
+from fineinstructions.config import demo_config, stage_config
+from fineinstructions.errors import ConfigError
+from fineinstructions.prompts import load_prompt
 from fineinstructions.records import Query
 from fineinstructions.stages.base import StageStats
 from fineinstructions.stages.templatize import TemplatizeStage, template_id, template_key
+from tests.test_config import DEMO_FINGERPRINT
 
 GOOD = json.dumps({"template": "What is <fi>scientific concept</fi>?",
                    "compatible_document_description": "An encyclopedia article explaining a scientific concept."})
@@ -95,3 +102,71 @@ def test_a_template_whose_variables_copy_the_querys_values_is_retried_then_dropp
     assert stats.metrics["recovered_by_retry"] == 1
     always = stage.run_batch([Query(query_id="2", text="How do I install numpy on Windows? (always)")], StageStats())
     assert [r.reason for r in always.rejected] == ["specific_variable"]
+
+
+class RecordingBackend(FakeBackend):
+    """A FakeBackend that keeps the SamplingParams of every call."""
+
+    def __init__(self, responder):
+        super().__init__(responder)
+        self.samplings: list[SamplingParams] = []
+
+    def generate(self, conversations, sampling):
+        self.samplings.append(sampling)
+        return super().generate(conversations, sampling)
+
+
+def test_structured_passes_the_prompts_schema_and_still_parses_every_reply():
+    query = Query(query_id="1", text="What is photosynthesis?")
+    off = RecordingBackend(responder)
+    TemplatizeStage(off).run_batch([query], StageStats())
+    assert off.samplings[0].json_schema is None
+    assert off.samplings[0].fingerprint() == SamplingParams(max_tokens=200).fingerprint()  # request keys unchanged
+
+    on = RecordingBackend(lambda conversation: "not json")  # an engine that ignores the schema
+    stage = TemplatizeStage(on, retries=1, structured=True)
+    result = stage.run_batch([query], StageStats())
+    assert [s.json_schema for s in on.samplings] == [stage.prompt.json_schema] * 2  # the retry keeps the schema
+    assert json.loads(on.samplings[0].json_schema or "")["required"] == ["template", "compatible_document_description"]
+    assert [r.reason for r in result.rejected] == ["unparseable_json"]  # the parser still judges the reply
+
+
+def test_structured_needs_a_prompt_with_a_schema():
+    with pytest.raises(ConfigError, match="json_schema"):
+        TemplatizeStage(FakeBackend(responder), prompt_version="v1", structured=True)
+
+
+def test_the_v2_schema_accepts_the_prompts_own_examples_and_refuses_a_template_without_a_variable():
+    jsonschema = pytest.importorskip("jsonschema")
+    prompt = load_prompt("templatize", "v2")
+    schema = json.loads(prompt.json_schema or "")
+    for _, output in prompt.examples:
+        jsonschema.validate(json.loads(output), schema)
+    for bad in ({"template": "What is x?", "compatible_document_description": "A text."},
+                {"template": "What is <fi>x</fi>?", "compatible_document_description": "A text.", "extra": "no"},
+                {"template": "What is <fi>x</fi>?"}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, schema)
+
+
+def test_the_schema_leaves_the_prompt_and_the_config_fingerprint_as_they_were():
+    prompt = load_prompt("templatize", "v2")
+    assert prompt.version == "templatize-v2" and prompt.grammar is None
+    # the conversation sent (and so every request key) does not carry the schema
+    assert "json_schema" not in json.dumps(prompt.conversation(query="What is photosynthesis?"))
+    config = demo_config()
+    assert config.templatize.structured is False and config.fingerprint() == DEMO_FINGERPRINT
+    config.templatize.structured = True
+    assert config.fingerprint() != DEMO_FINGERPRINT
+
+
+def test_from_config_reads_templatize_structured():
+    config = stage_config({"templatize": {"structured": True}})
+    assert config.templatize.structured is True
+
+    class Context:
+        def backend(self, stage, prompt_version):
+            return FakeBackend(responder)
+
+    stage = TemplatizeStage.from_config(config, Context())  # type: ignore[arg-type]
+    assert stage.json_schema == stage.prompt.json_schema is not None

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from fineinstructions.hashing import json_hash
 
@@ -13,19 +14,46 @@ Message = dict[str, str]
 Conversation = list[Message]
 
 
+# Fields added to SamplingParams after request caches were filled: left out of the fingerprint while None, so
+# a request that does not use them keeps its cache key.
+_LATER_SAMPLING_FIELDS = ("json_schema",)
+
+
 @dataclass(frozen=True)
 class SamplingParams:
-    """Sampling settings shared by all backends."""
+    """Sampling settings shared by all backends.
+
+    Structured outputs: `grammar` (GBNF) is honoured by llama.cpp (in-process and its servers) and vLLM;
+    `json_schema` (a JSON schema as `schema_text`) by llama.cpp (compiled to GBNF), llama.cpp servers, vLLM and
+    OpenAI-compatible servers configured with `send_json_schema`. With both set, the grammar wins where a
+    backend takes grammars. The transformers engine and the fake backend ignore both: their output is parsed as
+    it comes, as is any backend's when it honours neither.
+    """
 
     temperature: float = 0.0
     top_p: float = 1.0
     max_tokens: int = 512
     seed: int = 0
     stop: tuple[str, ...] = ()
-    grammar: str | None = None  # GBNF the output must follow (llama.cpp); other backends ignore it
+    grammar: str | None = None  # GBNF the output must follow
+    json_schema: str | None = None  # a JSON schema (schema_text) the output must validate against
 
     def fingerprint(self) -> str:
-        return json_hash(asdict(self))
+        data = asdict(self)
+        for name in _LATER_SAMPLING_FIELDS:
+            if data[name] is None:
+                del data[name]
+        return json_hash(data)
+
+    def schema(self) -> dict[str, Any] | None:
+        """`json_schema` parsed (None when unset)."""
+        return json.loads(self.json_schema) if self.json_schema else None
+
+
+def schema_text(schema: Mapping[str, Any]) -> str:
+    """A JSON schema as compact JSON text, keys in their given order (the order properties are generated in),
+    so SamplingParams stays hashable and one schema always gives one fingerprint."""
+    return json.dumps(schema, ensure_ascii=False, separators=(",", ":"))
 
 
 @dataclass

@@ -27,7 +27,8 @@ def create_backend(config: BackendConfig) -> Backend:
         return OpenAICompatibleBackend(config.base_url or "", config.model,
                                        api_key=os.environ.get(config.api_key_env, ""),
                                        max_concurrency=config.max_concurrency, timeout_s=config.timeout_s,
-                                       max_retries=config.max_retries, **_http_limits(config))
+                                       max_retries=config.max_retries, send_json_schema=config.json_schema,
+                                       **_http_limits(config))
     if config.kind == "llamacpp_server":
         from fineinstructions.backends.llama_server import LlamaServerBackend
 

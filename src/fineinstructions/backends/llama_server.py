@@ -4,6 +4,8 @@
 on /v1/models, output in a log file). `LlamaServerBackend` sends its requests through
 `OpenAICompatibleBackend`; when the server process has died, the requests it lost fail at once, the server
 is started again (at most `max_restarts` times in the backend's life) and those requests are sent again.
+Structured outputs go in llama.cpp's dialect (`send_grammar`): a GBNF grammar as `grammar`, a JSON schema as
+`response_format: {"type": "json_object", "schema": ...}` (and llama-server's own `json_schema` field).
 """
 
 from __future__ import annotations

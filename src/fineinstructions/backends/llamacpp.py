@@ -54,7 +54,7 @@ class LlamaCppBackend:
             _lean_prompt_logits(self.llm, prompt_lookup_tokens)
         self.n_ctx = n_ctx
         self.stats = BackendStats()
-        self._grammars: dict[str, object] = {}
+        self._grammars: dict[tuple[str, str], object] = {}
 
     def generate(self, conversations: Sequence[Conversation], sampling: SamplingParams) -> list[Generation]:
         out: list[Generation] = []
@@ -74,7 +74,7 @@ class LlamaCppBackend:
                 max_tokens=sampling.max_tokens,
                 seed=sampling.seed,
                 stop=list(sampling.stop) or None,
-                grammar=self._grammar(sampling.grammar),  # type: ignore[arg-type]
+                grammar=self._grammar(sampling),  # type: ignore[arg-type]
             )
         except ValueError as err:  # e.g. the prompt does not fit the context window
             log.warning("llama.cpp request failed: %s", err)
@@ -89,15 +89,20 @@ class LlamaCppBackend:
             seconds=time.perf_counter() - start,
         )
 
-    def _grammar(self, text: str | None) -> object | None:
-        """The compiled GBNF grammar (compiled once per text)."""
-        if not text:
+    def _grammar(self, sampling: SamplingParams) -> object | None:
+        """The compiled grammar of `sampling`: its GBNF, else its JSON schema turned into GBNF (each compiled once)."""
+        key = ("gbnf", sampling.grammar) if sampling.grammar else ("json", sampling.json_schema or "")
+        if not key[1]:
             return None
-        if text not in self._grammars:
+        if key not in self._grammars:
             from llama_cpp import LlamaGrammar
 
-            self._grammars[text] = LlamaGrammar.from_string(text, verbose=False)
-        return self._grammars[text]
+            compile_ = LlamaGrammar.from_string if key[0] == "gbnf" else LlamaGrammar.from_json_schema
+            try:
+                self._grammars[key] = compile_(key[1], verbose=False)
+            except AssertionError as err:  # the schema converter asserts (e.g. a pattern without ^...$)
+                raise ValueError(f"the JSON schema does not compile to a grammar: {err}") from err
+        return self._grammars[key]
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return [len(self.llm.tokenize(t.encode("utf-8"), add_bos=False, special=False)) if t else 0 for t in texts]

@@ -87,11 +87,17 @@ class OpenAICompatibleBackend:
         request_deadline_s: float | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         send_grammar: bool = False,
+        send_json_schema: bool = False,
         engine_alive: Callable[[], bool] | None = None,
     ):
         """`request_deadline_s`: wall-clock limit of one attempt, body included (None: 4 x `timeout_s`);
         `max_response_bytes`: the largest (decoded) 200 body read; `max_retry_after_s`: cap on a server's
-        Retry-After. `send_grammar`: pass `SamplingParams.grammar` as the request's `grammar` field (llama.cpp servers).
+        Retry-After. `send_grammar`: the server speaks llama.cpp's dialect: `SamplingParams.grammar` goes as the
+        request's `grammar` field and `json_schema` as both `json_schema` (llama.cpp's llama-server) and
+        `response_format: {"type": "json_object", "schema": ...}` (llama-cpp-python's server).
+        `send_json_schema`: the server takes OpenAI's structured outputs (`response_format` of type
+        `json_schema`, strict; vLLM, SGLang and OpenAI's own API do): off by default, since a server without them
+        may refuse the request; off, a schema is not sent and the reply is parsed as it comes.
         `engine_alive`: a check of a local server process; when it says the engine died, a request that lost
         its connection fails at once ("engine_dead") instead of retrying, so the owner can restart the engine."""
         self.base_url = base_url.rstrip("/")
@@ -109,6 +115,7 @@ class OpenAICompatibleBackend:
         self.request_deadline_s = DEADLINE_TIMEOUTS * timeout_s if request_deadline_s is None else request_deadline_s
         self.max_response_bytes = max_response_bytes
         self.send_grammar = send_grammar
+        self.send_json_schema = send_json_schema
         self.engine_alive = engine_alive
         self.limiter = AdaptiveLimiter(max_concurrency)
         self.breaker = CircuitBreaker(breaker_failures, breaker_cooldown_s)
@@ -117,9 +124,7 @@ class OpenAICompatibleBackend:
         self._probe_settled: asyncio.Event | None = None
 
     def generate(self, conversations: Sequence[Conversation], sampling: SamplingParams) -> list[Generation]:
-        if sampling.grammar and not self.send_grammar and not getattr(self, "_warned_grammar", False):
-            log.warning("%s: the OpenAI API has no GBNF grammar field; decoding is unconstrained", self.base_url)
-            self._warned_grammar = True
+        self._warn_unsent(sampling)
         start = time.perf_counter()
         out = _run_sync(self._generate_all(list(conversations), sampling))
         self.stats.add(out, time.perf_counter() - start)
@@ -145,9 +150,35 @@ class OpenAICompatibleBackend:
         }
         if sampling.stop:
             payload["stop"] = list(sampling.stop)
-        if sampling.grammar and self.send_grammar:
-            payload["grammar"] = sampling.grammar
+        payload.update(self._constraint(sampling))
         return payload
+
+    def _constraint(self, sampling: SamplingParams) -> dict[str, Any]:
+        """The fields that constrain the output: the grammar, else the JSON schema, as this server takes them."""
+        if sampling.grammar and self.send_grammar:
+            return {"grammar": sampling.grammar}
+        schema = sampling.schema()
+        if schema is None:
+            return {}
+        if self.send_grammar:
+            return {"json_schema": schema, "response_format": {"type": "json_object", "schema": schema}}
+        if self.send_json_schema:
+            title = str(schema.get("title") or "reply")
+            name = "".join(c if (c.isascii() and c.isalnum()) or c in "_-" else "_" for c in title)[:64]
+            return {"response_format": {"type": "json_schema",
+                                        "json_schema": {"name": name, "schema": schema, "strict": True}}}
+        return {}
+
+    def _warn_unsent(self, sampling: SamplingParams) -> None:
+        """Say once per backend when a constraint asked for cannot be sent (decoding is then unconstrained)."""
+        sent = self._constraint(sampling)
+        if sampling.grammar and not self.send_grammar and not sent and not getattr(self, "_warned_grammar", False):
+            log.warning("%s: the OpenAI API has no GBNF grammar field; decoding is unconstrained", self.base_url)
+            self._warned_grammar = True
+        if sampling.json_schema and not sent and not getattr(self, "_warned_schema", False):
+            log.warning("%s: JSON schema not sent (send_json_schema is off for this server); decoding is "
+                        "unconstrained and the reply is parsed as it comes", self.base_url)
+            self._warned_schema = True
 
     async def _request(self, client: httpx.AsyncClient, conv: Conversation, sampling: SamplingParams) -> Generation:
         start = time.perf_counter()

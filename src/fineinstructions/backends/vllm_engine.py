@@ -148,11 +148,6 @@ class VLLMBackend:
     def _sampling(sampling: SamplingParams) -> Any:
         from vllm import SamplingParams as VLLMSampling
 
-        structured = None
-        if sampling.grammar:
-            from vllm.sampling_params import StructuredOutputsParams
-
-            structured = StructuredOutputsParams(grammar=sampling.grammar)
         return VLLMSampling(
             temperature=sampling.temperature,
             top_p=sampling.top_p,
@@ -160,7 +155,7 @@ class VLLMBackend:
             # A per-request seed makes vLLM sample that request on its own generator: only worth it when sampling.
             seed=sampling.seed if sampling.temperature > 0 else None,
             stop=list(sampling.stop) or None,
-            structured_outputs=structured,
+            structured_outputs=structured_outputs(sampling),
         )
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
@@ -181,6 +176,18 @@ class VLLMBackend:
             shutdown()
         del llm, engine_core, shutdown
         gc.collect()
+
+
+def structured_outputs(sampling: SamplingParams) -> Any:
+    """vLLM's StructuredOutputsParams for `sampling`: its GBNF grammar (xgrammar reads llama.cpp's GBNF), else
+    its JSON schema; None when it asks for neither (vLLM takes one constraint per request)."""
+    if not sampling.grammar and not sampling.json_schema:
+        return None
+    from vllm.sampling_params import StructuredOutputsParams
+
+    if sampling.grammar:
+        return StructuredOutputsParams(grammar=sampling.grammar)
+    return StructuredOutputsParams(json=sampling.schema())
 
 
 def _cpu_list(n_threads: int | None) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from fineinstructions.backends.base import Conversation
+from fineinstructions.backends.base import Conversation, schema_text
 from fineinstructions.contracts.templates import FieldGuard
 from fineinstructions.errors import FineInstructionsError
 
@@ -30,6 +30,9 @@ class Prompt:
 
     A prompt with `user_json` (JSON key -> field name) renders the user message as that JSON object
     instead, the input contract of the released FineInstructions models.
+
+    `grammar` (GBNF) and `json_schema` (a YAML mapping in the file, kept as `schema_text`) describe the reply
+    for structured decoding; neither changes the conversation, the version or any request sent without them.
     """
 
     name: str
@@ -39,6 +42,7 @@ class Prompt:
     examples: tuple[tuple[dict[str, str], str], ...] = field(default_factory=tuple)
     user_json: tuple[tuple[str, str], ...] = ()
     grammar: str | None = None  # optional GBNF of the reply, for constrained decoding
+    json_schema: str | None = None  # optional JSON schema of the reply (schema_text), for structured decoding
 
     @cached_property
     def field_guard(self) -> FieldGuard:
@@ -109,8 +113,11 @@ def _prompt(raw: Any, stage: str, where: str) -> Prompt:
     except (KeyError, TypeError, ValueError) as err:
         raise PromptError(f"prompt file {where}: each example needs an `input` mapping and an `output`") from err
     user_json = tuple((str(k), str(v)) for k, v in (raw.get("user_json") or {}).items())
+    schema = raw.get("json_schema")
+    if schema is not None and not (isinstance(schema, dict) and schema):
+        raise PromptError(f"prompt file {where}: `json_schema` must be a mapping (a JSON schema of the reply)")
     prompt = Prompt(raw["name"], str(raw["version"]), raw["system"] or "", raw.get("user") or "", examples, user_json,
-                    raw.get("grammar"))
+                    raw.get("grammar"), schema_text(schema) if schema else None)
     fields = STAGE_FIELDS.get(stage)
     if fields is not None:
         used = {v for _, v in user_json} if user_json else {

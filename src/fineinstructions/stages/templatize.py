@@ -1,7 +1,9 @@
 """Stage 2: a real user query -> an instruction template with `<fi>` variables and a document description.
 
 Invalid outputs are retried (a bounded number of times, at a higher temperature and another seed)
-before the query is dropped with the reason of its last attempt.
+before the query is dropped with the reason of its last attempt. With `structured`, engines that have
+structured outputs decode under the prompt's JSON schema; every reply still goes through the same parser
+and gates, which are all a backend without structured outputs relies on.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from fineinstructions.contracts.templates import (
     parse_templatizer_output,
     query_template_error,
 )
+from fineinstructions.errors import ConfigError
 from fineinstructions.hashing import short_hash
 from fineinstructions.prompts import load_prompt
 from fineinstructions.records import Query, Template
@@ -48,9 +51,13 @@ class TemplatizeStage(Stage[Query, Template]):
 
     def __init__(self, backend: Backend, prompt_version: str | None = None, max_tokens: int = 200,
                  temperature: float = 0.0, seed: int = 0, retries: int = 2, retry_temperature: float = 0.7,
-                 min_intent_overlap: float = 0.5, prompt_file: str | None = None):
+                 min_intent_overlap: float = 0.5, prompt_file: str | None = None, structured: bool = False):
         self.backend = backend
         self.prompt = load_prompt("templatize", prompt_version, prompt_file)
+        if structured and not self.prompt.json_schema:
+            raise ConfigError(f"prompt {self.prompt.version} has no json_schema for structured decoding "
+                              f"(templatize.structured needs one)")
+        self.json_schema = self.prompt.json_schema if structured else None
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.seed = seed
@@ -64,7 +71,8 @@ class TemplatizeStage(Stage[Query, Template]):
     def from_config(cls, config: PipelineConfig, context: StageContext) -> TemplatizeStage:
         tc = config.templatize
         return cls(context.backend("templatize", tc.prompt_version), tc.prompt_version, tc.max_tokens, tc.temperature,
-                   config.run.seed, tc.retries, tc.retry_temperature, tc.min_intent_overlap, tc.prompt_file)
+                   config.run.seed, tc.retries, tc.retry_temperature, tc.min_intent_overlap, tc.prompt_file,
+                   structured=tc.structured)
 
     def process(self, batch: Sequence[Query]) -> StageResult[Template]:
         rejected: list[Rejected] = []
@@ -84,7 +92,7 @@ class TemplatizeStage(Stage[Query, Template]):
                 break
             sampling = SamplingParams(
                 temperature=self.temperature if attempt == 0 else self.retry_temperature,
-                max_tokens=self.max_tokens, seed=self.seed + attempt)
+                max_tokens=self.max_tokens, seed=self.seed + attempt, json_schema=self.json_schema)
             generations = self.backend.generate([self.conversation(q) for q in pending], sampling)
             still: list[Query] = []
             for query, generation in zip(pending, generations, strict=True):
