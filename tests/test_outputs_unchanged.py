@@ -9,10 +9,11 @@ filter shards and the dataset digests were re-recorded for that (git log of this
 
 Re-recorded again, deliberately, for the paper's matching defaults and the stricter gates: templatize refuses
 a variable that copies the query's own value (`specific_variable`: 18 -> 17 templates); match uses one global
-+ 5 local vectors (was 10) and samples among its candidates by template complexity; the filter carries a
-document's unused token budget over to the next documents of its shard (53 kept in one shard of 64, 52 in
-shards of 4: the carry starts at 0 in each shard). The job runs without the packaged bank (`bank=None`), so
-that the digests follow the stages, not the bank's contents."""
++ 5 local vectors (was 10), samples among its candidates by template complexity, and embeds each template's
+words with its description (`match.template_text: both`); the filter carries a document's unused token budget
+over to the next documents of its shard (the carry starts at 0 in each shard, so shard sizes may keep
+different pairs: 51 rows in both here). The job runs without the packaged bank (`bank=None`), so that the
+digests follow the stages, not the bank's contents."""
 
 from __future__ import annotations
 

@@ -23,7 +23,8 @@ from tests.test_pipeline import DOCUMENTS as PIPELINE_DOCUMENTS
 from tests.test_pipeline import QUERIES, scripted
 
 runner = CliRunner()
-SECTIONS = ("quality", "funnel", "judge-scores", "coverage", "match-floor", "templates", "throughput", "samples", "config")
+SECTIONS = ("quality", "funnel", "judge-scores", "coverage", "match-floor", "templates", "throughput", "samples",
+            "config")
 # Two documents a shard (the second shard is where the unfinished run crashes); one carries a script tag.
 DOCUMENTS = [(name, text.replace("Acid rain is rain", "Acid rain is rain <script>alert('owned')</script>", 1))
              for name, text in PIPELINE_DOCUMENTS]

@@ -88,6 +88,9 @@ class BackendConfig(Section):
     request_deadline_s: float | None = Field(default=None, gt=0)
     max_response_bytes: int = Field(default=8 * 1024 * 1024, ge=1)  # a larger body is a retryable fault
     max_retry_after_s: float = Field(default=60.0, ge=0)  # cap on the wait a server asks for (Retry-After)
+    # openai: send a stage's JSON schema as OpenAI's strict `response_format` (for servers that support it:
+    # OpenAI, vLLM's and SGLang's servers); without it structured decoding is not asked of the server.
+    json_schema: bool = False
 
     @model_validator(mode="after")
     def _url_needed(self) -> BackendConfig:
@@ -124,6 +127,9 @@ class TemplatizeConfig(Section):
     retry_temperature: float = Field(default=0.7, ge=0)
     min_intent_overlap: float = Field(default=0.5, ge=0, le=1)
     near_duplicate_threshold: float | None = Field(default=0.85, gt=0, le=1)  # template dedup
+    # Decode under the prompt's `json_schema` on engines with structured outputs (llama.cpp in-process and its
+    # servers, vLLM, OpenAI-compatible servers with send_json_schema); elsewhere the reply is parsed as it comes.
+    structured: bool = False
 
 
 class MatchConfig(Section):
@@ -150,6 +156,18 @@ class MatchConfig(Section):
     # Target weights: entry i for templates of i + 1 variables, the last entry for that many or more,
     # e.g. [0.35, 0.3, 0.2, 0.15] for 1, 2, 3, 4+ (normalised; only with complexity_sampling: weights).
     complexity_weights: list[float] | None = None
+    # What is embedded for a template (stages/index.py `embedded_text`): "description" (the paper's, with its
+    # fine-tuned embedder), "template" (tags dropped) or "both" (measured best with the packaged MiniLM:
+    # benchmarks/retrieval_check.py).
+    template_text: Literal["description", "template", "both"] = "both"
+    # Hub damping (stages/hubness.py): score - hub_damping * bias(t), the bias CSLS's r(t) estimated by reverse
+    # search from `hub_sample` reference documents: packaged Wikipedia leads ("wiki") or the run's own first
+    # documents ("documents"). 0 = off.
+    hub_damping: float = Field(default=0.0, ge=0)
+    hub_reference: Literal["wiki", "documents"] = "wiki"
+    hub_sample: int = Field(default=1000, ge=1)
+    hub_k: int = Field(default=10, ge=1)  # nearest reference documents averaged into r(t)
+    hub_depth: int = Field(default=100, ge=1)  # templates each reference document retrieves
     min_document_words: int = Field(default=20, ge=1)
     max_document_chars: int = Field(default=200_000, ge=1)
     index: str = "auto"  # FAISS factory string: Flat, IVF4096,PQ64, IVF1024,Flat, HNSW32; auto by size
@@ -196,7 +214,9 @@ class InstantiateConfig(Section):
     # <fi>) in order, and at most this many times the length of the filled template (words outside variables).
     min_instance_share: float = Field(default=DEFAULT_MIN_INSTANCE_SHARE, ge=0, le=1)
     max_instance_length_ratio: float = Field(default=DEFAULT_MAX_INSTANCE_LENGTH_RATIO, gt=0)
-    constrained: bool = False  # llama.cpp: decode under the prompt's grammar (excerpt ends <= 5 words)
+    # Decode under the prompt's GBNF grammar (excerpt ends <= 5 words) on engines that take one: llama.cpp
+    # in-process and its servers, vLLM (xgrammar reads the same GBNF); others decode unconstrained.
+    constrained: bool = False
 
 
 class JudgeConfig(Section):
@@ -263,6 +283,8 @@ LATER_OPTIONAL_FIELDS: dict[str, object] = {
     "queries": None, "backend": None, "revision": None, "prompt_file": None, "embedder_revision": None,
     "data_files": None, "ranks": 1, "deduplicate_bank": True,
     "min_instance_share": DEFAULT_MIN_INSTANCE_SHARE, "max_instance_length_ratio": DEFAULT_MAX_INSTANCE_LENGTH_RATIO,
+    "structured": False, "hub_damping": 0.0, "hub_reference": "wiki", "hub_sample": 1000, "hub_k": 10,
+    "hub_depth": 100, "template_text": "description", "json_schema": False,
 }
 GenerativeStage = Literal["templatize", "instantiate", "judge"]
 

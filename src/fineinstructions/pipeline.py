@@ -167,6 +167,9 @@ class Pipeline:
                     index = self._streamed_bank_index(read_stats)
                 else:
                     index = self._index(self._templates(ex, queries, read_stats))
+                if cfg.match.hub_damping:  # computed once here and stored beside the index for every rank
+                    self.console.log(f"hub bias from {cfg.match.hub_sample} {cfg.match.hub_reference} documents")
+                    _ = self.context.hub_bias
                 job = RunJob(cfg, self.fingerprint, self.index_key)
                 for step_type in STEPS:
                     step = step_type(job)
@@ -311,13 +314,13 @@ class Pipeline:
                 for value in table.column(column).to_pylist():
                     content.update(value.encode() + b"\x00")
         want = hashlib.sha256("|".join(["streamed", mc.index, str(mc.train_size), embedder.fingerprint,
-                                        content.hexdigest()]).encode()).hexdigest()
+                                        content.hexdigest(), *_text_key(mc.template_text)]).encode()).hexdigest()
         stamp = self.folder.index_stamp
         if not (stamp.is_file() and stamp.read_text().strip() == want and self.folder.index.is_dir()):
             self.console.log(f"indexing the template bank {source.path} with {embedder.model_id} (streamed)")
             stamp.unlink(missing_ok=True)
             build_bank_index(batches(read_stats["templates"]), embedder, self.folder.index, mc.index,
-                             mc.train_size, deduplicate=False)
+                             mc.train_size, deduplicate=False, text=mc.template_text)
             write_text_atomic(stamp, want + "\n")
         self.index_key = want
         return self.context.index
@@ -331,7 +334,7 @@ class Pipeline:
         for t in sorted(templates, key=lambda t: t.template_id):
             content.update(f"{t.template_id}\x00{t.template}\x00{t.compatible_document_description}\x00".encode())
         key = "|".join([mc.index, str(mc.index_shards), str(mc.train_size), embedder.fingerprint,
-                        content.hexdigest()])
+                        content.hexdigest(), *_text_key(mc.template_text)])
         stamp, index_dir = self.folder.index_stamp, self.folder.index
         want = hashlib.sha256(key.encode()).hexdigest()
         self.index_key = want
@@ -341,12 +344,18 @@ class Pipeline:
         else:
             self.console.log(f"indexing {len(templates)} templates with {embedder.model_id} ({mc.index})")
             stamp.unlink(missing_ok=True)  # a kill while saving must not leave a stamp over a half-new index
-            index = build_index(templates, embedder, mc.index, mc.index_shards, mc.train_size)
+            index = build_index(templates, embedder, mc.index, mc.index_shards, mc.train_size, mc.template_text)
             index.configure(mc.nprobe, mc.ef_search, mc.refine_k_factor)
             index.save(index_dir)
             write_text_atomic(stamp, want + "\n")
         self.context.use_index(index, want)
         return index
+
+def _text_key(text: str) -> list[str]:
+    """The index key's part for `match.template_text` (none for "description", so the keys of indexes built
+    before the setting existed hold)."""
+    return [] if text == "description" else [f"text={text}"]
+
 
 # What a run derives from its config: cleared when a forced run replaces another config's run.
 DERIVED = ("work", "dataset", "index", "report", "index.sha", "summary.json", "logs")

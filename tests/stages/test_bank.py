@@ -16,7 +16,7 @@ from fineinstructions.backends.embeddings import HashingEmbedder, make_embedder
 from fineinstructions.records import Template
 from fineinstructions.stages import bank as bank_module
 from fineinstructions.stages.bank import SeenHashes, build_bank_index, hash_ids
-from fineinstructions.stages.index import TemplateIndex, TemplateIndexError
+from fineinstructions.stages.index import TemplateIndex, TemplateIndexError, embedded_text
 
 TOPICS = 40
 
@@ -158,7 +158,8 @@ def test_a_shard_of_other_descriptions_is_embedded_again(tmp_path, monkeypatch):
     build_bank_index(batches(changed), embedder, tmp_path / "idx", spec="Flat", shard_rows=1000)
     assert embedder.encoded == 1000  # shard 0 kept, shard 1 (row 1500 changed) embedded again
     index = TemplateIndex.load(tmp_path / "idx")
-    assert np.allclose(index.vectors_at([1500]), embedder.encode(["something else"]), atol=1e-2)
+    text = embedded_text(changed[1500].template, "something else")  # the default text: template and description
+    assert np.allclose(index.vectors_at([1500]), embedder.encode([text]), atol=1e-2)
 
 
 def test_parallel_workers_write_the_same_shards(tmp_path):
@@ -180,7 +181,7 @@ def test_re_scoring_from_disk_recalls_more_than_the_compressed_index_alone(tmp_p
     queries = embedder.encode(descriptions(200, seed=11))
     for spec in ("IVF64,PQ16x4fs", "IVF64,PQ16x4fs,RDisk"):
         build_bank_index(batches(records, 5000), embedder, tmp_path / spec, spec=spec, train_size=20_000,
-                         shard_rows=8192)
+                         shard_rows=8192, text="description")  # the exact scores below are of descriptions
         index = TemplateIndex.load(tmp_path / spec, embedder, nprobe=16, refine_k_factor=16)
         results[spec] = index.search(queries, 10)
     assert sorted(os.listdir(tmp_path / "IVF64,PQ16x4fs,RDisk" / "vectors")) == [

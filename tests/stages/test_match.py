@@ -31,7 +31,8 @@ def index(embedder):
 
 @pytest.fixture(scope="module")
 def crowded(embedder):
-    """Two near-identical disease templates (the less similar one popular) and a distinct third."""
+    """Two near-identical disease templates (the less similar one popular) and a distinct third, indexed by their
+    descriptions (the twins' descriptions are the near duplicates)."""
     return TemplateIndex.build(TEMPLATES[:2] + [
         Template(template_id="t-disease", template="What are the symptoms of <fi>disease</fi>?",
                  compatible_document_description="A medical article about an infectious disease and its "
@@ -41,7 +42,7 @@ def crowded(embedder):
                                                  "symptoms, such as fever and cough.", popularity=50),
         Template(template_id="t-vaccine", template="How can <fi>illness</fi> be prevented?",
                  compatible_document_description="An article about vaccination as the prevention of an illness."),
-    ], embedder)
+    ], embedder, text="description")
 
 
 def test_index_deduplicates_and_round_trips(index, embedder, tmp_path):

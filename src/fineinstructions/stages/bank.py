@@ -36,6 +36,7 @@ from fineinstructions.backends.embeddings import Embedder, hash_segments, make_e
 from fineinstructions.io.atomic import remove_stale_temporaries, write_text_atomic
 from fineinstructions.records import Template
 from fineinstructions.stages.index import (
+    DEFAULT_TEMPLATE_TEXT,
     SHARD_ROWS,
     TEMPLATE_BATCH_ROWS,
     TEMPLATES_FILE,
@@ -43,6 +44,7 @@ from fineinstructions.stages.index import (
     TemplateIndex,
     TemplateIndexError,
     VectorShards,
+    embedded_text,
     empty_faiss_index,
     new_faiss_index,
     resolve_spec,
@@ -62,7 +64,8 @@ ADD_BATCH = 65_536  # vectors per FAISS `add` call
 
 def build_bank_index(batches: Iterable[pa.RecordBatch | pa.Table], embedder: Embedder, directory: Path,
                      spec: str = "auto", train_size: int = 100_000, deduplicate: bool = True, seed: int = 0,
-                     workers: int = 1, shard_rows: int = SHARD_ROWS) -> dict[str, Any]:
+                     workers: int = 1, shard_rows: int = SHARD_ROWS,
+                     text: str = DEFAULT_TEMPLATE_TEXT) -> dict[str, Any]:
     """Build a template index in `directory` from templates streamed as Arrow batches; return its metadata.
 
     The batches carry the Template schema (`Template.arrow_schema()`; optional columns may be missing and
@@ -90,7 +93,7 @@ def build_bank_index(batches: Iterable[pa.RecordBatch | pa.Table], embedder: Emb
              time.perf_counter() - started, kind)
 
     ranges = [(a, min(a + shard_rows, count)) for a in range(0, count, shard_rows)]
-    _embed_shards(templates_path, work / VECTORS_DIR, ranges, embedder, workers)
+    _embed_shards(templates_path, work / VECTORS_DIR, ranges, embedder, workers, text)
     log.info("bank: vectors ready at %.0f s", time.perf_counter() - started)
     vectors = VectorShards.open(work / VECTORS_DIR, len(ranges), shard_rows)
     index = faiss_index_from_shards(kind, vectors, train_size, seed, probe)
@@ -244,11 +247,11 @@ def _rechunk(tables: Iterable[pa.Table], rows: int) -> Iterator[pa.RecordBatch]:
 
 
 def _embed_shards(templates_path: Path, folder: Path, ranges: list[tuple[int, int]], embedder: Embedder,
-                  workers: int) -> None:
-    """Embed the descriptions of each row range into its float16 shard (kept if already done)."""
-    tasks = [(templates_path, folder, number, start, stop) for number, (start, stop) in enumerate(ranges)]
+                  workers: int, text: str = DEFAULT_TEMPLATE_TEXT) -> None:
+    """Embed the templates' `text` of each row range into its float16 shard (kept if already done)."""
+    tasks = [(templates_path, folder, number, start, stop, text) for number, (start, stop) in enumerate(ranges)]
     if workers <= 1 or len(tasks) <= 1:
-        done = sum(embed_shard(*task, embedder) for task in tasks)
+        done = sum(embed_shard(*task[:5], embedder, text) for task in tasks)
     else:
         spawn = get_context("spawn")  # no fork of a process holding OpenMP or CUDA state
         settings = (embedder.model_id, embedder.device, embedder.batch_size, embedder.revision, embedder.fingerprint)
@@ -268,15 +271,20 @@ def _start_worker(model: str, device: str, batch_size: int, revision: str | None
         raise TemplateIndexError(f"worker embedder {model!r} is not the one asked for ({fingerprint})")
 
 
-def _embed_in_worker(task: tuple[Path, Path, int, int, int]) -> bool:
+def _embed_in_worker(task: tuple[Path, Path, int, int, int, str]) -> bool:
     assert _worker_embedder is not None
-    return embed_shard(*task, _worker_embedder)
+    templates_path, folder, number, start, stop, text = task
+    return embed_shard(templates_path, folder, number, start, stop, _worker_embedder, text)
 
 
-def embed_shard(templates_path: Path, folder: Path, number: int, start: int, stop: int, embedder: Embedder) -> bool:
-    """Embed the descriptions of rows [start, stop) into `folder`/shard-NNNNN.npy; return False when the
-    shard is already there from the same descriptions and model (its `.key` file says so), True if embedded."""
+def embed_shard(templates_path: Path, folder: Path, number: int, start: int, stop: int, embedder: Embedder,
+                text: str = DEFAULT_TEMPLATE_TEXT) -> bool:
+    """Embed the `text` (`embedded_text`) of rows [start, stop) into `folder`/shard-NNNNN.npy; return False when
+    the shard is already there from the same texts and model (its `.key` file says so), True if embedded."""
     descriptions = read_column(templates_path, DESCRIPTION, start, stop)
+    if text != "description":
+        templates = read_column(templates_path, "template", start, stop)
+        descriptions = [embedded_text(t, d, text) for t, d in zip(templates, descriptions, strict=True)]
     digest = hashlib.sha256(f"{embedder.fingerprint}|{start}|{stop}|".encode())
     for text in descriptions:
         digest.update(text.encode("utf-8", "surrogatepass") + b"\0")

@@ -11,6 +11,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from fineinstructions.backends.base import Backend
 from fineinstructions.backends.factory import BackendPool
 from fineinstructions.io.run_folder import RunFolder
@@ -68,6 +70,17 @@ class StageContext:
             if not self.index_key and stamp.is_file():
                 self.index_key = stamp.read_text().strip()
         return self._index
+
+    @cached_property
+    def hub_bias(self) -> np.ndarray | None:
+        """The match stage's hub bias for this index (stages/hubness.py) when `match.hub_damping` is on: the one
+        the pipeline stored beside the index, else computed here."""
+        if not self.config.match.hub_damping:
+            return None
+        from fineinstructions.stages.hubness import stored_or_computed_bias
+
+        index = self.index
+        return stored_or_computed_bias(self.config, index, self.embedder, self.index_dir, self.index_key)
 
     def close(self) -> None:
         self.backends.close()

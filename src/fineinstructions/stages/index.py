@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +54,24 @@ class TemplateIndexError(FineInstructionsError):
 
 class IndexMismatch(TemplateIndexError):
     """The index was built with another embedding model than the one asked to query it."""
+
+
+TEMPLATE_TEXTS = ("description", "template", "both")
+DEFAULT_TEMPLATE_TEXT = "both"
+
+
+def embedded_text(template: str, description: str, text: str = DEFAULT_TEMPLATE_TEXT) -> str:
+    """What is embedded for a template (`match.template_text`): its compatible-document description (the
+    paper's choice, with its fine-tuned embedder), its template text with the `<fi>` tags dropped (the
+    variables' descriptions stay words), or both, the template first."""
+    if text == "description":
+        return description
+    plain = " ".join(re.sub(r"</?fi>", " ", template).split())
+    if text == "template":
+        return plain
+    if text == "both":
+        return f"{plain}\n{description}"
+    raise ValueError(f"template text {text!r}: one of {', '.join(TEMPLATE_TEXTS)}")
 
 
 def resolve_spec(spec: str, n: int, dim: int) -> str:
@@ -282,14 +301,15 @@ class TemplateIndex:
 
     @classmethod
     def build(cls, templates: Sequence[Template], embedder: Embedder, spec: str = "auto",
-              train_size: int = 100_000, batch_size: int = 10_000, seed: int = 0) -> TemplateIndex:
-        """Exact-deduplicate templates by id (first kept), embed their descriptions and index them.
+              train_size: int = 100_000, batch_size: int = 10_000, seed: int = 0,
+              text: str = DEFAULT_TEMPLATE_TEXT) -> TemplateIndex:
+        """Exact-deduplicate templates by id (first kept), embed their `text` (`embedded_text`) and index them.
 
         Kinds that need training are trained on an evenly spread sample of `train_size` descriptions;
         vectors are added `batch_size` at a time, so memory holds one batch of vectors, not the bank.
         """
         kept = unique_templates(templates)
-        descriptions = [t.compatible_document_description for t in kept]
+        descriptions = [embedded_text(t.template, t.compatible_document_description, text) for t in kept]
         kind = resolve_spec(spec, len(kept), embedder.dimension)
         probe = empty_faiss_index(kind, embedder.dimension)  # an unparseable kind fails before any embedding
         training = None
@@ -553,15 +573,15 @@ def unique_templates(templates: Sequence[Template]) -> list[Template]:
 
 
 def build_index(templates: Sequence[Template], embedder: Embedder, spec: str = "auto", shards: int = 1,
-                train_size: int = 100_000) -> TemplateIndex | ShardedTemplateIndex:
+                train_size: int = 100_000, text: str = DEFAULT_TEMPLATE_TEXT) -> TemplateIndex | ShardedTemplateIndex:
     """Build a one-piece index, or `shards` contiguous shards each indexed with its own `spec`."""
     kept = unique_templates(templates)
     duplicates = len(templates) - len(kept)
     if shards <= 1:
-        built: TemplateIndex | ShardedTemplateIndex = TemplateIndex.build(kept, embedder, spec, train_size)
+        built: TemplateIndex | ShardedTemplateIndex = TemplateIndex.build(kept, embedder, spec, train_size, text=text)
     else:
         bounds = np.linspace(0, len(kept), shards + 1).round().astype(int)
-        built = ShardedTemplateIndex([TemplateIndex.build(kept[a:b], embedder, spec, train_size)
+        built = ShardedTemplateIndex([TemplateIndex.build(kept[a:b], embedder, spec, train_size, text=text)
                                       for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a])
     built.duplicates_removed = duplicates
     return built

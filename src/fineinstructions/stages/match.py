@@ -83,7 +83,7 @@ class MatchStage(Stage[Document, Match]):
                  popularity_weight: float = 0.0, max_windows: int = 64, min_document_words: int = 20,
                  max_document_chars: int = 200_000, prior_uses: Counter[str] | None = None,
                  complexity_sampling: str = "bank", complexity_weights: Sequence[float] | None = None,
-                 seed: int = 0):
+                 seed: int = 0, hub_bias: np.ndarray | None = None, hub_damping: float = 0.0):
         if complexity_sampling not in COMPLEXITY_MODES:
             raise ValueError(f"complexity_sampling {complexity_sampling!r}: one of {', '.join(COMPLEXITY_MODES)}")
         if complexity_sampling == "weights" and (
@@ -106,6 +106,10 @@ class MatchStage(Stage[Document, Match]):
         self.complexity_sampling = complexity_sampling
         self.complexity_weights = list(complexity_weights or [])
         self.seed = seed
+        if hub_bias is not None and len(hub_bias) != index.ntotal:
+            raise ValueError(f"hub_bias holds {len(hub_bias)} values for an index of {index.ntotal} templates")
+        self.hub_bias = hub_bias  # per template row (stages/hubness.py); None: no damping
+        self.hub_damping = hub_damping
         self.committed_uses: Counter[str] = Counter(prior_uses or {})  # uses in the shards before this one
         self.uses: Counter[str] = Counter(self.committed_uses)  # ... and in this shard's batches so far
         self._warned_no_vectors = False
@@ -118,7 +122,8 @@ class MatchStage(Stage[Document, Match]):
         return cls(context.index, context.embedder, mc.top_k, mc.coverage_chunks, mc.sigma, mc.alpha, mc.min_score,
                    mc.per_vector_k, mc.mmr_lambda, mc.max_template_uses, mc.popularity_weight, mc.max_windows,
                    mc.min_document_words, mc.max_document_chars, complexity_sampling=mc.complexity_sampling,
-                   complexity_weights=mc.complexity_weights, seed=config.run.seed)
+                   complexity_weights=mc.complexity_weights, seed=config.run.seed,
+                   hub_bias=context.hub_bias if mc.hub_damping else None, hub_damping=mc.hub_damping)
 
     @classmethod
     def sequential(cls, config: PipelineConfig) -> bool:
@@ -219,6 +224,8 @@ class MatchStage(Stage[Document, Match]):
         relevance = np.array([best[i][0] for i in candidates])
         if self.popularity_weight:
             relevance = relevance + self.popularity_weight * np.log(np.maximum(self.index.popularity_at(candidates), 1))
+        if self.hub_bias is not None and self.hub_damping:
+            relevance = relevance - self.hub_damping * self.hub_bias[np.asarray(candidates, dtype=np.int64)]
         classes, rng = None, None
         if self.complexity_sampling != "off" and len(candidates) > self.top_k:  # a choice to make
             classes = self.complexity_classes(candidates)
