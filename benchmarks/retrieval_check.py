@@ -3,12 +3,9 @@
     .venv/bin/python benchmarks/retrieval_check.py --cache /tmp/retrieval_cache --seed 0 --threads 1
 
 (add `--bank PATH [PATH ...]` for another distractor bank: Parquet files, folders of Parquet shards or globs,
-with columns template_id, template, compatible_document_description.) The first recorded run (2026-12-02,
-77 valid gold templates, 5,228 distractors: the packaged bank, /tmp/bank64 and the 5,000 synthetic
-encyclopedia templates of benchmarks/scale_sim.py, as no real bank of >= 1,000 templates existed yet):
-
-    .venv/bin/python benchmarks/retrieval_check.py --cache /tmp/retrieval_cache --seed 0 --threads 1 \
-        --bank src/fineinstructions/banks/sharegpt.parquet /tmp/bank64/b.parquet /tmp/sim/bank-5000.parquet
+with columns template_id, template, compatible_document_description; `--engine vllm` templatizes faster on a
+CPU). Recorded run (2026-12-02, README "Measured figures"): 108 FAQ pairs, 78 valid gold templates (0.5B on
+vLLM), the packaged bank of 611 real ShareGPT templates as distractors.
 
 Data: real FAQ entries of three projects (benchmarks/faq_source.py: Celery, Scrapy and Django, read from
 their pinned source distributions on PyPI). Each entry's question is a real user question and the entry's
@@ -298,10 +295,10 @@ def run_match(config: Any, embedder: CachingEmbedder, index: Any, documents: Seq
 
     context = StageContext(config)
     context.__dict__["embedder"] = embedder  # the shared (caching) embedder instead of a fresh model
+    context.__dict__["hub_bias"] = None  # given here (a stage run alone would take its placeholder source's)
     context.use_index(index, "retrieval_check")
     stage = stage_class("match").from_config(config, context)
-    if hub_bias is not None:
-        stage.hub_bias, stage.hub_damping = hub_bias, hub_damping
+    stage.hub_bias, stage.hub_damping = hub_bias, hub_damping if hub_bias is not None else 0.0
     result = stage.process(documents)
     return candidate_lists(result.records), result.rejected
 
@@ -414,11 +411,19 @@ def main() -> None:
                                 text=config.match.template_text)
     print(f"index ({index.spec}, {embedder.model_id}, embeds match.template_text {config.match.template_text!r}): "
           f"{index.ntotal} templates in {time.perf_counter() - t0:.0f} s")
+    from fineinstructions.stages.hubness import hub_bias
+
     t0 = time.perf_counter()
-    default_candidates, refused = run_match(config, embedder, index, documents)
-    print(f"match stage (defaults: top_k {config.match.top_k}, coverage_chunks {config.match.coverage_chunks}, "
-          f"per_vector_k {config.match.per_vector_k}, mmr_lambda {config.match.mmr_lambda}, min_score "
-          f"{config.match.min_score}): {len(documents)} documents in {time.perf_counter() - t0:.0f} s, "
+    mc = config.match
+    # the pipeline's default hub bias: from the run's own documents (here: the answer sections), global vectors
+    document_vectors = embedder.encode([d.text for d in documents])
+    default_bias = hub_bias(index, document_vectors, mc.hub_k, mc.hub_depth) if mc.hub_damping else None
+    if mc.hub_damping and mc.hub_reference != "documents":
+        raise SystemExit(f"match.hub_reference {mc.hub_reference!r}: this check computes the 'documents' bias")
+    default_candidates, refused = run_match(config, embedder, index, documents, default_bias, mc.hub_damping)
+    print(f"match stage (defaults: top_k {mc.top_k}, coverage_chunks {mc.coverage_chunks}, per_vector_k "
+          f"{mc.per_vector_k}, mmr_lambda {mc.mmr_lambda}, min_score {mc.min_score}, hub_damping {mc.hub_damping} "
+          f"from the documents): {len(documents)} documents in {time.perf_counter() - t0:.0f} s, "
           f"{len(refused)} refused {dict(Counter(r.reason.split(':')[0] for r in refused))}")
     templates_by_id = {t.template_id: t for t in index.templates}
     result = evaluate(default_candidates, gold)
@@ -476,30 +481,28 @@ def main() -> None:
                 vconfig = stage_config({"match": {"mmr_lambda": lam}})
                 candidates, _ = run_match(vconfig, embedder, variant, documents)
                 m = evaluate(candidates, gold)
-                if (text_name, damping, lam) == (default_text, "none", config.match.mmr_lambda):
-                    reproduced = candidates == {d: c for d, c in default_candidates.items()}
                 hub = templates_by_id[m.hub_template].template if m.hub_template else ""
                 rows.append({"text": text_name, "damping": damping, "diversify": div_name, **asdict(m),
                              "hub_text": hub, "candidates": candidates})
     # 5. the stage's own hub damping (stages/hubness.py): the bias estimated by reverse search of the default
     # index from a reference sample, applied to each document's candidates before diversification
-    from fineinstructions.stages.hubness import hub_bias
-
     wiki_all = np.concatenate(embedder.encode_with_coverage(
         [d.text for d in sample], config.match.coverage_chunks, config.match.sigma, config.match.alpha,
         config.match.max_windows))
-    stage_references = {"wiki": wiki_vectors, "wiki(all vectors)": wiki_all, "corpus": corpus_vectors}
+    stage_references = {"wiki": wiki_vectors, "wiki(all vectors)": wiki_all, "corpus": document_vectors}
     for ref_name, reference in stage_references.items():
         bias = hub_bias(index, reference, k=args.csls_k, depth=args.hub_depth)
         for weight in (0.5, 1.0, 2.0):
             candidates, _ = run_match(config, embedder, index, documents, bias, weight)
+            if (ref_name, weight, args.csls_k, args.hub_depth) == ("corpus", mc.hub_damping, mc.hub_k, mc.hub_depth):
+                reproduced = candidates == default_candidates
             m = evaluate(candidates, gold)
             hub = templates_by_id[m.hub_template].template if m.hub_template else ""
             rows.append({"text": default_text, "damping": f"stage {ref_name} x{weight:g}",
                          "diversify": f"mmr {config.match.mmr_lambda:g}", **asdict(m), "hub_text": hub,
                          "candidates": candidates})
-    print(f"the variant '{default_text} / none / mmr {config.match.mmr_lambda:g}' reproduces the default stage's "
-          f"candidates: {reproduced}")
+    print(f"the variant '{default_text} / stage corpus x{mc.hub_damping:g} / mmr {mc.mmr_lambda:g}' reproduces the "
+          f"default stage's candidates: {reproduced}")
     print(f"\n== variants ({len(documents)} documents, {index.ntotal} templates; hubness goal <= 5 %) ==")
     header = f"{'text embedded':<16}{'hub damping':<28}{'diversify':<13}{'R@6':>7}{'R@1':>7}{'MRR':>7}" \
              f"{'hub %':>7}{'distr %':>8}{'distinct':>9}  top hub"

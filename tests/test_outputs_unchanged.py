@@ -7,13 +7,13 @@ One deliberate change since: pair dedup left the filter for its own step after i
 signatures), so the filter no longer skips a duplicate before spending a document's token budget; the
 filter shards and the dataset digests were re-recorded for that (git log of this file says when).
 
-Re-recorded again, deliberately, for the paper's matching defaults and the stricter gates: templatize refuses
-a variable that copies the query's own value (`specific_variable`: 18 -> 17 templates); match uses one global
-+ 5 local vectors (was 10), samples among its candidates by template complexity, and embeds each template's
-words with its description (`match.template_text: both`); the filter carries a document's unused token budget
-over to the next documents of its shard (the carry starts at 0 in each shard, so shard sizes may keep
-different pairs: 51 rows in both here). The job runs without the packaged bank (`bank=None`), so that the
-digests follow the stages, not the bank's contents."""
+Re-recorded again, deliberately, for the paper's matching defaults and the stricter gates: templatize refuses a
+variable that copies the query's own value (`specific_variable`: 18 -> 17 templates); match uses one global + 5
+local vectors (was 10), samples among its candidates by template complexity, embeds each template's words with
+its description (`match.template_text: both`) and damps hub templates (`match.hub_damping`); the filter carries
+a document's unused token budget over to the next documents of its shard (the carry starts at 0 in each shard,
+so shard sizes may keep different pairs: 51 rows in both here). The job runs without the packaged bank
+(`bank=None`), so that the digests follow the stages, not the bank's contents."""
 
 from __future__ import annotations
 

@@ -186,7 +186,9 @@ def test_cli_report_and_push_to_dir_layout(runs, tmp_path):
     card = (target / "README.md").read_text()
     assert front_matter(card)["pretty_name"] == "fine" and 'load_dataset("me/fine")' in card
     # The datasets library reads the staged folder as the Hub would: the card's configs point at the parts.
-    rows = load_dataset(str(target), split="train")
+    # (a fresh cache: datasets names its cache after the folder and the files' names, sizes and times, so
+    # another run staged into a folder of the same name could be served from an earlier test's cache)
+    rows = load_dataset(str(target), split="train", cache_dir=str(tmp_path / "hf-cache"))
     assert rows.num_rows == json.loads((runs["full"] / "summary.json").read_text())["quality"]["pairs"]
 
     result = runner.invoke(app, ["push", str(runs["full"]), "me/fine", "--to-dir", str(target)])  # restage: fine

@@ -161,10 +161,11 @@ class MatchConfig(Section):
     # benchmarks/retrieval_check.py).
     template_text: Literal["description", "template", "both"] = "both"
     # Hub damping (stages/hubness.py): score - hub_damping * bias(t), the bias CSLS's r(t) estimated by reverse
-    # search from `hub_sample` reference documents: packaged Wikipedia leads ("wiki") or the run's own first
-    # documents ("documents"). 0 = off.
-    hub_damping: float = Field(default=0.0, ge=0)
-    hub_reference: Literal["wiki", "documents"] = "wiki"
+    # search from `hub_sample` reference documents: the run's own first documents ("documents"; a stage run
+    # alone reads its placeholder source, the packaged Wikipedia leads) or a seeded sample of the packaged
+    # Wikipedia leads ("wiki"). 0 = off. Defaults measured on benchmarks/retrieval_check.py.
+    hub_damping: float = Field(default=0.5, ge=0)
+    hub_reference: Literal["wiki", "documents"] = "documents"
     hub_sample: int = Field(default=1000, ge=1)
     hub_k: int = Field(default=10, ge=1)  # nearest reference documents averaged into r(t)
     hub_depth: int = Field(default=100, ge=1)  # templates each reference document retrieves

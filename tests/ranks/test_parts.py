@@ -41,5 +41,6 @@ def test_the_dataset_folder_loads_as_one_hugging_face_dataset(tmp_path):
     for rank in range(2):
         with PartWriter(tmp_path / f"rank-{rank:05d}", SCHEMA, 10**9, target_rows=30) as writer:
             writer.write(table(rank * 100, 70))
-    loaded = datasets.load_dataset("parquet", data_dir=str(tmp_path), split="train")
+    loaded = datasets.load_dataset("parquet", data_dir=str(tmp_path), split="train",
+                                   cache_dir=f"{tmp_path}-hf-cache")  # a fresh cache, outside the data folder
     assert sorted(loaded["i"]) == list(range(70)) + list(range(100, 170))

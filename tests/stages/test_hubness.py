@@ -102,6 +102,7 @@ def test_a_run_with_hub_damping_stores_the_bias_beside_the_index_and_a_rerun_rea
     run_scripted(cfg)  # finished: nothing to redo, the stored bias is not recomputed
     assert (index_dir / BIAS_FILE).stat().st_mtime_ns == stamp and dataset_rows(cfg) == rows
     off = config_for(tmp_path, out="off")
+    off.match.hub_damping = 0.0
     assert off.fingerprint() != cfg.fingerprint()  # damping changes the matches, so it names another run
 
 
@@ -110,7 +111,7 @@ def test_reference_documents_are_a_seeded_wiki_sample_or_the_runs_first_document
     from tests.test_pipeline import DOCUMENTS, config_for
 
     cfg = config_for(tmp_path)
-    cfg.match.hub_sample = 7
+    cfg.match.hub_reference, cfg.match.hub_sample = "wiki", 7
     wiki = reference_documents(cfg)
     assert len(wiki) == 7 and [d.document_id for d in wiki] == [d.document_id for d in reference_documents(cfg)]
     cfg.run.seed = 1
