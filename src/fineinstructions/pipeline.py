@@ -168,7 +168,8 @@ class Pipeline:
                 else:
                     index = self._index(self._templates(ex, queries, read_stats))
                 if cfg.match.hub_damping:  # computed once here and stored beside the index for every rank
-                    self.console.log(f"hub bias from {cfg.match.hub_sample} {cfg.match.hub_reference} documents")
+                    where = "the run's first" if cfg.match.hub_reference == "documents" else "Wikipedia"
+                    self.console.log(f"hub bias from up to {cfg.match.hub_sample} reference documents ({where})")
                     _ = self.context.hub_bias
                 job = RunJob(cfg, self.fingerprint, self.index_key)
                 for step_type in STEPS:

@@ -129,7 +129,7 @@ def stored_or_computed_bias(config: PipelineConfig, index: HubIndex, embedder: E
     documents = reference_documents(config)
     reference = embedder.encode([d.text for d in documents]) if documents else np.zeros((0, 1), np.float32)
     bias = hub_bias(index, np.asarray(reference, np.float32), mc.hub_k, mc.hub_depth)
-    log.info("hub bias from %d %s reference documents: %d templates damped (max %.3f)", len(documents),
+    log.info("hub bias from %d reference documents (%s): %d templates damped (max %.3f)", len(documents),
              mc.hub_reference, int((bias > 0).sum()), float(bias.max()) if len(bias) else 0.0)
     if index_key and folder.is_dir():
         key_path.unlink(missing_ok=True)  # never a key over a half-written array
