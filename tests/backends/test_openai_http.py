@@ -28,6 +28,17 @@ def test_real_llama_cpp_server_batch(llama_server):
     assert backend.stats.requests == 4 and backend.stats.failures == 0
 
 
+
+def send_completion(handler: BaseHTTPRequestHandler, content: str, completion_tokens: int) -> None:
+    """Answer a chat-completions request with one choice holding `content` (the servers of these tests)."""
+    data = json.dumps({"choices": [{"message": {"content": content}, "finish_reason": "stop"}],
+                       "usage": {"prompt_tokens": 3, "completion_tokens": completion_tokens}}).encode()
+    handler.send_response(200)
+    handler.send_header("content-type", "application/json")
+    handler.send_header("content-length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
 class FlakyHandler(BaseHTTPRequestHandler):
     """Fails the first `failures` requests with 503 (or 429), then answers like an OpenAI server."""
 
@@ -49,15 +60,7 @@ class FlakyHandler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(b"busy")
             return
-        reply = {"choices": [{"message": {"content": "echo: " + body["messages"][-1]["content"]},
-                              "finish_reason": "stop"}],
-                 "usage": {"prompt_tokens": 3, "completion_tokens": 2}}
-        data = json.dumps(reply).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_completion(self, "echo: " + body["messages"][-1]["content"], completion_tokens=2)
 
     def log_message(self, *args):
         pass

@@ -16,6 +16,7 @@ from fineinstructions.backends.base import SamplingParams, schema_text
 from fineinstructions.backends.cache import request_key
 from fineinstructions.backends.openai_http import OpenAICompatibleBackend
 from fineinstructions.prompts import load_prompt
+from tests.backends.test_openai_http import send_completion
 from tests.conftest import TEST_MODEL, free_port
 
 # Small enough for the 135M test model to fill within a few tokens.
@@ -123,14 +124,7 @@ class RecordingHandler(BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802 (http.server API)
         body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
         RecordingHandler.bodies.append(body)
-        data = json.dumps({"choices": [{"message": {"content": '{"city": "Paris", "sunny": true}'},
-                                        "finish_reason": "stop"}],
-                           "usage": {"prompt_tokens": 3, "completion_tokens": 9}}).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_completion(self, '{"city": "Paris", "sunny": true}', completion_tokens=9)
 
     def log_message(self, *args):
         pass
