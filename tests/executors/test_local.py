@@ -67,8 +67,10 @@ def test_a_sequential_stage_carries_its_state_across_shards_and_across_a_resume(
 
 def test_committed_shards_are_read_back_without_building_the_stage(tmp_path, monkeypatch):
     calls = []
-    engine = FakeBackend(lambda c: calls.append(c) or '{"template": "What is <fi>x</fi>?", '
-                         '"compatible_document_description": "An article about x."}', model_id="scripted")
+    # (a valid template of both queries: "<fi>x</fi>" would copy the first query's own value, which templatize
+    # refuses and retries)
+    engine = FakeBackend(lambda c: calls.append(c) or '{"template": "What is <fi>name of a variable</fi>?", '
+                         '"compatible_document_description": "An article about a variable."}', model_id="scripted")
     queries = [(0, [Query(query_id="q1", text="What is x?")]), (1, [Query(query_id="q2", text="What is y?")])]
     ex, _, spec = executor(tmp_path, {"templatize": engine})
     with ex:

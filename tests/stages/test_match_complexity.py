@@ -70,8 +70,10 @@ def test_matching_defaults_are_the_papers(embedder, bank):
     assert (mc.coverage_chunks, mc.top_k, mc.sigma, mc.alpha) == (5, 6, 0.05, 1.0)
     assert (mc.complexity_sampling, mc.complexity_weights, mc.min_score) == ("bank", None, 0.0)
     config = stage_config({"run": {"seed": 11}})
-    built = MatchStage.from_config(config, SimpleNamespace(index=bank, embedder=embedder))  # type: ignore[arg-type]
+    context = SimpleNamespace(index=bank, embedder=embedder, hub_bias=None)
+    built = MatchStage.from_config(config, context)  # type: ignore[arg-type]
     assert (built.coverage_chunks, built.top_k, built.complexity_sampling, built.seed) == (5, 6, "bank", 11)
+    assert (mc.hub_damping, mc.hub_reference, mc.template_text) == (0.5, "documents", "both")  # measured defaults
     direct = MatchStage(bank, embedder)
     assert (direct.coverage_chunks, direct.top_k, direct.complexity_sampling) == (5, 6, "bank")
     assert len(embedder.encode_with_coverage([documents(1)[0].text], built.coverage_chunks)[0]) == 1 + 5
