@@ -12,8 +12,9 @@ variable that copies the query's own value (`specific_variable`: 18 -> 17 templa
 local vectors (was 10), samples among its candidates by template complexity, embeds each template's words with
 its description (`match.template_text: both`) and damps hub templates (`match.hub_damping`); the filter carries
 a document's unused token budget over to the next documents of its shard (the carry starts at 0 in each shard,
-so shard sizes may keep different pairs: 51 rows in both here). The job runs without the packaged bank
-(`bank=None`), so that the digests follow the stages, not the bank's contents."""
+so shard sizes may keep different pairs: 51 rows in one shard, 50 in shards of 4; the hub bias comes from the
+demo's own 12 leads). The job runs without the packaged bank (`bank=None`), so that the digests follow the
+stages, not the bank's contents."""
 
 from __future__ import annotations
 

@@ -85,6 +85,13 @@ def load_documents(source: SourceConfig, stats: ReadStats, part: tuple[int, int]
                            source=_source_name(source), stats=stats, limit=limit)
 
 
+def run_documents(config: PipelineConfig, stats: ReadStats, embedder: Any) -> Iterable[Document]:
+    """Every document of a run in read order, as its ranks draw them (the demo's topical sample included)."""
+    if demo_pairing(config):
+        return topical_demo_documents(config, embedder)
+    return load_documents(config.documents, stats)
+
+
 def source_rows(source: SourceConfig, stats: ReadStats, part: tuple[int, int] | None = None
                 ) -> Iterator[dict[str, Any]]:
     """The raw rows of a file, folder, fsspec URL or `hf:` source, with its Hugging Face settings; `part` =

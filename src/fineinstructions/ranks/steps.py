@@ -345,14 +345,13 @@ def rank_context(config: PipelineConfig, job: RunJob, rank: int, lent: StageCont
 
 def rank_documents(config: PipelineConfig, rank: int, stats: Any, context: StageContext) -> Iterator[Document]:
     """The documents of rank `rank` (its slice of the source; see `read_rows`' `part`)."""
-    from fineinstructions.pipeline import demo_pairing, load_documents, topical_demo_documents
+    from fineinstructions.pipeline import load_documents, run_documents
 
     source, ranks = config.documents, config.run.ranks
     if source.kind != "wikipedia":
         return iter(load_documents(source, stats, part=(rank, ranks)))
     # The packaged Wikipedia sample (a few thousand leads): every rank draws it and takes every ranks-th.
-    documents = (topical_demo_documents(config, context.embedder) if demo_pairing(config)
-                 else load_documents(source, stats))
+    documents = run_documents(config, stats, context.embedder)
     return (doc for i, doc in enumerate(documents) if i % ranks == rank)
 
 

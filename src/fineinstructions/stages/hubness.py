@@ -91,9 +91,9 @@ BIAS_FILE = "hub_bias.npy"
 BIAS_KEY_FILE = "hub_bias.key"
 
 
-def reference_documents(config: PipelineConfig) -> list[Document]:
+def reference_documents(config: PipelineConfig, embedder: Embedder | None = None) -> list[Document]:
     """The `match.hub_sample` reference documents: a seeded sample of the packaged Wikipedia leads ("wiki"), or
-    the first documents of the run's own input in read order ("documents")."""
+    the run's first documents in read order ("documents"; the demo's topical sample draws with `embedder`)."""
     mc = config.match
     if mc.hub_reference == "wiki":
         from fineinstructions.io.sources import wikipedia_documents
@@ -101,9 +101,9 @@ def reference_documents(config: PipelineConfig) -> list[Document]:
         leads = [d for d in wikipedia_documents() if len(d.text.split()) >= mc.min_document_words]
         return random.Random(config.run.seed).sample(leads, min(mc.hub_sample, len(leads)))
     from fineinstructions.io.read_stats import ReadStats
-    from fineinstructions.pipeline import load_documents
+    from fineinstructions.pipeline import run_documents
 
-    documents = load_documents(config.documents, ReadStats())
+    documents = run_documents(config, ReadStats(), embedder)
     return [d for d in itertools.islice(documents, mc.hub_sample) if len(d.text) <= mc.max_document_chars]
 
 
@@ -126,7 +126,7 @@ def stored_or_computed_bias(config: PipelineConfig, index: HubIndex, embedder: E
         if len(bias) == index.ntotal:
             return bias
     mc = config.match
-    documents = reference_documents(config)
+    documents = reference_documents(config, embedder)
     reference = embedder.encode([d.text for d in documents]) if documents else np.zeros((0, 1), np.float32)
     bias = hub_bias(index, np.asarray(reference, np.float32), mc.hub_k, mc.hub_depth)
     log.info("hub bias from %d reference documents (%s): %d templates damped (max %.3f)", len(documents),
