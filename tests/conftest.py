@@ -11,6 +11,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `kind: auto` (the default backend) runs llama.cpp in the suite, so a test's engine does not depend on whether this
+# machine has vLLM and AVX-512; the vLLM tests name `kind: vllm`, and tests/backends/test_auto.py checks the choice.
+os.environ.setdefault("FINEINSTRUCTIONS_ENGINE", "llamacpp")
 
 TEST_MODEL = "smollm2-135m-instruct"
 

@@ -105,7 +105,7 @@ def _backend(model: str | None, url: str | None, **extra: Any) -> dict[str, Any]
     """A stage's `backend` section from --model/--url (None: the generator serves it)."""
     if model is None and url is None and not any(extra.values()):
         return None
-    return _given({"kind": "openai" if url else "llamacpp", "model": model, "base_url": url}) | {
+    return _given({"kind": "openai" if url else "auto", "model": model, "base_url": url}) | {
         k: v for k, v in extra.items() if v}
 
 
@@ -620,8 +620,8 @@ def evaluate(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     threads: Annotated[int | None, typer.Option(help="CPU threads of the models and the judge (default: all).")]
     = None,
-    judge_kind: Annotated[str, typer.Option(help="Judge backend kind (llamacpp, openai, vllm, transformers, ...).")]
-    = "llamacpp",
+    judge_kind: Annotated[str, typer.Option(help="Judge backend kind (auto, llamacpp, openai, vllm, ...).")]
+    = "auto",
     judge_model: Annotated[str, typer.Option(help="Judge model (registry name, path or served name).")]
     = "qwen2.5-coder-1.5b-instruct",
     judge_base_url: Annotated[str | None, typer.Option(help="Judge server URL (kind openai).")] = None,
@@ -680,8 +680,8 @@ def distill(
     inputs: Annotated[str | None, typer.Option(
         help="templatize: queries (.jsonl/.parquet, or sharegpt); instantiate: a run folder or (template, "
              "document) rows.")] = None,
-    teacher_kind: Annotated[str, typer.Option(help="Teacher backend kind (llamacpp, openai, vllm, ...).")]
-    = "llamacpp",
+    teacher_kind: Annotated[str, typer.Option(help="Teacher backend kind (auto, llamacpp, openai, vllm, ...).")]
+    = "auto",
     teacher_model: Annotated[str, typer.Option(help="Teacher model (registry name, path or served name).")]
     = "qwen2.5-coder-1.5b-instruct",
     teacher_base_url: Annotated[str | None, typer.Option(help="Teacher server URL (kind openai).")] = None,

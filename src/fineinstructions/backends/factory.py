@@ -6,6 +6,7 @@ import importlib
 import os
 from typing import Any
 
+from fineinstructions.backends.auto import resolved_kind
 from fineinstructions.backends.base import Backend
 from fineinstructions.backends.cache import CachedBackend, RequestCache
 from fineinstructions.config import BackendConfig
@@ -13,15 +14,17 @@ from fineinstructions.errors import ConfigError
 
 
 def create_backend(config: BackendConfig) -> Backend:
-    """Build the backend a config describes (the engine is loaded here, not at import time)."""
-    if config.kind == "custom":
+    """Build the backend a config describes (the engine is loaded here, not at import time); `auto` becomes the
+    fastest engine this machine has (backends/auto.py)."""
+    kind = resolved_kind(config.kind)
+    if kind == "custom":
         return load_custom_backend(config.model)
-    if config.kind == "llamacpp":
+    if kind == "llamacpp":
         from fineinstructions.backends.llamacpp import LlamaCppBackend
 
         return LlamaCppBackend(config.model, n_ctx=config.n_ctx, n_threads=config.n_threads,
                                prompt_lookup_tokens=config.prompt_lookup_tokens)
-    if config.kind == "openai":
+    if kind == "openai":
         from fineinstructions.backends.openai_http import OpenAICompatibleBackend
 
         return OpenAICompatibleBackend(config.base_url or "", config.model,
@@ -29,7 +32,7 @@ def create_backend(config: BackendConfig) -> Backend:
                                        max_concurrency=config.max_concurrency, timeout_s=config.timeout_s,
                                        max_retries=config.max_retries, send_json_schema=config.json_schema,
                                        **_http_limits(config))
-    if config.kind == "llamacpp_server":
+    if kind == "llamacpp_server":
         from fineinstructions.backends.llama_server import LlamaServerBackend
 
         # llama_cpp.server runs one request at a time: more than two in flight only queue against the timeout.
@@ -37,12 +40,12 @@ def create_backend(config: BackendConfig) -> Backend:
                                   max_concurrency=min(config.max_concurrency, 2), timeout_s=config.timeout_s,
                                   max_retries=config.max_retries, max_restarts=config.max_restarts,
                                   **_http_limits(config))
-    if config.kind == "transformers":
+    if kind == "transformers":
         from fineinstructions.backends.transformers_engine import TransformersBackend
 
         return TransformersBackend(config.model, dtype=config.dtype, batch_size=config.max_concurrency,
                                    max_length=config.n_ctx, n_threads=config.n_threads)
-    if config.kind == "vllm":
+    if kind == "vllm":
         from fineinstructions.backends.vllm_engine import VLLMBackend
 
         return VLLMBackend(config.model, max_model_len=config.n_ctx, dtype=config.dtype,

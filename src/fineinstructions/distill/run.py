@@ -67,7 +67,7 @@ class DistillSettings:
     student: str
     out: Path
     inputs: str | None = None  # queries (file or `sharegpt`) or matches (run folder or file)
-    teacher: BackendConfig = field(default_factory=lambda: BackendConfig(kind="llamacpp", model=DEFAULT_TEACHER))
+    teacher: BackendConfig = field(default_factory=lambda: BackendConfig(kind="auto", model=DEFAULT_TEACHER))
     examples: Path | None = None  # skip the teacher: train on this examples file
     extra_examples: Path | None = None  # added to the teacher's examples (e.g. hand-written ones)
     limit: int | None = None  # inputs the teacher answers (held-out eval inputs come on top)

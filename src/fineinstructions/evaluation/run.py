@@ -55,8 +55,8 @@ TOKENIZER_WARNING = ("the models use different tokenizers: per-token log-likelih
 
 
 def default_judge() -> BackendConfig:
-    """The embedded 1.5B instruction model through llama.cpp."""
-    return BackendConfig(kind="llamacpp", model=DEFAULT_GENERATOR)
+    """The embedded 1.5B instruction model on the fastest engine here (`auto`)."""
+    return BackendConfig(kind="auto", model=DEFAULT_GENERATOR)
 
 
 JUDGE_MODES = ("pairwise", "single", "both")

@@ -12,6 +12,7 @@ import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from fineinstructions.backends.auto import resolved_kind
 from fineinstructions.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ class StageSpec:
         runs one request at a time (llama.cpp) gets `run.batch_size` rows (a killed run loses one call)."""
         run = self.config.run
         if self.stage in GENERATIVE_STAGES and \
-                self.config.backend_for(self.stage).kind in CONCURRENT_ENGINES:  # type: ignore[arg-type]
+                resolved_kind(self.config.backend_for(self.stage).kind) in CONCURRENT_ENGINES:  # type: ignore[arg-type]
             return max(run.batch_size, run.requests_in_flight)
         return run.batch_size
 
