@@ -190,6 +190,38 @@ def test_unfilled_variables(instruction, template, unfilled):
     assert unfilled_variables(instruction, template) == unfilled
 
 
+WEB = "What are the <fi>requirements</fi> for a <fi>web framework</fi>?"
+SCHEDULER = "Does Celery <fi>task scheduler</fi> support <fi>priority</fi>?"
+
+
+# Seen in the labelled instantiation check (benchmarks/instantiation_check.py, the 1.5B on its own FAQ templates):
+# a generic description copied in place of the value the model named is unfilled; a copy that is the value the
+# model means (it named the description, nothing, or a value the instruction holds) is not.
+@pytest.mark.parametrize(("instruction", "template", "named", "unfilled"), [
+    ("What are the requirements for a web framework?", WEB, {"requirements": "Python", "web framework": "Django"},
+     ["web framework"]),
+    ("What are the requirements for Django?", WEB, {"requirements": "Python", "web framework": "Django"}, []),
+    ("Can I cancel a task?", "Can I <fi>cancel a task</fi>?", {"cancel a task": "yes"}, []),
+    ("Can I cancel a task?", "Can I <fi>cancel a task</fi>?", {}, []),  # named nothing for it
+    ("I think I've found a security issue! What should I do?",
+     "I think I've found a <fi>security issue</fi>! What should I do?", {"security issue": "null"}, []),
+    ("Is Django a content management system?", "Is <fi>name of a software framework</fi> a <fi>content management "
+     "system</fi>?", {"name of a software framework": "Django", "content management system": "CMS"}, []),
+    ("Can I send tasks to only some servers?", "Can I <fi>send tasks</fi> to only some servers?",
+     {"send tasks": "to only some servers"}, []),  # the value named is in the instruction
+    ("Does Celery support priority?", SCHEDULER, {"task scheduler": "Celery", "priority": "support"}, []),
+    ("Does Celery support priority?", SCHEDULER, {"task scheduler": "Dramatiq", "priority": "support"},
+     ["task scheduler"]),  # a missing value the model named and left out
+    ("How do I use image fields in a form?", "How do I use <fi>image fields</fi> in a <fi>form</fi>?",
+     {"image fields": "ImageField", "form": "<fi>form</fi>"}, ["image fields"]),
+    # Without a <values> block (older prompts) every generic copy is unfilled, as before.
+    ("What are the requirements for a web framework?", WEB, None, ["web framework"]),
+    ("Can I cancel a task?", "Can I <fi>cancel a task</fi>?", None, ["cancel a task"]),
+])
+def test_unfilled_variables_with_the_values_the_model_named(instruction, template, named, unfilled):
+    assert unfilled_variables(instruction, template, named) == unfilled
+
+
 @pytest.mark.parametrize(("description", "generic"), [
     ("programming language", True), ("name of a software package", True), ("operating system", True),
     ("type of expert", True), ("a city", True), ("some tool", True), ("specific date", True),

@@ -98,6 +98,15 @@ def test_parse_instantiation(text, expected):
         assert (parsed.instruction, parsed.answer) == expected
 
 
+def test_parse_instantiation_keeps_the_values_the_model_named():
+    parsed = parse_instantiation("<values>web framework = Django; requirements = Python 3.10+; stray part</values>\n"
+                                 "<instruction>What are the requirements for Django?</instruction>\n<answer>A</answer>")
+    assert not isinstance(parsed, str)
+    assert parsed.values == {"web framework": "Django", "requirements": "Python 3.10+"}
+    plain = parse_instantiation("<instruction>Q?</instruction><answer>A</answer>")
+    assert not isinstance(plain, str) and plain.values is None  # no block: the gate falls back to the template
+
+
 @pytest.mark.parametrize(("instruction", "reason"), [
     ("What is the personality type of extraversion?", None),  # the words also belong to the template
     ("What is the personality type of personality type?", "unfilled_variable"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 
@@ -485,30 +486,77 @@ _QUESTION_HEADS = frozenset({"which", "what", "whichever", "whatever", "whose", 
 _PLACEHOLDER_INNER = re.compile(r"^[^\W\d]+(?:[\s_'’-]+[^\W\d]+)*$")
 
 
-def unfilled_variables(instruction: str, template: str) -> list[str]:
+def unfilled_variables(instruction: str, template: str, named: Mapping[str, str] | None = None) -> list[str]:
     """Descriptions of the template's variables that the instruction leaves unfilled.
 
     Each variable's value is read off the alignment of the instruction with the template (`variable_values`).
-    A value is unfilled when it is missing (no word where the variable stands), still holds a `<fi>` tag, is a
-    bracketed placeholder ("[programming language]", "{name}", "<topic>": brackets, braces or angle brackets
-    around words only), or is a placeholder copy of a generic description (`placeholder_copy`: "programming
-    language" or "a programming language" for <fi>programming language</fi>). A value that equals a description
-    naming a concrete thing passes ("the Python interpreter" for <fi>Python interpreter</fi>), and so does the
-    kind itself right after a question word (which, what, whose, how many/much: "Which animal is named at the
-    end?" for "Which <fi>animal</fi> is named at the end?").
+    A value is unfilled when it is missing (no word where the variable stands), still holds a `<fi>` tag, or is
+    a bracketed placeholder ("[programming language]", "{name}", "<topic>": brackets, braces or angle brackets
+    around words only). A value that copies a generic description (`placeholder_copy`: "programming language"
+    for <fi>programming language</fi>) is unfilled unless it is the kind itself right after a question word
+    (which, what, whose, how many/much: "Which animal is named at the end?") and, when the model `named` its
+    values (the instantiate prompt's `<values>description = value</values>`), only if the model named another
+    value for it that the instruction left out: a description copied in place of the value the model meant
+    ("What are the requirements for a web framework?" while naming `web framework = Django`). A copy whose
+    named value is the description itself, is in the instruction, or names nothing (yes, no, null) reads as
+    the value ("Can I cancel a task?" for "Can I <fi>cancel a task</fi>?"), as a value equal to a description
+    naming a concrete thing always does ("the Python interpreter" for <fi>Python interpreter</fi>).
     """
     descriptions = template_variables(template)
+    instruction_words = f" {' '.join(_words(instruction))} "
     unfilled = []
     for value in variable_values(instruction, template):
         names = [descriptions[v] for v in value.variables]
         bracketed = _BRACKETED.match(value.text)
-        if (not _ALNUM.search(value.text) or has_fi_tags(value.text)
-                or (bracketed and _PLACEHOLDER_INNER.match(value.text[1:-1].strip()))
-                or (value.before not in _QUESTION_HEADS
-                    and (any(placeholder_copy(value.text, d) for d in names)
-                         or (len(names) > 1 and placeholder_copy(value.text, " ".join(names)))))):
+        copied = value.before not in _QUESTION_HEADS and (
+            any(placeholder_copy(value.text, d) for d in names)
+            or (len(names) > 1 and placeholder_copy(value.text, " ".join(names))))
+        missing = not _ALNUM.search(value.text)
+        if named is not None:
+            copied = copied and any(_left_out(named_value(named, d), d, instruction_words) for d in names)
+            # the model moved the value it named next to another word of the template ("Does Celery support
+            # priority?" for "Does Celery <fi>task scheduler</fi> support <fi>priority</fi>?", naming Celery)
+            missing = missing and not all(_stated(named_value(named, d), instruction_words) for d in names)
+        if (missing or has_fi_tags(value.text)
+                or (bracketed and _PLACEHOLDER_INNER.match(value.text[1:-1].strip())) or copied):
             unfilled.extend(names)
     return unfilled
+
+
+_NO_VALUE = frozenset({"", "yes", "no", "null", "none", "true", "false", "n a", "na", "unknown", "not applicable"})
+
+
+def named_value(named: Mapping[str, str], description: str) -> str | None:
+    """The value the model named for `description`: under the same words (case, punctuation, articles aside),
+    else under a name that contains the description or is contained in it; None when it named none."""
+    key = " ".join(w for w in _words(description) if w not in _ARTICLES)
+    keys = {" ".join(w for w in _words(name) if w not in _ARTICLES): value for name, value in named.items()}
+    if key in keys:
+        return keys[key]
+    near = [value for name, value in keys.items() if name and (f" {key} " in f" {name} " or f" {name} " in f" {key} ")]
+    return near[0] if len(near) == 1 else None
+
+
+def _real_value(value: str | None) -> bool:
+    """True when a named value names something: not missing, not "yes"/"no"/"null", no `<fi>` tag."""
+    return value is not None and not has_fi_tags(value) and " ".join(_words(value)) not in _NO_VALUE
+
+
+def _stated(value: str | None, instruction_words: str) -> bool:
+    """True when a real named value occurs, word for word, in the instruction (its words space-joined, padded)."""
+    return _real_value(value) and f" {' '.join(_words(value or ''))} " in instruction_words
+
+
+def _left_out(value: str | None, description: str, instruction_words: str) -> bool:
+    """True when the model named a real value for `description` (not "yes"/"null", not the description, not its
+    initials) that the instruction does not hold."""
+    if not _real_value(value) or _stated(value, instruction_words):
+        return False
+    words = [w for w in _words(value or "") if w not in _PLACEHOLDER_FILLERS]
+    if [_singular(w) for w in words] == [_singular(w) for w in _words(description) if w not in _PLACEHOLDER_FILLERS]:
+        return False
+    initials = "".join(w[0] for w in _words(description))
+    return not (len(words) == 1 and len(initials) > 1 and words[0] == initials)  # "CMS": content management system
 
 
 # -- Prompt fields ----------------------------------------------------------------------------------------

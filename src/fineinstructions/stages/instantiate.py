@@ -44,23 +44,39 @@ _FUNCTION_WORDS = frozenset({"The", "This", "That", "These", "Those", "Its", "He
 class ParsedInstantiation:
     instruction: str
     answer: str
+    values: dict[str, str] | None = None  # the `<values>` block: description -> value (None: the reply has none)
+
+
+def parse_values(block: str) -> dict[str, str]:
+    """`description = value; description = value` (the instantiate prompt's `<values>` block) as a mapping;
+    parts without `=` are skipped."""
+    values: dict[str, str] = {}
+    for part in block.split(";"):
+        name, sep, value = part.partition("=")
+        if sep and name.strip():
+            values.setdefault(name.strip(), value.strip())
+    return values
 
 
 def parse_instantiation(text: str) -> ParsedInstantiation | str:
-    """Parse `<instruction>..</instruction><answer>..</answer>` (or a JSON object); a reason on failure."""
-    cleaned = _VALUES.sub("", strip_fences(text), count=1)
+    """Parse `<values>..</values>` (optional), `<instruction>..</instruction><answer>..</answer>` (or a JSON
+    object); a reason on failure."""
+    stripped = strip_fences(text)
+    block = _VALUES.search(stripped)
+    values = parse_values(re.sub(r"</?values>", "", block.group(0), flags=re.I)) if block else None
+    cleaned = _VALUES.sub("", stripped, count=1)
     if cleaned.strip().strip('"').lower() in ("null", "none", ""):
         return "null" if cleaned.strip() else "empty_output"
     instruction = _INSTRUCTION.search(cleaned)
     answer = _ANSWER.search(cleaned)
     if instruction and answer:
-        return ParsedInstantiation(instruction.group(1).strip(), answer.group(1).strip())
+        return ParsedInstantiation(instruction.group(1).strip(), answer.group(1).strip(), values)
     obj = first_json_object(cleaned)
     if obj is not None:
         inst = obj.get("instantiated_instruction", obj.get("instruction"))
         ans = obj.get("answer")
         if isinstance(inst, str) and isinstance(ans, str):
-            return ParsedInstantiation(inst.strip(), ans.strip())
+            return ParsedInstantiation(inst.strip(), ans.strip(), values)
     if re.match(r"^\s*null\b", cleaned, re.I):
         return "null"
     return "unparseable_output"
@@ -185,14 +201,15 @@ class InstantiateStage(Stage[Match, Pair]):
         parsed = parse_instantiation(generation.text)
         if isinstance(parsed, str):
             return Rejected({}, parsed)
-        reason = self._instruction_error(parsed.instruction, match.template) or instance_error(
+        reason = self._instruction_error(parsed.instruction, match.template, parsed.values) or instance_error(
             parsed.instruction, match.template, self.min_instance_share, self.max_instance_length_ratio)
         if reason:
             return Rejected({}, reason)
         if self.guard.affected(match.text):
             # Quotes copied from the neutralised prompt copy resolve against the original document; an
             # `<excerpt>` tag of the document stays neutralised (restored, it would become a marker).
-            parsed = ParsedInstantiation(parsed.instruction, self.guard.restore(parsed.answer, keep_tags=("excerpt",)))
+            parsed = ParsedInstantiation(parsed.instruction, self.guard.restore(parsed.answer, keep_tags=("excerpt",)),
+                                         parsed.values)
         if self._copies_example(parsed.instruction + " " + parsed.answer, doc.text):
             return Rejected({}, "copied_from_example")
         expanded = expand_excerpts(parsed.answer, doc, self.min_copy_words)
@@ -231,19 +248,20 @@ class InstantiateStage(Stage[Match, Pair]):
         ]
 
     @staticmethod
-    def _instruction_error(instruction: str, template: str) -> str | None:
+    def _instruction_error(instruction: str, template: str, named: dict[str, str] | None = None) -> str | None:
         """`leftover_fi` (a `<fi>` tag left in), `unfilled_variable`, `instruction_too_short` or `_too_long`.
 
-        `unfilled_variable` is decided from the template's structure (`unfilled_variables`): the instruction is
-        aligned with the template, whose own words anchor each variable's value, and a variable is unfilled when
-        its value is missing, still holds `<fi>`, is a bracketed placeholder ("[programming language]"), or
-        copies a description that names a kind of thing ("a programming language" for <fi>programming
-        language</fi>). A value equal to a description that names a concrete thing passes ("the Python
-        interpreter" for <fi>Python interpreter</fi>).
+        `unfilled_variable` is decided from the template's structure and the values the model named
+        (`unfilled_variables`): the instruction is aligned with the template, whose own words anchor each
+        variable's value, and a variable is unfilled when its value is missing, still holds `<fi>`, is a
+        bracketed placeholder ("[programming language]"), or copies a description that names a kind of thing
+        ("a programming language" for <fi>programming language</fi>) in place of another value the model named
+        in its `<values>` block (any such copy when the reply has no block). A value equal to a description
+        that names a concrete thing passes ("the Python interpreter" for <fi>Python interpreter</fi>).
         """
         if has_fi_tags(instruction):
             return "leftover_fi"
-        if unfilled_variables(instruction, template):
+        if unfilled_variables(instruction, template, named):
             return "unfilled_variable"
         if len(instruction.split()) < MIN_INSTRUCTION_WORDS:
             return "instruction_too_short"
