@@ -145,7 +145,7 @@ def evaluate(items: Sequence[Item], scores: Mapping[str, int | None], min_score:
     correct = sum(kept(i) == bool(i.label) for i in items)
     pass_by_kind: dict[str, tuple[int, int]] = {}
     mean_by_kind: dict[str, float | None] = {}
-    for kind in ("good", *KINDS):
+    for kind in ("good", *KINDS, "real_bad"):
         chosen = [i for i in items if i.kind == kind]
         if not chosen:
             continue
@@ -199,6 +199,37 @@ def run_pairs(runs: Sequence[Path]) -> tuple[list[Item], list[str]]:
     for item in items:
         item.source_id = item.item_id
     return items, lines
+
+
+def labelled_pairs(run: Path, labels_file: Path) -> tuple[list[Item], str]:
+    """Every pair the run's judge stage saw (all that passed the instantiate gates, before the judge and the
+    filter: no selection by the run's own judge), with the hand label of `labels_file` (`"document_id|template_id"`
+    -> good/bad): good pairs become good items (with broken copies), bad ones `real_bad` items (real pipeline
+    junk, label 0, no copies). Unlabelled pairs are left out and counted."""
+    import pyarrow.parquet as pq
+
+    from fineinstructions.records import Pair
+
+    labels = json.loads(labels_file.read_text(encoding="utf-8"))["labels"]
+    files = sorted(run.glob("work/judge/rank-*/shard-*.parquet"))
+    pairs = [p for f in files for p in Pair.from_table(pq.read_table(f))]
+    items: list[Item] = []
+    unlabelled = 0
+    for pair in pairs:
+        entry = labels.get(f"{pair.document_id}|{pair.template_id}")
+        if entry is None:
+            unlabelled += 1
+            continue
+        good = entry["label"] == "good"
+        item_id = f"lab-{len(items):04d}"
+        items.append(Item(
+            item_id=item_id, subset="pipeline", kind="good" if good else "real_bad", label=int(good),
+            source_id=item_id, document_id=f"lab/{pair.document_id}", document=pair.text,
+            instruction=pair.instantiated_instruction, answer=pair.answer, template=pair.template, origin=str(run),
+            detail={"template_id": pair.template_id, "run_judge_score": pair.judge_score}))
+    good_n = sum(i.label for i in items)
+    return items, (f"{run}: {len(pairs)} judged pairs, {len(items)} hand-labelled ({good_n} good, "
+                   f"{len(items) - good_n} real_bad), {unlabelled} unlabelled left out")
 
 
 def faq_items(n: int, seed: int, faq_dir: Path | None) -> tuple[list[Item], str]:
@@ -410,10 +441,12 @@ def break_item(item: Item, kind: str, pool: Sequence[Item], seed: int) -> Item:
 def build_items(good: Sequence[Item], kinds: Iterable[str], seed: int) -> list[Item]:
     """Each good item followed by its broken copies (one per kind): one document's items back to back."""
     kinds = list(kinds)
+    pool = [i for i in good if i.label]
     out: list[Item] = []
     for item in good:
         out.append(item)
-        out += [break_item(item, kind, good, seed) for kind in kinds]
+        if item.label:  # a real bad pair (`real_bad`) is a negative as it is
+            out += [break_item(item, kind, pool, seed) for kind in kinds]
     return out
 
 
@@ -514,7 +547,7 @@ def print_tables(runs: Sequence[JudgeRun], kinds: Sequence[str]) -> None:
               f"{fmt(m.auc['faq'])} | {100 * m.accuracy:.1f} % | {100 * m.good_pass:.1f} % ({m.good_items}) | "
               f"{m.unparseable} | {r.judge_s:.0f} | {r.load_s:.1f} | {r.cache_hits}/{r.cache_misses} |")
     print("\n### Pass rate per kind (share kept at the threshold, (kept/items), mean parsed score)\n")
-    columns = ["good", *kinds]
+    columns = ["good", *kinds, "real_bad"]
     print("| judge model | prompt | " + " | ".join(columns) + " |")
     print("| --- | --- | " + " | ".join("---" for _ in columns) + " |")
     for r in runs:
@@ -554,6 +587,9 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, nargs="*", default=[Path("runs/demo")],
                         help="run folders whose kept pairs (dataset/) are the good pipeline pairs")
     parser.add_argument("--limit", type=int, default=None, help="take the first N pairs of the run folders only")
+    parser.add_argument("--labelled", nargs=2, type=Path, action="append", default=[], metavar=("RUN", "LABELS"),
+                        help="a run folder and a hand-label file for the pairs its judge stage saw (repeatable), "
+                             "e.g. runs/wiki100 benchmarks/data/judge_labels_wiki100.json")
     parser.add_argument("--faq", type=int, default=40, help="real human FAQ pairs to add (0: none)")
     parser.add_argument("--faq-dir", type=Path, default=None, help="folder of the FAQ sdists (fetched if missing)")
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS, help="broken kinds to make")
@@ -578,6 +614,10 @@ def main() -> None:
         print(line)
     if args.limit is not None:
         pipeline = pipeline[: args.limit]
+    for run, labels_file in args.labelled:
+        labelled, line = labelled_pairs(run, labels_file)
+        print(line)
+        pipeline += labelled
     faq, faq_line = faq_items(args.faq, args.seed, args.faq_dir)
     print(faq_line)
     good = pipeline + faq
