@@ -65,6 +65,9 @@ class VLLMBackend:
         `enforce_eager` defaults to True (compiling the model costs minutes at start on a few cores) and
         `n_threads` binds vLLM's compute threads to the first `n_threads` cores this process may use (default:
         all of them, as llama.cpp; `VLLM_CPU_OMP_THREADS_BIND`, when set, wins). `revision` pins a Hub model."""
+        # vLLM logs every engine step at INFO; the pipeline has its own progress. VLLM_LOGGING_LEVEL, when set, wins
+        # (read when vllm is first imported).
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         try:
             from vllm import LLM
         except ImportError as err:
