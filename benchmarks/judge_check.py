@@ -4,10 +4,10 @@
         benchmarks/data/judge_labels_wiki100.json --faq 40 --seed 0 --engine vllm --batch 128
 
 (the recorded run, 2026-12-02, after `fineinstructions run --config configs/wiki100.yaml`: 325 items; ROC AUC 1.5B
-judge-v2 0.685, judge-v3 0.590, 0.5B 0.485, 135M 0.498; README "Quality checks of the method"). `--labelled RUN
-LABELS` takes every pair the run's judge stage saw with its hand label: good ones get broken copies, bad ones
-are negatives as they are (`real_bad`); `--runs DIR ...` takes a run's kept pairs as good instead (biased: its
-own judge kept them).
+judge-v2 0.685, judge-v3 0.590, judge-v4 0.576, 0.5B 0.485, 135M 0.498; README "Quality checks of the method").
+`--labelled RUN LABELS` takes every pair the run's judge stage saw with its hand label: good ones get broken
+copies, bad ones are negatives as they are (`real_bad`); `--runs DIR ...` takes a run's kept pairs as good
+instead (biased: its own judge kept them).
 
 (on a CPU: `--engine llamacpp --threads 1`; `--prompt-version v2 v1 flow_judge` compares prompt versions on the
 same items; `--limit N` takes only the first N pairs of the run folders; `--kinds` a subset of the broken kinds).

@@ -38,7 +38,8 @@ def test_instantiate_examples_resolve_with_full_coverage_or_are_null(version):
     assert set(outcomes) == {"null", "pair"}  # the prompt shows both behaviours
 
 
-@pytest.mark.parametrize(("version", "scores"), [("v1", [4, 1]), ("v2", [3, 1, 5]), ("v3", [5, 1, 3, 2])])
+@pytest.mark.parametrize(("version", "scores"), [("v1", [4, 1]), ("v2", [3, 1, 5]), ("v3", [5, 1, 3, 2]),
+                                                ("v4", [5, 3, 1, 1, 2])])
 def test_judge_examples_parse(version, scores):
     prompt = load_prompt("judge", version)
     assert [parse_judgement(output)[0] for _, output in prompt.examples] == scores
@@ -94,7 +95,8 @@ def test_templatize_v2_covers_many_query_styles():
 
 @pytest.mark.parametrize(("name", "version"), [("instantiate", "v1"), ("instantiate", "v2"),
                                                ("instantiate", "written.v1"), ("judge", "v1"), ("judge", "v2"),
-                                               ("judge", "v3"), ("judge", "flow_judge")])
+                                               ("judge", "v3"), ("judge", "v4"),
+                                               ("judge", "flow_judge")])
 def test_a_field_holding_every_marker_of_its_prompt_cannot_close_its_field(name, version):
     """A document made of the prompt's own labels and tags, neutralised by the stage, leaves the message laid
     out as the prompt's own layout with harmless fields."""
