@@ -315,7 +315,7 @@ def run_model(model: str, labelled: Mapping[str, Labelled], chosen: Sequence[Can
     from fineinstructions.backends.factory import BackendPool
     from fineinstructions.config import stage_config
     from fineinstructions.stages.context import StageContext
-    from fineinstructions.stages.registry import stage_class
+    from fineinstructions.stages.registry import StageSpec, stage_class
 
     backend: dict[str, Any] = {"kind": args.engine, "model": model}
     if args.threads:
@@ -334,13 +334,15 @@ def run_model(model: str, labelled: Mapping[str, Labelled], chosen: Sequence[Can
         kept: dict[tuple[str, str], Any] = {}
         dropped: dict[tuple[str, str], Any] = {}
         documents = list(dict.fromkeys(m.document_id for m in matches))
+        # documents per call: as the pipeline feeds this engine (2 candidates each), unless --batch says otherwise
+        batch = args.batch or max(1, StageSpec("instantiate", config, "", "").feed_size // 2)
         t0 = time.perf_counter()
-        for at in range(0, len(documents), args.batch):  # the cache commits every call: a stopped run keeps them
-            docs = set(documents[at : at + args.batch])
+        for at in range(0, len(documents), batch):  # the cache commits every call: a stopped run keeps them
+            docs = set(documents[at : at + batch])
             result = stage.process([m for m in matches if m.document_id in docs])
             kept.update({(p.document_id, p.template_id): p for p in result.records})
             dropped.update({(r.row["document_id"], r.row["template_id"]): r for r in result.rejected})
-            print(f"  {model}: {min(at + args.batch, len(documents))}/{len(documents)} documents "
+            print(f"  {model}: {min(at + batch, len(documents))}/{len(documents)} documents "
                   f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
         run.run_seconds = time.perf_counter() - t0
         stats = recorder.stats
@@ -406,7 +408,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seeds the choice of NOT-FIT templates")
     parser.add_argument("--limit", type=int, default=None,
                         help="the first N documents with a valid gold template, in turn from each project (a trial)")
-    parser.add_argument("--batch", type=int, default=8, help="documents per stage call (the cache commits each)")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="documents per stage call (the cache commits each; default: the pipeline's feed for "
+                             "the engine, run.batch_size rows on llama.cpp, run.requests_in_flight on vLLM)")
     parser.add_argument("--show", type=int, default=3, help="kept NOT-FIT candidates to print per model")
     parser.add_argument("--out", type=Path, default=None,
                         help="results JSON (default CACHE/instantiation_results.json)")

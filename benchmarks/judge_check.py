@@ -1,7 +1,7 @@
 """Labelled judge check: does the pair judge separate good pairs from deliberately broken copies of them?
 
     .venv/bin/python benchmarks/judge_check.py --runs --labelled runs/wiki100 \\
-        benchmarks/data/judge_labels_wiki100.json --faq 40 --seed 0 --engine vllm --batch 128
+        benchmarks/data/judge_labels_wiki100.json --faq 40 --seed 0 --engine vllm
 
 (the recorded run, 2026-12-02, after `fineinstructions run --config configs/wiki100.yaml`: 325 items; ROC AUC 1.5B
 judge-v2 0.685, judge-v3 0.590, judge-v4 0.576, 0.5B 0.485, 135M 0.498; README "Quality checks of the method").
@@ -484,6 +484,7 @@ def judge_items(items: Sequence[Item], args: argparse.Namespace, model: str) -> 
     from fineinstructions.records import Pair
     from fineinstructions.stages.context import StageContext
     from fineinstructions.stages.judge import JudgeStage
+    from fineinstructions.stages.registry import StageSpec
 
     backend: dict[str, Any] = {"kind": args.engine, "model": model, "n_ctx": args.n_ctx}
     if args.threads:
@@ -506,12 +507,13 @@ def judge_items(items: Sequence[Item], args: argparse.Namespace, model: str) -> 
             load_s = time.perf_counter() - t0
             scores: dict[str, int | None] = {}
             feedback: dict[str, str] = {}
+            batch = args.batch or StageSpec("judge", config, "", "").feed_size  # as the pipeline feeds this engine
             t0 = time.perf_counter()
-            for at in range(0, len(pairs), args.batch):  # the cache commits every call: a stopped run keeps them
-                for pair in stage.process(pairs[at : at + args.batch]).records:
+            for at in range(0, len(pairs), batch):  # the cache commits every call: a stopped run keeps them
+                for pair in stage.process(pairs[at : at + batch]).records:
                     scores[pair.template_id] = pair.judge_score
                     feedback[pair.template_id] = pair.judge_feedback
-                done = min(at + args.batch, len(pairs))
+                done = min(at + batch, len(pairs))
                 print(f"  {model} / {config.judge.prompt_version}: judged {done}/{len(pairs)} "
                       f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
             judge_s = time.perf_counter() - t0
@@ -607,7 +609,9 @@ def main() -> None:
     parser.add_argument("--n-ctx", type=int, default=4096, help="context of the judge engine")
     parser.add_argument("--prompt-version", nargs="+", default=[""],
                         help="judge prompt versions to compare (v2, v1, flow_judge; default: the config's)")
-    parser.add_argument("--batch", type=int, default=32, help="pairs per judge stage call")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="pairs per judge stage call (default: the pipeline's feed for the engine, "
+                             "run.batch_size on llama.cpp, run.requests_in_flight on vLLM)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the FAQ sample and the broken copies")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/judge_check_cache"),
                         help="folder of the request cache (reruns are free)")

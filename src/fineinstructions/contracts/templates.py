@@ -513,10 +513,11 @@ def unfilled_variables(instruction: str, template: str, named: Mapping[str, str]
             or (len(names) > 1 and placeholder_copy(value.text, " ".join(names))))
         missing = not _ALNUM.search(value.text)
         if named is not None:
-            copied = copied and any(_left_out(named_value(named, d), d, instruction_words) for d in names)
+            meant = [named_value(named, d) for d in names]
+            copied = copied and any(_left_out(v, d, instruction_words) for v, d in zip(meant, names, strict=True))
             # the model moved the value it named next to another word of the template ("Does Celery support
             # priority?" for "Does Celery <fi>task scheduler</fi> support <fi>priority</fi>?", naming Celery)
-            missing = missing and not all(_stated(named_value(named, d), instruction_words) for d in names)
+            missing = missing and not all(_stated(v, instruction_words) for v in meant)
         if (missing or has_fi_tags(value.text)
                 or (bracketed and _PLACEHOLDER_INNER.match(value.text[1:-1].strip())) or copied):
             unfilled.extend(names)
