@@ -366,6 +366,8 @@ def bank_main(args: argparse.Namespace) -> None:
                   f"{1000 * cold / len(queries):>10.2f}{1000 * warm / len(queries):>7.2f}"
                   f"{len(queries) / per_doc / warm:>8,.0f}{r10:>7.3f}{ten10:>9.3f}", flush=True)
             del new
+    if args.skip_old:
+        return finish_bank(args, directory)
     stored = VectorShards.open(directory / VECTORS_DIR, meta["vectors"]["shards"], meta["vectors"]["rows_per_shard"])
 
     rss_before = rss_mb()
@@ -384,6 +386,10 @@ def bank_main(args: argparse.Namespace) -> None:
             print(f"{old_kind:<32}{nprobe:>7}{factor:>5}{old_seconds:>9,.0f}{old_mb:>8,.0f}{old_rss:>9,.0f}"
                   f"{1000 * cold / len(queries):>10.2f}{1000 * warm / len(queries):>7.2f}"
                   f"{len(queries) / per_doc / warm:>8,.0f}{r10:>7.3f}{ten10:>9.3f}", flush=True)
+    finish_bank(args, directory)
+
+
+def finish_bank(args: argparse.Namespace, directory: Path) -> None:
     print("build s of the old kind: training and adding from the shards already embedded; RAM MB: the FAISS "
           "index (fast-scan kinds are read into memory); RSS+ MB: resident growth when loading (new) or "
           "building (old) it; ms/q: per query vector, k = 10, cold: the first pass after a fresh load with the "
@@ -413,6 +419,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="--bank: embedding processes (hashing only)")
     parser.add_argument("--work-dir", default=tempfile.gettempdir(), help="--bank: where the bank is built")
     parser.add_argument("--keep", action="store_true", help="--bank: keep the built bank index")
+    parser.add_argument("--skip-old", action="store_true", help="--bank: do not build the old Refine(PQ) kind")
     args = parser.parse_args()
     if args.bank:
         if args.vectors == "simulated" and args.workers > 1:

@@ -264,6 +264,9 @@ class RunConfig(Section):
     gpus_per_worker: float = Field(default=0.0, ge=0)  # ray: give GPU stages their GPUs (vLLM)
     ray_address: str | None = None  # ray: an existing cluster ("auto", "ray://host:10001"); None starts one
     shards_in_flight: int | None = Field(default=None, ge=1)  # a rank's shards per stage step; None: 2
+    # A rank runs match, instantiate, judge and filter on consecutive windows at once (a thread each), so
+    # its engines stay fed; None: when instantiate and judge have engines of their own, servers or on a GPU.
+    overlap_stages: bool | None = None
     request_cache: bool = True  # keep every finished model call in <output_dir>/cache/ (one SQLite file per rank)
     retry_engine_failures: bool = True  # a rerun retries requests that failed through the engine's fault
     part_bytes: int = Field(default=512 * 2**20, ge=1)  # dataset files of about this size (the last may be smaller)
@@ -273,8 +276,8 @@ class RunConfig(Section):
 
 
 EXECUTION_FIELDS = ("output_dir", "executor", "workers", "cpus_per_worker", "gpus_per_worker", "ray_address",
-                    "shards_in_flight", "request_cache", "retry_engine_failures", "requests_in_flight", "part_bytes",
-                    "part_rows", "slurm_options", "slurm_time")
+                    "shards_in_flight", "overlap_stages", "request_cache", "retry_engine_failures",
+                    "requests_in_flight", "part_bytes", "part_rows", "slurm_options", "slurm_time")
 # Settings outside `run` that change where and how fast, not what, wherever they appear: the embedder's device
 # and batch (a run embedded on a GPU may resume on a CPU) and the limits of one HTTP request.
 EXECUTION_FIELDS_ANYWHERE = frozenset({"embedder_device", "embedder_batch_size", "request_deadline_s",

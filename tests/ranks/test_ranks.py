@@ -22,7 +22,7 @@ from fineinstructions.config import BackendConfig, PipelineConfig, RunConfig, So
 from fineinstructions.executors.tasks import TaskFailed
 from fineinstructions.io.sources import wikipedia_documents
 from fineinstructions.pipeline import Pipeline
-from fineinstructions.ranks.steps import GenerateStep, RunJob, template_budget
+from fineinstructions.ranks.steps import GenerateStep, RunJob, overlaps_stages, template_budget
 from fineinstructions.records import Template
 from tests.test_pipeline import QUERIES
 
@@ -164,3 +164,59 @@ def test_a_deduplicated_bank_streams_into_the_index_and_is_reused(tmp_path):
     built = index_file.stat().st_mtime_ns
     Pipeline(cfg, show_progress=False).run()  # a rerun reads the bank again, finds the same digest, keeps the index
     assert (tmp_path / "bank" / "index.sha").read_text() == stamp and index_file.stat().st_mtime_ns == built
+
+
+def committed(cfg: PipelineConfig, stage: str) -> list[dict]:
+    """Every row a stage committed in every rank, in rank and shard order."""
+    folder = RunJob.from_folder(cfg.run.output_dir).folder
+    return [row for rank in range(cfg.run.ranks)
+            for path in sorted(folder.stage_dir(stage, rank).glob("shard-*.parquet"))
+            for row in pq.read_table(path).to_pylist()]
+
+
+def test_overlapped_stages_commit_what_one_after_the_other_commits(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("SCRIPTED_CALL_DELAY", "0.005")
+    runs = {}
+    for overlap in (False, True):
+        cfg = ranked_config(tmp_path, f"overlap-{overlap}", ranks=2, documents=16)
+        cfg.judge.backend = SCRIPTED.model_copy(update={"timeout_s": 30.0})  # an engine of its own
+        cfg.run.overlap_stages = overlap
+        assert overlaps_stages(cfg) is overlap
+        Pipeline(cfg, show_progress=False).run()
+        runs[overlap] = cfg
+    assert dataset(runs[True]) == dataset(runs[False]) and dataset(runs[False])
+    for stage in ("match", "instantiate", "judge", "filter"):
+        assert committed(runs[True], stage) == committed(runs[False], stage)
+    assert "rank 1: 8 documents in 3 shards (stages overlapped)" in caplog.text
+
+
+def test_stages_overlap_only_where_two_engines_can_be_fed_at_once(tmp_path):
+    cfg = ranked_config(tmp_path, "decide", ranks=1)
+    cfg.run.overlap_stages = True
+    assert not overlaps_stages(cfg)  # one engine serves instantiate and judge: its calls cannot overlap
+    cfg.judge.backend = BackendConfig(kind="llamacpp", model="smollm2-135m-instruct")
+    cfg.generator = BackendConfig(kind="llamacpp", model="qwen2.5-coder-0.5b-instruct")
+    cfg.run.overlap_stages = None
+    assert not overlaps_stages(cfg)  # two llama.cpp engines on one CPU would only share its cores
+    cfg.generator = BackendConfig(kind="openai", base_url="http://127.0.0.1:1/v1", model="a")
+    cfg.judge.backend = BackendConfig(kind="openai", base_url="http://127.0.0.1:2/v1", model="b")
+    assert overlaps_stages(cfg)  # two servers batch requests in flight
+    cfg.run.overlap_stages = False
+    assert not overlaps_stages(cfg)
+
+
+@pytest.mark.model
+def test_a_real_judge_engine_fed_from_its_own_thread_gives_the_same_scores(tmp_path, monkeypatch, test_gguf):
+    """llama.cpp judges in its own thread while the next window is instantiated: the same greedy scores."""
+    monkeypatch.setenv("SCRIPTED_CALL_DELAY", "0.01")
+    runs = {}
+    for overlap in (False, True):
+        cfg = ranked_config(tmp_path, f"real-{overlap}", ranks=1, documents=8)
+        cfg.judge.backend = BackendConfig(kind="llamacpp", model=str(test_gguf), n_ctx=4096)
+        cfg.judge.max_tokens = 40
+        cfg.run.overlap_stages = overlap
+        summary = Pipeline(cfg, show_progress=False).run()
+        assert summary["stages"]["judge"]["requests"] >= 4
+        runs[overlap] = cfg
+    assert committed(runs[True], "judge") == committed(runs[False], "judge")
+    assert dataset(runs[True]) == dataset(runs[False])

@@ -99,3 +99,13 @@ def auto_engine() -> str:
 def resolved_kind(kind: str) -> str:
     """`kind`, with `auto` replaced by the engine it means on this machine."""
     return auto_engine() if kind == "auto" else kind
+
+
+@functools.cache
+def cuda_visible() -> bool:
+    """Whether torch sees a CUDA device (False without torch)."""
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())

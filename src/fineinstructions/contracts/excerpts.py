@@ -57,23 +57,23 @@ class ExpandedAnswer:
         return not self.unresolved
 
 
+_RUNS = re.compile(r"\s+|\S+")
+
+
 class NormalizedText:
     """Text with whitespace runs collapsed to one space, and a map back to original offsets."""
 
     def __init__(self, text: str):
         chars: list[str] = []
         offsets: list[int] = []
-        previous_space = True
-        for i, ch in enumerate(text):
-            if ch.isspace():
-                if previous_space:
-                    continue
+        for run in _RUNS.finditer(text):  # whitespace and non-whitespace runs alternate
+            start, end = run.span()
+            if not text[start].isspace():
+                chars.append(run.group())
+                offsets.extend(range(start, end))
+            elif start:  # a run of whitespace becomes one space, at the run's first character (none leading)
                 chars.append(" ")
-                previous_space = True
-            else:
-                chars.append(ch)
-                previous_space = False
-            offsets.append(i)
+                offsets.append(start)
         self.original = text
         self.text = "".join(chars)
         self.offsets = offsets

@@ -92,6 +92,10 @@ class LocalExecutor(Executor):
         self.computed.add((spec.stage, shard))
         return committed
 
+    def build(self, spec: StageSpec) -> Stage[Any, Any]:
+        """Build `spec`'s stage now (its engines load here) rather than when a shard first needs it."""
+        return self._stage(spec)
+
     def _stage(self, spec: StageSpec) -> Stage[Any, Any]:
         """The stage of `spec`, built once for the executor's life (engines and carried state live in it)."""
         key = (spec.stage, spec.out_dir)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -28,6 +30,7 @@ class StageProgress:
             console=self.console, disable=not enabled,
         )
         self._tasks: dict[str, TaskID] = {}
+        self._lock = threading.Lock()  # a rank's overlapped stages report from their own threads
 
     def start(self) -> None:
         self.bars.start()
@@ -38,8 +41,9 @@ class StageProgress:
     def expect(self, stage: str, rows: int) -> None:
         """Grow a stage's total by `rows`."""
         task = self._task(stage)
-        current = next(t for t in self.bars.tasks if t.id == task).total or 0
-        self.bars.update(task, total=current + rows)
+        with self._lock:
+            current = next(t for t in self.bars.tasks if t.id == task).total or 0
+            self.bars.update(task, total=current + rows)
 
     def advance(self, stage: str, rows: int) -> None:
         self.bars.advance(self._task(stage), rows)
@@ -56,6 +60,7 @@ class StageProgress:
         self.bars.update(self._task(stage), rate=rate)
 
     def _task(self, stage: str) -> TaskID:
-        if stage not in self._tasks:
-            self._tasks[stage] = self.bars.add_task(stage, total=0, stage=stage, rate="")
-        return self._tasks[stage]
+        with self._lock:
+            if stage not in self._tasks:
+                self._tasks[stage] = self.bars.add_task(stage, total=0, stage=stage, rate="")
+            return self._tasks[stage]

@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from fineinstructions.errors import FineInstructionsError
 from fineinstructions.executors.commit import batched
+from fineinstructions.executors.overlap import pipelined
 from fineinstructions.hashing import json_hash
 from fineinstructions.io.atomic import atomic_path, write_json_atomic
 from fineinstructions.io.run_folder import RunFolder, shard_output_path, shard_stats_path
@@ -168,21 +169,28 @@ class GenerateStep(Step):
         threshold = config.filter.near_duplicate_threshold
         seen = shards = 0
         output = []
+        overlap = overlaps_stages(config)
+        if overlap:  # engines are built here, in the rank's main thread, not in the threads that feed them
+            for spec in specs.values():
+                executor.build(spec)
+        steps = [
+            lambda group: executor.run(specs["match"], group, depends=job.index_key),
+            lambda matches: executor.run(specs["instantiate"], sorted(matches.items())),
+            lambda pairs: executor.run(specs["judge"], sorted(pairs.items())),
+            lambda judged: executor.run(specs["filter"], sorted(judged.items())),
+        ]
         try:
             window = config.run.shards_in_flight or 2
             numbered = enumerate(batched(rank_documents(config, task, read_stats, own), config.run.shard_size))
-            while group := list(itertools.islice(numbered, window)):
+            groups = iter(lambda: list(itertools.islice(numbered, window)), [])
+            for group, kept in pipelined(groups, steps, overlap):
                 seen += sum(len(records) for _, records in group)
                 shards += len(group)
-                matches = executor.run(specs["match"], group, depends=job.index_key)
-                pairs = executor.run(specs["instantiate"], sorted(matches.items()))
-                judged = executor.run(specs["judge"], sorted(pairs.items()))
-                kept = executor.run(specs["filter"], sorted(judged.items()))
                 filter_dir = Path(specs["filter"].out_dir)
                 for shard, _ in group:
                     path = folder.signature_file(task, shard)
                     if ("filter", shard) in executor.computed or not path.is_file():
-                        table = signatures(kept[shard], task, shard, threshold)  # type: ignore[arg-type]
+                        table = signatures(kept[shard], task, shard, threshold)
                         with atomic_path(path) as tmp:
                             pq.write_table(table, tmp)
                     stored = json.loads(shard_stats_path(filter_dir, shard).read_text())
@@ -195,7 +203,8 @@ class GenerateStep(Step):
                     engine_failures=sum(s.engine_failures for s in stats.values()),
                     stages={name: stats[name].to_dict() for name in GENERATE_STAGES if name in stats},
                     read_skips=dict(read_stats.skipped), ignored_files=dict(read_stats.ignored_files))
-        log.info("rank %d: %d documents in %d shards", task, seen, shards)
+        log.info("rank %d: %d documents in %d shards%s", task, seen, shards,
+                 " (stages overlapped)" if overlap else "")
 
 
 class DedupStep(Step):
@@ -322,6 +331,24 @@ def template_budget(cap: int, rank: int, ranks: int) -> int:
     most cap - ceil(cap / ranks) uses against one sequential run; a template in demand on every rank loses none.
     """
     return cap // ranks + (1 if rank < cap % ranks else 0)
+
+
+def overlaps_stages(config: PipelineConfig) -> bool:
+    """Whether a rank runs its stages on consecutive windows at once (`executors/overlap.py`).
+
+    Never when one engine serves both instantiate and judge (its calls cannot overlap); else as
+    `run.overlap_stages` says, and by default when both engines are servers (OpenAI-compatible) or batching
+    engines on a GPU: there overlap keeps the GPU fed; on a CPU two engines would only share its cores."""
+    instantiate, judge = config.backend_for("instantiate"), config.backend_for("judge")
+    if instantiate == judge:
+        return False
+    if config.run.overlap_stages is not None:
+        return config.run.overlap_stages
+    from fineinstructions.backends.auto import cuda_visible, resolved_kind
+    from fineinstructions.stages.registry import CONCURRENT_ENGINES
+
+    kinds = {resolved_kind(backend.kind) for backend in (instantiate, judge)}
+    return kinds <= {"openai"} or (kinds <= CONCURRENT_ENGINES and cuda_visible())
 
 
 def rank_context(config: PipelineConfig, job: RunJob, rank: int, lent: StageContext | None) -> StageContext:

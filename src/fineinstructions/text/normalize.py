@@ -8,13 +8,14 @@ import unicodedata
 _WS = re.compile(r"\s+")
 _PUNCT = re.compile(r"[^\w\s]", re.UNICODE)
 _CONTROL = {"Cc", "Cf", "Co", "Cs"}
+_LINE_BREAKS = str.maketrans("\n\t\r", "   ")
 
 
 def normalize_text(text: str) -> str:
     """NFKC, control characters removed (newlines and tabs kept as spaces), whitespace collapsed."""
-    text = unicodedata.normalize("NFKC", text)
-    text = "".join(" " if ch in "\n\t\r" else ch for ch in text
-                   if ch in "\n\t\r" or unicodedata.category(ch) not in _CONTROL)
+    text = unicodedata.normalize("NFKC", text).translate(_LINE_BREAKS)
+    if not text.isprintable():  # printable text holds no control character: skip the per-character pass
+        text = "".join(ch for ch in text if unicodedata.category(ch) not in _CONTROL)
     return _WS.sub(" ", text).strip()
 
 
