@@ -230,6 +230,47 @@ class JudgeConfig(Section):
     min_score: int = Field(default=4, ge=1, le=5)
 
 
+class WrapConfig(Section):
+    """WRAP (Maini et al. 2024): each document chunk of about `chunk_tokens` tokens rephrased in one style; a
+    document's chunks take the styles in turn, starting at a place drawn from the seed and the document id."""
+
+    backend: BackendConfig | None = None  # the model that serves this recipe; None: the generator
+    prompt_version: str = "v1"  # prompts wrap_<style>.v1.yaml
+    styles: list[Literal["easy", "medium", "hard", "qa"]] = Field(default=["medium", "qa"], min_length=1)
+    chunk_tokens: int = Field(default=300, ge=16)  # the paper: rephrasing degrades on longer inputs
+    max_tokens: int = Field(default=512, ge=1)
+    temperature: float = Field(default=0.0, ge=0)
+    min_length_ratio: float = Field(default=0.3, ge=0)  # a rephrasing with fewer words than this x the chunk's
+    max_chunks_per_document: int | None = Field(default=None, ge=1)
+
+
+class NemotronQAConfig(Section):
+    """Nemotron-CC's diverse QA pairs: question/answer pairs of several kinds about each document segment of at
+    most `segment_tokens` tokens; k of a document's pairs (k drawn from 1..max(1, max_pairs x tokens / 150),
+    seeded) are appended to the document."""
+
+    backend: BackendConfig | None = None
+    prompt_version: str = "v1"
+    prompt_file: str | None = None
+    segment_tokens: int = Field(default=1000, ge=16)
+    max_tokens: int = Field(default=600, ge=1)
+    temperature: float = Field(default=0.0, ge=0)
+    max_pairs: int = Field(default=10, ge=1)
+
+
+class IPTConfig(Section):
+    """Instruction Pre-Training (Cheng et al. 2024): instruction/response pairs synthesized about each raw text
+    (chunks of at most `chunk_tokens` tokens), written after it in a reading-comprehension layout."""
+
+    backend: BackendConfig | None = None
+    prompt_version: str = "v1"
+    prompt_file: str | None = None
+    chunk_tokens: int = Field(default=1000, ge=16)
+    max_tokens: int = Field(default=400, ge=1)
+    temperature: float = Field(default=0.0, ge=0)
+    constrained: bool = False  # decode under the prompt's grammar (the tagged items) where the engine takes one
+
+
 class FilterConfig(Section):
     token_budget: bool = True  # generated pair tokens per document <= the document's tokens
     # Budget a document leaves unused carries over to the next documents of its shard (the paper's rule; the
@@ -291,7 +332,8 @@ LATER_OPTIONAL_FIELDS: dict[str, object] = {
     "structured": False, "hub_damping": 0.0, "hub_reference": "wiki", "hub_sample": 1000, "hub_k": 10,
     "hub_depth": 100, "template_text": "description", "json_schema": False,
 }
-GenerativeStage = Literal["templatize", "instantiate", "judge"]
+GenerativeStage = Literal["templatize", "instantiate", "judge", "wrap", "nemotron_qa", "ipt"]
+RECIPES = ("fineinstructions", "wrap", "nemotron_qa", "ipt")
 
 
 class PipelineConfig(Section):
@@ -306,11 +348,16 @@ class PipelineConfig(Section):
     instantiate: InstantiateConfig = InstantiateConfig()
     judge: JudgeConfig = JudgeConfig()
     filter: FilterConfig = FilterConfig()
+    # What a run makes of the documents: FineInstructions pairs, or a baseline recipe's synthetic texts.
+    recipe: Literal["fineinstructions", "wrap", "nemotron_qa", "ipt"] = "fineinstructions"
+    wrap: WrapConfig = WrapConfig()
+    nemotron_qa: NemotronQAConfig = NemotronQAConfig()
+    ipt: IPTConfig = IPTConfig()
     run: RunConfig = RunConfig()
 
     @model_validator(mode="after")
     def _queries_or_templates(self) -> PipelineConfig:
-        if self.queries is None and self.templates is None:
+        if self.recipe == "fineinstructions" and self.queries is None and self.templates is None:
             raise ValueError("give `queries` (to templatize) or `templates` (a ready template bank)")
         return self
 
@@ -343,7 +390,14 @@ class PipelineConfig(Section):
         data = self.model_dump(mode="json")
         for name in EXECUTION_FIELDS:
             data["run"].pop(name, None)
-        for stage in ("templatize", "instantiate", "judge"):
+        for recipe in RECIPES[1:]:  # only the recipe this run makes counts (a FineInstructions run: none)
+            if recipe != self.recipe:
+                data.pop(recipe)
+        if self.recipe == "fineinstructions":
+            data.pop("recipe")
+        for stage in ("templatize", "instantiate", "judge", "nemotron_qa", "ipt"):
+            if stage not in data:
+                continue
             prompt_file = data[stage].pop("prompt_file", None)
             if prompt_file is not None:
                 data[stage]["prompt_sha"] = short_hash(Path(prompt_file).expanduser().read_bytes())

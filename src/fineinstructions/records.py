@@ -1,7 +1,8 @@
 """Typed records that flow through the pipeline, each with its Arrow schema.
 
-Data flows one way: Query -> Template -> (Document, Template) -> Match -> Pair. Every stage reads
-and writes these records; on disk they are Parquet files whose schema is derived from the model.
+Data flows one way: Query -> Template -> (Document, Template) -> Match -> Pair; the baseline recipes make
+Document -> SyntheticText. Every stage reads and writes these records; on disk they are Parquet files whose
+schema is derived from the model.
 """
 
 from __future__ import annotations
@@ -131,8 +132,28 @@ class Pair(Record):
     config_fingerprint: str = ""
 
 
+class SyntheticText(Record):
+    """Training text a baseline recipe (`wrap`, `nemotron_qa`, `ipt`) made from one chunk of one document, in
+    that recipe's own layout, with its token counts (the arms of an experiment are fitted to equal tokens)."""
+
+    kind: ClassVar[str] = "synthetic"
+    document_id: str
+    recipe: str
+    chunk: int = 0  # which chunk of the document (recipes that work on chunks); 0 otherwise
+    style: str = ""  # wrap: the rephrasing style (easy, medium, hard, qa)
+    source_text: str  # the document text (or chunk) it was made from
+    text: str  # the training text
+    items: int = 1  # question/answer pairs in it (nemotron_qa, ipt); 1 for a rephrasing
+    token_count: int = 0  # tokens of `text`
+    source_token_count: int = 0  # tokens of `source_text`
+    completion_tokens: int = 0
+    model: str = ""
+    prompt_version: str = ""
+    config_fingerprint: str = ""
+
+
 RECORD_TYPES: dict[str, type[Record]] = {
-    cls.kind: cls for cls in (Query, Template, Document, Match, Pair)
+    cls.kind: cls for cls in (Query, Template, Document, Match, Pair, SyntheticText)
 }
 
 _SCALARS: dict[Any, pa.DataType] = {

@@ -21,7 +21,8 @@ class PromptError(FineInstructionsError, FileNotFoundError):
     """A prompt file that is missing or does not fit its stage."""
 
 
-DEFAULT_VERSIONS = {"templatize": "v2", "instantiate": "v2", "judge": "v2"}
+DEFAULT_VERSIONS = {"templatize": "v2", "instantiate": "v2", "judge": "v2", "wrap_easy": "v1", "wrap_medium": "v1",
+                    "wrap_hard": "v1", "wrap_qa": "v1", "nemotron_qa": "v1", "ipt": "v1"}
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,9 @@ class Prompt:
 
 # The fields each stage fills in its prompt's user message.
 STAGE_FIELDS = {"templatize": frozenset({"query"}), "instantiate": frozenset({"document", "template"}),
-                "judge": frozenset({"document", "instruction", "answer"})}
+                "judge": frozenset({"document", "instruction", "answer"}),
+                "wrap_easy": frozenset({"text"}), "wrap_medium": frozenset({"text"}), "wrap_hard": frozenset({"text"}),
+                "wrap_qa": frozenset({"text"}), "nemotron_qa": frozenset({"document"}), "ipt": frozenset({"text"})}
 
 
 def load_prompt(name: str, version: str | None = None, path: str | None = None) -> Prompt:

@@ -31,15 +31,22 @@ STAGES: dict[str, str] = {
     "filter": "fineinstructions.stages.filter:FilterStage",
 }
 STAGE_ORDER: tuple[str, ...] = tuple(STAGES)
-GENERATIVE_STAGES = frozenset({"templatize", "instantiate", "judge"})
+# The baseline recipes (documents -> synthetic training text), each a run's only document stage when chosen.
+RECIPE_STAGES: dict[str, str] = {
+    "wrap": "fineinstructions.stages.wrap:WrapStage",
+    "nemotron_qa": "fineinstructions.stages.nemotron_qa:NemotronQAStage",
+    "ipt": "fineinstructions.stages.ipt:IPTStage",
+}
+GENERATIVE_STAGES = frozenset({"templatize", "instantiate", "judge", *RECIPE_STAGES})
 CONCURRENT_ENGINES = frozenset({"vllm", "openai", "transformers"})  # engines that batch requests in flight
 
 
 def stage_class(name: str) -> type[Stage[Any, Any]]:
     """The stage class registered as `name`."""
-    if name not in STAGES:
-        raise ConfigError(f"unknown stage {name!r}: one of {', '.join(STAGES)}")
-    module, _, attr = STAGES[name].partition(":")
+    known = STAGES | RECIPE_STAGES
+    if name not in known:
+        raise ConfigError(f"unknown stage {name!r}: one of {', '.join(known)}")
+    module, _, attr = known[name].partition(":")
     cls: type[Stage[Any, Any]] = getattr(importlib.import_module(module), attr)
     return cls
 
