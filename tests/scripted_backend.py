@@ -31,3 +31,22 @@ def make() -> FakeBackend:
         return scripted(conversation)
 
     return FakeBackend(respond, model_id="scripted")
+
+
+def recipes() -> FakeBackend:
+    """Answers the baseline recipes' prompts: a rephrasing (wrap), QA lines (nemotron_qa), tagged items (ipt)."""
+    delay = float(os.environ.get("SCRIPTED_CALL_DELAY", "0"))
+
+    def respond(conversation: Conversation) -> str:
+        time.sleep(delay)
+        system, user = conversation[0]["content"], conversation[-1]["content"]
+        words = user.split()
+        if system.startswith("You write study questions"):
+            return "\n".join(f"Question: What is word {i}? Answer: {words[i]}." for i in range(1, min(6, len(words))))
+        if system.startswith("You write instruction-following"):
+            return "".join(f"<QUE> Repeat word {i}. <ANS> {words[i]} </END>\n" for i in range(1, min(4, len(words))))
+        if "Question:" in system:
+            return f"Question: What does the passage begin with?\nAnswer: {' '.join(words[1:8])}"
+        return "In other words: " + " ".join(reversed(words[1:]))
+
+    return FakeBackend(respond, model_id="scripted-recipes")

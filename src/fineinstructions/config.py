@@ -395,6 +395,10 @@ class PipelineConfig(Section):
                 data.pop(recipe)
         if self.recipe == "fineinstructions":
             data.pop("recipe")
+        else:  # a recipe reads the documents only: the FineInstructions sections change nothing it makes
+            for section in ("queries", "templates", "judge_backend", "query_filter", "templatize", "match",
+                            "instantiate", "judge", "filter"):
+                data.pop(section)
         for stage in ("templatize", "instantiate", "judge", "nemotron_qa", "ipt"):
             if stage not in data:
                 continue

@@ -45,13 +45,13 @@ from fineinstructions.io.sources import (
     sharegpt_queries,
     topical_demo_sample,
 )
-from fineinstructions.ranks.steps import STEPS, GenerateStep, RunJob, WriteStep
+from fineinstructions.ranks.steps import GenerateStep, RunJob, WriteStep, makes_pairs, run_steps
 from fineinstructions.records import Document, Query, Record, Template
 from fineinstructions.stages.base import StageStats
 from fineinstructions.stages.context import StageContext
 from fineinstructions.stages.index import ShardedTemplateIndex, TemplateIndex, build_index
 from fineinstructions.stages.registry import StageSpec
-from fineinstructions.summary import DatasetTally, build_summary
+from fineinstructions.summary import DatasetTally, RecipeTally, build_summary
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -164,22 +164,27 @@ class Pipeline:
         cfg = self.config
         read_stats = {"queries": ReadStats(), "templates": ReadStats()}
         load_documents(cfg.documents, ReadStats())  # a bad documents path fails here, before the folder is claimed
-        queries = self._queries(read_stats["queries"])
+        pairs = makes_pairs(cfg)
+        queries = self._queries(read_stats["queries"]) if pairs else []
         self._claim_folder()  # after the inputs opened: a bad path leaves no run folder behind
         ranks = cfg.run.ranks
-        self.console.log(f"{len(queries)} queries; documents in {ranks} rank{'s' if ranks > 1 else ''} -> {self.root}")
+        made = f"{len(queries)} queries" if pairs else f"recipe {cfg.recipe}"
+        self.console.log(f"{made}; documents in {ranks} rank{'s' if ranks > 1 else ''} -> {self.root}")
+        index = None
         try:
             with make_executor(cfg, self.context, self.console, self.show_progress) as ex:
-                if cfg.templates is not None and cfg.queries is None and not cfg.match.deduplicate_bank:
+                if not pairs:
+                    pass  # a baseline recipe reads documents only: no templates, no index
+                elif cfg.templates is not None and cfg.queries is None and not cfg.match.deduplicate_bank:
                     index = self._streamed_bank_index(read_stats)
                 else:
                     index = self._index(self._templates(ex, queries, read_stats))
-                if cfg.match.hub_damping:  # computed once here and stored beside the index for every rank
+                if pairs and cfg.match.hub_damping:  # computed once here and stored beside the index for every rank
                     where = "the run's first" if cfg.match.hub_reference == "documents" else "Wikipedia"
                     self.console.log(f"hub bias from up to {cfg.match.hub_sample} reference documents ({where})")
                     _ = self.context.hub_bias
                 job = RunJob(cfg, self.fingerprint, self.index_key)
-                for step_type in STEPS:
+                for step_type in run_steps(cfg):
                     step = step_type(job)
                     pending = step.pending()
                     if pending:
@@ -192,12 +197,15 @@ class Pipeline:
         read_stats["documents"] = document_stats
         summary = build_summary(
             config=cfg, fingerprint=self.fingerprint, stage_stats=stage_stats,
-            dataset=DatasetTally.from_files(self.folder.dataset_files()), dataset_dir=self.folder.dataset,
-            read_stats=read_stats, index=index, elapsed_s=time.perf_counter() - started,
-            inputs={"queries": len(queries), "documents": documents},
+            dataset=(DatasetTally if pairs else RecipeTally).from_files(self.folder.dataset_files()),
+            dataset_dir=self.folder.dataset, read_stats=read_stats, index=index,
+            elapsed_s=time.perf_counter() - started, inputs={"queries": len(queries), "documents": documents},
         )
         write_json_atomic(self.folder.summary_file, summary)
-        log.info("run finished: %d pairs kept", summary["quality"]["pairs"])
+        if pairs:
+            log.info("run finished: %d pairs kept", summary["quality"]["pairs"])
+        else:
+            log.info("run finished: %d %s texts", summary["quality"]["texts"], cfg.recipe)
         return summary
 
     def _claim_folder(self) -> None:

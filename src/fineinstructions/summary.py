@@ -16,9 +16,9 @@ from rich.table import Table
 
 from fineinstructions.records import Pair
 from fineinstructions.stages.base import StageStats
-from fineinstructions.stages.registry import STAGE_ORDER
+from fineinstructions.stages.registry import RECIPE_STAGES, STAGE_ORDER
 
-SUMMARY_ORDER = (*STAGE_ORDER, "dedup")  # the pipeline's stages, then pair dedup across ranks
+SUMMARY_ORDER = (*STAGE_ORDER, *RECIPE_STAGES, "dedup")  # the pipeline's stages, then pair dedup across ranks
 
 if TYPE_CHECKING:
     from fineinstructions.config import PipelineConfig
@@ -112,6 +112,48 @@ class DatasetTally:
         return len(self._instructions) if self._instructions is not None else int(self._sketch.count())
 
 
+class RecipeTally:
+    """A baseline recipe's dataset counts (texts, documents, tokens, QA items), streamed from its parts."""
+
+    COLUMNS = ("document_id", "token_count", "source_token_count", "items")
+
+    def __init__(self) -> None:
+        self.texts = self.documents = self.synthetic_tokens = self.source_tokens = self.items = 0
+        self._last_document: str | None = None
+
+    @classmethod
+    def from_files(cls, files: Iterable[Path]) -> RecipeTally:
+        tally = cls()
+        for file in files:
+            for batch in pq.ParquetFile(file).iter_batches(batch_size=65_536, columns=list(cls.COLUMNS)):
+                tally.texts += batch.num_rows
+                tally.synthetic_tokens += int(pc.sum(batch.column("token_count")).as_py() or 0)
+                tally.source_tokens += int(pc.sum(batch.column("source_token_count")).as_py() or 0)
+                tally.items += int(pc.sum(batch.column("items")).as_py() or 0)
+                for document in batch.column("document_id").to_pylist():  # a document's texts are adjacent
+                    if document != tally._last_document:
+                        tally.documents += 1
+                        tally._last_document = document
+        return tally
+
+
+def recipe_quality(stage_stats: dict[str, StageStats], tally: RecipeTally, recipe: str) -> dict[str, Any]:
+    """What a baseline recipe made: texts per document, tokens against the source's, seconds per text."""
+    stage = stage_stats.get(recipe, StageStats())
+    return {
+        "texts": tally.texts,
+        "documents_with_texts": tally.documents,
+        "texts_per_document": _ratio(tally.texts, tally.documents),
+        "chunks": int(stage.metrics.get("chunks", 0)),
+        "kept_chunk_rate": _ratio(stage.rows_out, stage.metrics.get("chunks", 0.0)) if recipe == "wrap" else None,
+        "items": tally.items,
+        "synthetic_tokens": tally.synthetic_tokens,
+        "source_tokens": tally.source_tokens,
+        "synthetic_per_source_token": _ratio(tally.synthetic_tokens, tally.source_tokens),
+        "seconds_per_text": _ratio(stage.seconds, tally.texts),
+    }
+
+
 def quality(stage_stats: dict[str, StageStats], tally: DatasetTally) -> dict[str, Any]:
     """Valid-template rate, excerpt coverage, judge pass rate and diversity."""
     templatize = stage_stats.get("templatize", StageStats())
@@ -151,11 +193,21 @@ def quality(stage_stats: dict[str, StageStats], tally: DatasetTally) -> dict[str
     }
 
 
-def build_summary(config: PipelineConfig, fingerprint: str, stage_stats: dict[str, StageStats], dataset: DatasetTally,
+def build_summary(config: PipelineConfig, fingerprint: str, stage_stats: dict[str, StageStats],
+                  dataset: DatasetTally | RecipeTally,
                   dataset_dir: Path, read_stats: dict[str, ReadStats],
                   index: TemplateIndex | ShardedTemplateIndex | None,
                   elapsed_s: float, inputs: dict[str, int]) -> dict[str, Any]:
     stages = {name: stage_stats[name].to_dict() for name in SUMMARY_ORDER if name in stage_stats}
+    if isinstance(dataset, RecipeTally):
+        recipe: Any = config.recipe
+        return {
+            "dataset": str(dataset_dir), "config_fingerprint": fingerprint, "recipe": recipe,
+            "models": {"generator": config.generator.model, recipe: config.backend_for(recipe).model},
+            "inputs": inputs, "index": None, "stages": stages,
+            "unresolved_engine_failures": sum(stage_stats[name].engine_failures for name in stages),
+            "quality": recipe_quality(stage_stats, dataset, config.recipe), "elapsed_s": round(elapsed_s, 1),
+        }
     return {
         "dataset": str(dataset_dir),
         "config_fingerprint": fingerprint,
@@ -208,6 +260,8 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
             faults.add_row(name, ", ".join(f"{k}: {v:g}" for k, v in sorted(counts.items())))
         console.print(faults)
     q = summary["quality"]
+    if summary.get("recipe"):
+        return _print_recipe_quality(summary, console)
     table = Table(title="Quality", title_justify="left", show_header=False)
     table.add_column("figure")
     table.add_column("value", justify="right")
@@ -242,3 +296,20 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
     console.print(f"dataset: [bold]{summary['dataset']}[/bold]   summary: "
                   f"[bold]{Path(summary['dataset']).parent / 'summary.json'}[/bold]   "
                   f"elapsed: {summary['elapsed_s']} s   config: {summary['config_fingerprint']}")
+
+
+def _print_recipe_quality(summary: dict[str, Any], console: Console) -> None:
+    q = summary["quality"]
+    table = Table(title=f"Recipe {summary['recipe']}: what it made", title_justify="left", show_header=False)
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    rows = [("texts", str(q["texts"])), ("documents with texts", str(q["documents_with_texts"])),
+            ("chunks sent to the model", str(q["chunks"])),
+            ("question/answer items", str(q["items"])),
+            ("synthetic / source tokens", f"{q['synthetic_tokens']} / {q['source_tokens']}"),
+            ("seconds per text (generation)", "-" if q["seconds_per_text"] is None else f"{q['seconds_per_text']:.2f}")]
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"dataset: [bold]{summary['dataset']}[/bold]   elapsed: {summary['elapsed_s']} s   "
+                  f"config: {summary['config_fingerprint']}")

@@ -174,7 +174,7 @@ def committed(cfg: PipelineConfig, stage: str) -> list[dict]:
             for row in pq.read_table(path).to_pylist()]
 
 
-def test_overlapped_stages_commit_what_one_after_the_other_commits(tmp_path, monkeypatch, caplog):
+def test_overlapped_stages_commit_what_one_after_the_other_commits(tmp_path, monkeypatch):
     monkeypatch.setenv("SCRIPTED_CALL_DELAY", "0.005")
     runs = {}
     for overlap in (False, True):
@@ -187,7 +187,9 @@ def test_overlapped_stages_commit_what_one_after_the_other_commits(tmp_path, mon
     assert dataset(runs[True]) == dataset(runs[False]) and dataset(runs[False])
     for stage in ("match", "instantiate", "judge", "filter"):
         assert committed(runs[True], stage) == committed(runs[False], stage)
-    assert "rank 1: 8 documents in 3 shards (stages overlapped)" in caplog.text
+    for overlap, cfg in runs.items():
+        job = RunJob.from_folder(cfg.run.output_dir)
+        assert [GenerateStep(job).marker(rank)["overlapped"] for rank in range(2)] == [overlap, overlap]
 
 
 def test_stages_overlap_only_where_two_engines_can_be_fed_at_once(tmp_path):

@@ -45,7 +45,7 @@ from fineinstructions.ranks.signatures import (
     signature_columns,
     signatures,
 )
-from fineinstructions.records import Document, Pair
+from fineinstructions.records import Document, Pair, SyntheticText
 from fineinstructions.stages.base import StageStats
 
 if TYPE_CHECKING:
@@ -55,6 +55,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 GENERATE_STAGES = ("match", "instantiate", "judge", "filter")
+
+
+def document_stages(config: PipelineConfig) -> tuple[str, ...]:
+    """The stages a rank runs on its documents: FineInstructions' four, or the baseline recipe's one."""
+    return GENERATE_STAGES if config.recipe == "fineinstructions" else (config.recipe,)
+
+
+def makes_pairs(config: PipelineConfig) -> bool:
+    """Whether the run makes FineInstructions pairs (deduplicated across ranks) rather than a recipe's texts."""
+    return config.recipe == "fineinstructions"
 
 
 @dataclass(frozen=True)
@@ -164,8 +174,9 @@ class GenerateStep(Step):
         own = rank_context(config, job, task, context)
         read_stats = _new_read_stats()
         executor = LocalExecutor(own, config.run.batch_size, progress, config.run.retry_engine_failures)
+        stages = document_stages(config)
         specs = {stage: StageSpec(stage, config, job.fingerprint, str(folder.stage_dir(stage, task)))
-                 for stage in GENERATE_STAGES}
+                 for stage in stages}
         threshold = config.filter.near_duplicate_threshold
         seen = shards = 0
         output = []
@@ -173,35 +184,36 @@ class GenerateStep(Step):
         if overlap:  # engines are built here, in the rank's main thread, not in the threads that feed them
             for spec in specs.values():
                 executor.build(spec)
-        steps = [
-            lambda group: executor.run(specs["match"], group, depends=job.index_key),
-            lambda matches: executor.run(specs["instantiate"], sorted(matches.items())),
-            lambda pairs: executor.run(specs["judge"], sorted(pairs.items())),
-            lambda judged: executor.run(specs["filter"], sorted(judged.items())),
-        ]
+
+        def first(group: Any) -> Any:
+            return executor.run(specs[stages[0]], group, depends=job.index_key)
+
+        def then(stage: str) -> Any:
+            return lambda previous: executor.run(specs[stage], sorted(previous.items()))
+
         try:
             window = config.run.shards_in_flight or 2
             numbered = enumerate(batched(rank_documents(config, task, read_stats, own), config.run.shard_size))
             groups = iter(lambda: list(itertools.islice(numbered, window)), [])
-            for group, kept in pipelined(groups, steps, overlap):
+            last_dir = Path(specs[stages[-1]].out_dir)
+            for group, kept in pipelined(groups, [first, *(then(stage) for stage in stages[1:])], overlap):
                 seen += sum(len(records) for _, records in group)
                 shards += len(group)
-                filter_dir = Path(specs["filter"].out_dir)
                 for shard, _ in group:
                     path = folder.signature_file(task, shard)
-                    if ("filter", shard) in executor.computed or not path.is_file():
+                    if makes_pairs(config) and (("filter", shard) in executor.computed or not path.is_file()):
                         table = signatures(kept[shard], task, shard, threshold)
                         with atomic_path(path) as tmp:
                             pq.write_table(table, tmp)
-                    stored = json.loads(shard_stats_path(filter_dir, shard).read_text())
+                    stored = json.loads(shard_stats_path(last_dir, shard).read_text())
                     output.append([shard, stored.get("input_digest", ""), len(kept[shard])])
         finally:
             own.close()  # the rank's request cache; a lender's engines stay open
         stats = executor.stats
-        self.commit(task, documents=seen, shards=shards, output=json_hash(output),
+        self.commit(task, documents=seen, shards=shards, output=json_hash(output), overlapped=overlap,
                     seconds=round(time.perf_counter() - started, 3), peak_rss_mb=peak_rss_mb(),
                     engine_failures=sum(s.engine_failures for s in stats.values()),
-                    stages={name: stats[name].to_dict() for name in GENERATE_STAGES if name in stats},
+                    stages={name: stats[name].to_dict() for name in stages if name in stats},
                     read_skips=dict(read_stats.skipped), ignored_files=dict(read_stats.ignored_files))
         log.info("rank %d: %d documents in %d shards%s", task, seen, shards,
                  " (stages overlapped)" if overlap else "")
@@ -266,11 +278,13 @@ class WriteStep(Step):
 
     def key(self, task: int) -> str:
         run = self.job.config.run
-        return json_hash([self.outputs(ClusterStep), self.outputs(GenerateStep)[task], run.part_bytes,
-                          run.part_rows])
+        removed = self.outputs(ClusterStep) if makes_pairs(self.job.config) else []
+        return json_hash([removed, self.outputs(GenerateStep)[task], run.part_bytes, run.part_rows])
 
     def run(self, task: int, context: StageContext | None = None, progress: StageProgress | None = None) -> None:
         folder, run = self.job.folder, self.job.config.run
+        if not makes_pairs(self.job.config):
+            return self._write_texts(task)
         generated = GenerateStep(self.job).marker(task) or {}
         removed = pq.read_table(folder.dedup_removed)
         mine = row_rank(removed.column("row").to_numpy()) == task
@@ -300,9 +314,28 @@ class WriteStep(Step):
             pq.write_table(pa.Table.from_pylist(rejected) if rejected else empty, tmp)
         self.commit(task, parts=writer.parts, stages={"dedup": stats.to_dict()})
 
+    def _write_texts(self, task: int) -> None:
+        """A baseline recipe's rank: its committed texts, as they are, into parts of the target size."""
+        folder, config = self.job.folder, self.job.config
+        generated = GenerateStep(self.job).marker(task) or {}
+        target = folder.dataset_rank(task)
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        stage_dir = folder.stage_dir(config.recipe, task)
+        with PartWriter(target, SyntheticText.arrow_schema(), config.run.part_bytes, config.run.part_rows) as writer:
+            for shard in range(int(generated.get("shards", 0))):
+                writer.write(pq.read_table(shard_output_path(stage_dir, shard)))
+        self.commit(task, parts=writer.parts)
+
 
 STEPS: tuple[type[Step], ...] = (GenerateStep, DedupStep, ClusterStep, WriteStep)
 STEP_BY_NAME: dict[str, type[Step]] = {step.name: step for step in STEPS}
+
+
+def run_steps(config: PipelineConfig) -> tuple[type[Step], ...]:
+    """The steps of a run: all four for FineInstructions pairs; generate and write for a recipe's texts (a
+    document's texts are its own: there is nothing to deduplicate across ranks)."""
+    return STEPS if makes_pairs(config) else (GenerateStep, WriteStep)
 
 
 def peak_rss_mb() -> float:
@@ -340,7 +373,7 @@ def overlaps_stages(config: PipelineConfig) -> bool:
     `run.overlap_stages` says, and by default when both engines are servers (OpenAI-compatible) or batching
     engines on a GPU: there overlap keeps the GPU fed; on a CPU two engines would only share its cores."""
     instantiate, judge = config.backend_for("instantiate"), config.backend_for("judge")
-    if instantiate == judge:
+    if not makes_pairs(config) or instantiate == judge:  # a recipe runs one model stage
         return False
     if config.run.overlap_stages is not None:
         return config.run.overlap_stages
@@ -363,7 +396,7 @@ def rank_context(config: PipelineConfig, job: RunJob, rank: int, lent: StageCont
     pool = lent.backends.sharing(cache) if lent is not None else BackendPool(cache)
     context = StageContext(config, job.fingerprint, pool, index_dir=folder.index,
                            engines=lent.engines if lent is not None else None)
-    if lent is not None:
+    if lent is not None and makes_pairs(config):  # a recipe's rank needs neither index nor embedder
         context.use_index(lent.index, job.index_key)
         context.__dict__["embedder"] = lent.embedder  # the lender's embedder, not a second copy of the model
     context.index_key = job.index_key
