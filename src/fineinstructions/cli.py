@@ -630,7 +630,8 @@ def evaluate(
     = 1500,
     no_judge: Annotated[bool, typer.Option("--no-judge", help="Skip the judged head-to-head.")] = False,
     judge_mode: Annotated[str, typer.Option(
-        help="pairwise (both orders, AlpacaEval-style), single (each answer rated 1-10 alone, no position) or both.")]
+        help="pairwise (both orders, AlpacaEval-style, length-controlled too), single (each answer rated 1-10 alone), "
+             "reference (rated 1-10 against the reference answer, MixEval-style), both (pairwise + single) or all.")]
     = "pairwise",
 ) -> None:
     """Compare two models on held-out instructions: reference scores and a judged head-to-head (both orders)."""

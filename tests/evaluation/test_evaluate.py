@@ -106,6 +106,15 @@ def test_evaluate_a_training_run_with_a_real_judge_and_resume(train_dir: Path, t
     assert single["instructions"] == 3 and single["model_a"] == "pairs"
     grades = [json.loads(line) for line in (out / "grades.jsonl").read_text().splitlines()]
     assert len(grades) == 6 and {g["model"] for g in grades} == {"pairs", "documents"}
+    assert pairwise["length_controlled_win_rate"]["n"] == 3 and "slope" in pairwise["length_controlled_win_rate"]
+
+    # every measure: the answers graded against their reference answers (MixEval-style) too
+    every = evaluate(out, train_dir=train_dir, settings=replace(_settings(judge), judge_mode="all"))
+    graded = every["reference_graded"]
+    assert graded["judgments"] == 6 and graded["judge_calls"] == 6 and graded["failures"] == 0
+    assert every["single"]["cache_hits"] == 6 and every["pairwise"]["cache_hits"] == 6
+    reference_grades = [json.loads(line) for line in (out / "reference_grades.jsonl").read_text().splitlines()]
+    assert len(reference_grades) == 6 and all(g["raw"] for g in reference_grades)
     with pytest.raises(EvaluationInputError, match="judge mode"):
         evaluate(out, train_dir=train_dir, settings=replace(_settings(judge), judge_mode="pointwise"))
 

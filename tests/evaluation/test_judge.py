@@ -173,3 +173,28 @@ def test_single_grading_ties_and_unparseable_ratings():
 def test_single_prompt_examples_parse():
     prompt = load_prompt("single", "v1")
     assert {parse_rating(output) for _, output in prompt.examples} == {10, 6, 2, 1}
+
+
+def test_head_to_head_reports_the_length_controlled_win_rate_from_answer_lengths():
+    judge = FakeBackend(lambda conv: "Verdict: A" if "ALPHA" in _response_a(conv) else "Verdict: B", "fake-judge")
+    judgments = judge_head_to_head(judge, ITEMS, ANSWERS_A, ANSWERS_B, batch_size=4)
+    lengths = {item.item_id: (5 + i, 5) for i, item in enumerate(ITEMS)}
+    result = aggregate_judgments(judgments, resamples=200, lengths=lengths)
+    controlled = result["length_controlled_win_rate"]
+    assert controlled["n"] == len(ITEMS) and controlled["mean"] > 0.9  # a wins whatever the lengths
+    assert aggregate_judgments(judgments, resamples=200)["length_controlled_win_rate"] is None
+
+
+def test_grading_against_the_reference_shows_it_and_skips_items_without_one():
+    items = [EvalItem(f"r{k}", f"Question {k}?", reference=f"REF{k}" if k < 4 else None) for k in range(6)]
+    answers = {model: {i.item_id: f"{prefix} {i.item_id}" for i in items} for model, prefix in (("a", "ALPHA"),
+                                                                                              ("b", "beta"))}
+    judge = FakeBackend(lambda conv: "Rating: 9" if "ALPHA" in conv[-1]["content"] else "Rating: 2", "fake-judge")
+    grades = grade_answers(judge, items, answers, against_reference=True)
+    assert len(grades) == 8 and {g.item_id for g in grades} == {"r0", "r1", "r2", "r3"}
+    shown = judge.calls[0][-1]["content"]
+    assert "REFERENCE ANSWER:\nREF0" in shown and "ANSWER TO GRADE:\nALPHA r0" in shown
+    result = aggregate_grades(grades, "a", "b", resamples=200)
+    assert result["win_rate"]["mean"] == 1.0 and result["instructions"] == 4
+    examples = load_prompt("reference", "v1").examples
+    assert examples and all(parse_rating(out) for _, out in examples)

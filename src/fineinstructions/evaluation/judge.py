@@ -18,7 +18,12 @@ from typing import Any
 
 from fineinstructions.backends.base import Backend, Conversation, SamplingParams
 from fineinstructions.evaluation.heldout import EvalItem
-from fineinstructions.evaluation.stats import BOOTSTRAP_RESAMPLES, bootstrap_ci, wilson_interval
+from fineinstructions.evaluation.stats import (
+    BOOTSTRAP_RESAMPLES,
+    bootstrap_ci,
+    length_controlled_win_rate,
+    wilson_interval,
+)
 from fineinstructions.prompts import Prompt, load_prompt
 
 log = logging.getLogger(__name__)
@@ -161,21 +166,24 @@ _POINTS = {"a": 1.0, "tie": 0.5, "b": 0.0}
 
 
 def aggregate_judgments(judgments: Sequence[Judgment], resamples: int = BOOTSTRAP_RESAMPLES,
-                        seed: int = 0) -> dict[str, Any]:
-    """Win rate of model a over b with its intervals, outcome counts, position consistency and bias."""
+                        seed: int = 0, lengths: Mapping[str, tuple[int, int]] | None = None) -> dict[str, Any]:
+    """Win rate of model a over b with its intervals, outcome counts, position consistency and bias; with
+    `lengths` (item id -> words of a's and b's answers) also the length-controlled win rate."""
     by_item: dict[str, dict[str, Judgment]] = {}
     for j in judgments:
         by_item.setdefault(j.item_id, {})[j.order] = j
     valid = [j for j in judgments if j.winner is not None]
     item_scores: list[float] = []
+    scored_items: list[str] = []
     instruction_outcomes = {"wins": 0, "ties": 0, "losses": 0}
     consistent = both_orders = 0
-    for orders in by_item.values():
+    for item_id, orders in by_item.items():
         usable = [j for j in orders.values() if j.winner is not None]
         if not usable:
             continue
         score = sum(_POINTS[j.winner or "tie"] for j in usable) / len(usable)
         item_scores.append(score)
+        scored_items.append(item_id)
         key = "wins" if score > 0.5 else ("losses" if score < 0.5 else "ties")
         instruction_outcomes[key] += 1
         parsed = [j for j in usable if j.verdict is not None]
@@ -185,8 +193,13 @@ def aggregate_judgments(judgments: Sequence[Judgment], resamples: int = BOOTSTRA
     wins = sum(j.winner == "a" for j in valid)
     losses = sum(j.winner == "b" for j in valid)
     decisive = [j for j in valid if j.verdict in ("A", "B")]
+    controlled = None
+    if lengths is not None:
+        controlled = length_controlled_win_rate(item_scores, [lengths[i][0] for i in scored_items],
+                                                [lengths[i][1] for i in scored_items], resamples, seed)
     return {
         "win_rate": bootstrap_ci(item_scores, resamples, seed),
+        "length_controlled_win_rate": controlled,
         "wilson_decisive_instructions": wilson_interval(instruction_outcomes["wins"],
                                                         instruction_outcomes["wins"] + instruction_outcomes["losses"]),
         "wilson_decisive_judgments": wilson_interval(wins, wins + losses),
@@ -249,14 +262,22 @@ class Grade:
 
 def grade_answers(judge: Backend, items: Sequence[EvalItem], answers: Mapping[str, Mapping[str, str]], *,
                   prompt_version: str = "v1", max_tokens: int = 16, max_answer_chars: int = 1500,
-                  batch_size: int = 16, seed: int = 0) -> list[Grade]:
-    """Rate every model's answer to every instruction (`answers`: model -> item_id -> answer)."""
-    prompt = load_prompt("single", prompt_version)
+                  batch_size: int = 16, seed: int = 0, against_reference: bool = False) -> list[Grade]:
+    """Rate every model's answer to every instruction (`answers`: model -> item_id -> answer): alone (the
+    `single` prompt), or `against_reference` (the `reference` prompt, MixEval-style; items without a
+    reference are left out)."""
+    prompt = load_prompt("reference" if against_reference else "single", prompt_version)
     sampling = SamplingParams(temperature=0.0, max_tokens=max_tokens, seed=seed)
+    if against_reference:
+        items = [item for item in items if item.reference]
+
+    def fields(item: EvalItem, answer: str) -> dict[str, str]:
+        shown = {"instruction": item.instruction, "response": truncate(answer, max_answer_chars)}
+        return shown | {"reference": truncate(item.reference or "", max_answer_chars)} if against_reference else shown
+
     # Instruction-major order: the answers to one instruction share the prompt prefix up to the response.
-    requests = [(item.item_id, model, prompt.conversation(
-        instruction=item.instruction, response=truncate(by_item[item.item_id], max_answer_chars)))
-        for item in items for model, by_item in answers.items()]
+    requests = [(item.item_id, model, prompt.conversation(**fields(item, by_item[item.item_id])))
+                for item in items for model, by_item in answers.items()]
     grades: list[Grade] = []
     unparseable = 0
     for begin in range(0, len(requests), max(1, batch_size)):

@@ -59,10 +59,14 @@ def default_judge() -> BackendConfig:
     return BackendConfig(kind="auto", model=DEFAULT_GENERATOR)
 
 
-JUDGE_MODES = ("pairwise", "single", "both")
+JUDGE_MODES = ("pairwise", "single", "both", "reference", "all")
+# Which judged measures each mode runs: head-to-head, each answer rated alone, each answer against the reference.
+MODE_MEASURES = {"pairwise": ("pairwise",), "single": ("single",), "both": ("pairwise", "single"),
+                 "reference": ("reference",), "all": ("pairwise", "single", "reference")}
 # What an evaluation writes from its answers, judgments and settings (removed when the configuration changes);
 # answers/<name>.json and cache/ are reused across configurations (each is keyed by what made it).
-DERIVED = ("answers.jsonl", "judgments.jsonl", "grades.jsonl", "scores.json", "evaluation.png")
+DERIVED = ("answers.jsonl", "judgments.jsonl", "grades.jsonl", "reference_grades.jsonl", "scores.json",
+           "evaluation.png")
 
 
 @dataclass
@@ -81,7 +85,10 @@ class EvaluationSettings:
     judge_max_answer_chars: int = 1500
     judge_batch_size: int = 16
     judge_prompt_version: str = "v1"
-    judge_mode: str = "pairwise"  # pairwise (AlpacaEval-style, both orders), single (each answer rated 1-10), both
+    # pairwise (AlpacaEval-style, both orders, with a length-controlled win rate), single (each answer rated 1-10
+    # alone), reference (each answer rated 1-10 against the item's reference answer, MixEval-style), both
+    # (pairwise + single), all (the three)
+    judge_mode: str = "pairwise"
     grade_prompt_version: str = "v1"
     bootstrap_resamples: int = BOOTSTRAP_RESAMPLES
 
@@ -201,11 +208,12 @@ def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 def _run_judges(out_dir: Path, instructions: InstructionSet, answers: Sequence[ModelAnswers],
                 settings: EvaluationSettings, cache: RequestCache, judge_backend: Backend | None,
-                say: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """The judged comparisons `settings.judge_mode` asks for: (pairwise head-to-head, single-answer grading)."""
+                say: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | None, dict[str, Any] | None]:
+    """The judged comparisons `settings.judge_mode` asks for: (pairwise head-to-head, single-answer grading,
+    reference-graded correctness)."""
     if judge_backend is None and settings.judge is None:
-        return None, None
-    modes = ("pairwise", "single") if settings.judge_mode == "both" else (settings.judge_mode,)
+        return None, None, None
+    modes = MODE_MEASURES[settings.judge_mode]
     owned = None
     if judge_backend is None:
         from fineinstructions.backends.factory import create_backend
@@ -217,16 +225,19 @@ def _run_judges(out_dir: Path, instructions: InstructionSet, answers: Sequence[M
             message = f"cannot start the judge backend ({settings.judge.kind} {settings.judge.model}): {err}"
             log.error(message)
             failed = {"error": message, "judge": settings.judge.model}
-            return (failed if "pairwise" in modes else None), (failed if "single" in modes else None)
+            return (failed if "pairwise" in modes else None), (failed if "single" in modes else None), \
+                (failed if "reference" in modes else None)
     try:
         pairwise = _pairwise(out_dir, instructions, answers, settings, cache, judge_backend, say) \
             if "pairwise" in modes else None
         single = _single(out_dir, instructions, answers, settings, cache, judge_backend, say) \
             if "single" in modes else None
+        graded = _single(out_dir, instructions, answers, settings, cache, judge_backend, say, against_reference=True) \
+            if "reference" in modes else None
     finally:
         if owned is not None:
             owned.close()
-    return pairwise, single
+    return pairwise, single, graded
 
 
 def _pairwise(out_dir: Path, instructions: InstructionSet, answers: Sequence[ModelAnswers],
@@ -247,23 +258,31 @@ def _pairwise(out_dir: Path, instructions: InstructionSet, answers: Sequence[Mod
     rows = [j.to_json() | {"response_a_model": order_model[j.order][0], "response_b_model": order_model[j.order][1],
                            "judge": judge_id} for j in judgments]
     _write_jsonl(out_dir / "judgments.jsonl", rows)
-    result = aggregate_judgments(judgments, settings.bootstrap_resamples, settings.seed)
+    lengths = {i: (len(answers_a.get(i, "").split()), len(answers_b.get(i, "").split())) for i in answers_a}
+    result = aggregate_judgments(judgments, settings.bootstrap_resamples, settings.seed, lengths)
     return _with_run_facts(result, answers, cached, settings.judge_prompt_version, start, judgments)
 
 
 def _single(out_dir: Path, instructions: InstructionSet, answers: Sequence[ModelAnswers],
-            settings: EvaluationSettings, cache: RequestCache, judge_backend: Backend, say: Any) -> dict[str, Any]:
+            settings: EvaluationSettings, cache: RequestCache, judge_backend: Backend, say: Any,
+            against_reference: bool = False) -> dict[str, Any]:
+    """Each answer rated 1-10 alone, or `against_reference` (items with a reference answer only)."""
     judge_id = judge_backend.model_id
-    cached = CachedBackend(judge_backend, cache, f"evaluate-grade:{settings.grade_prompt_version}")
+    kind = "reference" if against_reference else "grade"
+    cached = CachedBackend(judge_backend, cache, f"evaluate-{kind}:{settings.grade_prompt_version}")
     a, b = answers
     by_model = {m.name: {r["item_id"]: r["answer"] or "" for r in m.rows} for m in (a, b)}
-    say(f"rating each answer to {len(instructions.items)} instructions alone (1-10) with {judge_id}")
+    graded = sum(bool(i.reference) for i in instructions.items) if against_reference else len(instructions.items)
+    say(f"rating each answer to {graded} instructions "
+        f"{'against its reference' if against_reference else 'alone'} (1-10) with {judge_id}")
     start = time.perf_counter()
     grades = grade_answers(cached, instructions.items, by_model, prompt_version=settings.grade_prompt_version,
                            max_tokens=min(settings.judge_max_tokens, 16),
                            max_answer_chars=settings.judge_max_answer_chars,
-                           batch_size=settings.judge_batch_size, seed=settings.seed)
-    _write_jsonl(out_dir / "grades.jsonl", [g.to_json() | {"judge": judge_id} for g in grades])
+                           batch_size=settings.judge_batch_size, seed=settings.seed,
+                           against_reference=against_reference)
+    _write_jsonl(out_dir / ("reference_grades.jsonl" if against_reference else "grades.jsonl"),
+                 [g.to_json() | {"judge": judge_id} for g in grades])
     result = aggregate_grades(grades, a.name, b.name, settings.bootstrap_resamples, settings.seed)
     return _with_run_facts(result, answers, cached, settings.grade_prompt_version, start, grades)
 
@@ -354,21 +373,23 @@ def _evaluate(out: Path, train_dir: str | Path | None, models: Sequence[ModelSpe
         reference = score_references(instructions, answers, settings.bootstrap_resamples, settings.seed)
         if reference and reference["warning"]:
             warnings.append(reference["warning"])
-        pairwise, single = _run_judges(out, instructions, answers, settings, cache, judge_backend, say)
-        for result in (pairwise, single):
+        pairwise, single, graded = _run_judges(out, instructions, answers, settings, cache, judge_backend, say)
+        for result in (pairwise, single, graded):
             if result and result.get("error") and result["error"] not in warnings:
                 warnings.append(result["error"])
         if pairwise and pairwise.get("unparseable"):
             warnings.append(f"{pairwise['unparseable']} judge verdicts were unparseable (counted as ties)")
-        if single and single.get("unparseable"):
-            warnings.append(f"{single['unparseable']} judge ratings were unparseable (left out)")
+        for result in (single, graded):
+            if result and result.get("unparseable"):
+                warnings.append(f"{result['unparseable']} judge ratings were unparseable (left out)")
     finally:
         cache.close()
     curves = {spec.name: read_metrics(Path(spec.path).expanduser().parent / "metrics.jsonl") for spec in models}
     training = {name: _curve_summary(rows) for name, rows in curves.items() if rows}
     scores = {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "train_dir": str(train_dir) if train_dir else None,
               "instructions": instructions.describe(), "models": [_answer_summary(m) for m in answers],
-              "reference": reference, "pairwise": pairwise, "single": single, "training": training,
+              "reference": reference, "pairwise": pairwise, "single": single, "reference_graded": graded,
+              "training": training,
               "warnings": warnings, "settings": settings.describe()}
     write_json_atomic(out / "scores.json", scores)
     write_evaluation_plot(out / "evaluation.png", scores, curves)
@@ -380,6 +401,11 @@ def _curve_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     evals = [r["eval_loss"] for r in rows if r.get("eval_loss") is not None]
     return {"steps": last.get("step"), "tokens": last.get("tokens"), "final_loss": last.get("loss"),
             "final_eval_loss": evals[-1] if evals else None}
+
+
+def _slope(pairwise: dict[str, Any]) -> str:
+    controlled = pairwise.get("length_controlled_win_rate") or {}
+    return "-" if controlled.get("slope") is None else f"{controlled['slope']:+.2f}"
 
 
 def _fmt(stat: dict[str, Any] | None, digits: int = 3) -> str:
@@ -422,25 +448,30 @@ def print_scores(scores: dict[str, Any], console: Any) -> None:
         first = pairwise.get("first_position_preference")
         console.print(
             f"head-to-head ({pairwise['judge']}): win rate of {pairwise['model_a']} over {pairwise['model_b']} "
-            f"{_fmt(pairwise['win_rate'])}; judgments {counts['wins']} wins / {counts['ties']} ties / "
+            f"{_fmt(pairwise['win_rate'])}, length-controlled {_fmt(pairwise.get('length_controlled_win_rate'))} "
+            f"(slope on length {_slope(pairwise)}); judgments {counts['wins']} wins / {counts['ties']} ties / "
             f"{counts['losses']} losses; Wilson on decisive instructions "
             f"{_fmt_wilson(pairwise['wilson_decisive_instructions'])}; position consistency "
             f"{'-' if consistency is None else f'{consistency:.2f}'}; first-position preference "
             f"{'-' if first is None else f'{first:.2f}'}; unparseable {pairwise['unparseable']}, "
             f"failed {pairwise['failures']}")
-    single = scores.get("single")
+    for key, title in (("single", "single-answer grading"), ("reference_graded", "graded against the reference")):
+        _print_grades(scores.get(key), title, console)
+    for warning in scores.get("warnings") or []:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+
+
+def _print_grades(single: dict[str, Any] | None, title: str, console: Any) -> None:
     if single and single.get("win_rate", {}).get("mean") is not None:
         counts = single["instruction_outcomes"]
         means = single["mean_rating"]
         console.print(
-            f"single-answer grading ({single['judge']}): win rate of {single['model_a']} over {single['model_b']} "
+            f"{title} ({single['judge']}): win rate of {single['model_a']} over {single['model_b']} "
             f"{_fmt(single['win_rate'])}; instructions {counts['wins']} wins / {counts['ties']} ties / "
             f"{counts['losses']} losses; Wilson on decisive instructions "
             f"{_fmt_wilson(single['wilson_decisive_instructions'])}; mean rating {single['model_a']} "
             f"{_fmt(means[single['model_a']], 2)}, {single['model_b']} {_fmt(means[single['model_b']], 2)}; "
             f"unparseable {single['unparseable']}, failed {single['failures']}")
-    for warning in scores.get("warnings") or []:
-        console.print(f"[yellow]warning:[/yellow] {warning}")
 
 
 def _fmt_wilson(stat: dict[str, Any]) -> str:

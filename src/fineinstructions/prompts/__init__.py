@@ -74,7 +74,8 @@ class Prompt:
 STAGE_FIELDS = {"templatize": frozenset({"query"}), "instantiate": frozenset({"document", "template"}),
                 "judge": frozenset({"document", "instruction", "answer"}),
                 "wrap_easy": frozenset({"text"}), "wrap_medium": frozenset({"text"}), "wrap_hard": frozenset({"text"}),
-                "wrap_qa": frozenset({"text"}), "nemotron_qa": frozenset({"document"}), "ipt": frozenset({"text"})}
+                "wrap_qa": frozenset({"text"}), "nemotron_qa": frozenset({"document"}), "ipt": frozenset({"text"}),
+                "reference": frozenset({"instruction", "reference", "response"})}
 
 
 def load_prompt(name: str, version: str | None = None, path: str | None = None) -> Prompt:
