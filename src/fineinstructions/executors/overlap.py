@@ -9,7 +9,7 @@ order, so what it computes and commits is the same as without overlap.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -17,7 +17,7 @@ T = TypeVar("T")
 
 
 def pipelined(items: Iterable[T], steps: Sequence[Callable[[Any], Any]], overlap: bool = True,
-              depth: int = 3) -> Iterator[tuple[T, Any]]:
+              depth: int = 3) -> Generator[tuple[T, Any], None, None]:
     """(item, the last step's result) for each item, in order, each item passed through `steps` in order.
 
     With `overlap`, each step runs in its own thread and at most `depth` items are in flight (drawn from

@@ -23,6 +23,7 @@ import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -196,17 +197,19 @@ class GenerateStep(Step):
             numbered = enumerate(batched(rank_documents(config, task, read_stats, own), config.run.shard_size))
             groups = iter(lambda: list(itertools.islice(numbered, window)), [])
             last_dir = Path(specs[stages[-1]].out_dir)
-            for group, kept in pipelined(groups, [first, *(then(stage) for stage in stages[1:])], overlap):
-                seen += sum(len(records) for _, records in group)
-                shards += len(group)
-                for shard, _ in group:
-                    path = folder.signature_file(task, shard)
-                    if makes_pairs(config) and (("filter", shard) in executor.computed or not path.is_file()):
-                        table = signatures(kept[shard], task, shard, threshold)
-                        with atomic_path(path) as tmp:
-                            pq.write_table(table, tmp)
-                    stored = json.loads(shard_stats_path(last_dir, shard).read_text())
-                    output.append([shard, stored.get("input_digest", ""), len(kept[shard])])
+            # closing(): an error here stops the stage threads before the rank's cache closes below
+            with closing(pipelined(groups, [first, *(then(stage) for stage in stages[1:])], overlap)) as windows:
+                for group, kept in windows:
+                    seen += sum(len(records) for _, records in group)
+                    shards += len(group)
+                    for shard, _ in group:
+                        path = folder.signature_file(task, shard)
+                        if makes_pairs(config) and (("filter", shard) in executor.computed or not path.is_file()):
+                            table = signatures(kept[shard], task, shard, threshold)
+                            with atomic_path(path) as tmp:
+                                pq.write_table(table, tmp)
+                        stored = json.loads(shard_stats_path(last_dir, shard).read_text())
+                        output.append([shard, stored.get("input_digest", ""), len(kept[shard])])
         finally:
             own.close()  # the rank's request cache; a lender's engines stay open
         stats = executor.stats
