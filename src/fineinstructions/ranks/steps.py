@@ -2,10 +2,14 @@
 (one task per signature column and hash range), cluster (one task) and write (one task per rank).
 
     generate  rank r reads its slice of the documents and runs match -> instantiate -> judge -> filter on
-              it, shard by shard, with its own engines and request cache; writes each kept pair's signature
+              it (or a baseline recipe's one stage), shard by shard, with its own engines and request cache
+              (the stages overlapped on consecutive windows when `overlaps_stages`); writes each kept pair's
+              signature
     dedup     each task finds equal hashes in one column (exact, or one MinHash band) of every rank's signatures
     cluster   union-find over the duplicate edges: which pairs leave the dataset
     write     rank r streams its kept pairs, minus the duplicates, into parts of the target size
+
+A baseline recipe's run has only generate and write (`run_steps`): its texts are not deduplicated.
 
 A task is done when its marker (`work/steps/<step>/task-NNNNN.json`, written last) names the key of what
 it was made from; a rerun runs only the tasks without such a marker, and inside a generate task only the
