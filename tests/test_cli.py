@@ -187,3 +187,16 @@ def test_stage_flags_fill_the_config_section_and_unset_ones_keep_its_defaults(tm
         (20, 8, 5, 5000)
     assert match.max_template_uses is None and match.sigma == 0.1
     assert match.top_k == type(match)().top_k and match.mmr_lambda == type(match)().mmr_lambda  # config defaults
+
+
+def test_a_baseline_recipe_runs_from_the_command_line_without_queries(tmp_path):
+    documents = tmp_path / "d.jsonl"
+    documents.write_text("".join(json.dumps({"id": f"d{i}", "text": f"Document {i} tells of bridge {i}. It opened in "
+                                             f"19{i}0 and carried trams until 1950."}) + "\n" for i in range(3)))
+    config = tmp_path / "c.yaml"
+    config.write_text(f"documents: {{path: {documents}}}\n"
+                      "generator: {kind: custom, model: 'tests.scripted_backend:recipes'}\n"
+                      f"run: {{output_dir: {tmp_path / 'run'}}}\n")
+    result = runner.invoke(app, ["run", "--config", str(config), "--set", "recipe=ipt", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "Recipe ipt" in result.output and "texts" in result.output

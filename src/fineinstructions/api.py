@@ -51,7 +51,7 @@ def load_config(config: ConfigLike, overrides: Sequence[str] = ()) -> PipelineCo
     elif isinstance(config, Mapping):
         loaded = validated(PipelineConfig, dict(config), "config")
     else:
-        loaded = PipelineConfig.from_yaml(config)
+        return PipelineConfig.from_yaml(config, overrides)
     return loaded.with_overrides(list(overrides)) if overrides else loaded
 
 

@@ -148,12 +148,11 @@ def run(
     """Run (or resume) the whole pipeline described by a YAML config.
 
     Execution overrides never change the config fingerprint: a run started locally resumes on Ray."""
-    cfg = PipelineConfig.from_yaml(config)
     flags = {"executor": executor, "ranks": ranks, "workers": workers, "ray_address": ray_address,
              "cpus_per_worker": cpus_per_worker, "gpus_per_worker": gpus_per_worker,
              "output_dir": str(out) if out is not None else None}
     assignments = [*(set_ or []), *(f"run.{k}={json.dumps(v)}" for k, v in flags.items() if v is not None)]
-    _run_pipeline(cfg.with_overrides(assignments) if assignments else cfg, force, quiet)
+    _run_pipeline(PipelineConfig.from_yaml(config, assignments), force, quiet)
 
 
 @app.command()
@@ -188,7 +187,7 @@ def _run_pipeline(cfg: PipelineConfig, force: bool, quiet: bool) -> None:
     summary = Pipeline(cfg, console=err_console, show_progress=not quiet, force=force).run()
     print_summary(summary, console)
     empty = [name for name in ("queries", "documents") if summary["inputs"].get(name) == 0
-             and (name == "documents" or cfg.templates is None)]
+             and (name == "documents" or (cfg.templates is None and cfg.recipe == "fineinstructions"))]
     if empty:
         skipped = {k: v for k, v in summary["inputs"].items() if k.endswith("_read_skips") and v}
         raise _fail(f"no usable {' or '.join(empty)} in the inputs" + (f" (skipped: {skipped})" if skipped else ""))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -412,27 +413,12 @@ class PipelineConfig(Section):
         """This config with `section.key=value` assignments applied (values parsed as YAML scalars or flow
         collections) and validated like the YAML file; ConfigError names a bad one."""
         data = self.model_dump(mode="json", exclude_unset=False)
-        for assignment in assignments:
-            path, sep, text = assignment.partition("=")
-            keys = [k for k in path.strip().split(".") if k]
-            if not sep or not keys:
-                raise ConfigError(f"--set {assignment!r}: write section.key=value, e.g. match.top_k=4")
-            try:
-                value = yaml.safe_load(text) if text.strip() else None
-            except yaml.YAMLError as err:
-                raise ConfigError(f"--set {assignment!r}: cannot read the value: {err}") from err
-            node = data
-            for key in keys[:-1]:
-                if not isinstance(node.get(key), dict):
-                    node[key] = {} if node.get(key) is None else node[key]
-                if not isinstance(node[key], dict):
-                    raise ConfigError(f"--set {assignment!r}: {key} is not a section")
-                node = node[key]
-            node[keys[-1]] = value
-        return validated(type(self), data, "--set")
+        return validated(type(self), apply_assignments(data, assignments), "--set")
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> PipelineConfig:
+    def from_yaml(cls, path: str | Path, assignments: Sequence[str] = ()) -> PipelineConfig:
+        """The config in a YAML file, with `section.key=value` assignments applied before it is validated (so
+        `--set recipe=wrap` makes a file without queries valid)."""
         path = Path(path)
         try:
             raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (safe)
@@ -440,10 +426,33 @@ class PipelineConfig(Section):
             raise ConfigError(f"cannot read config {path}: {err}") from err
         if not isinstance(raw, dict):
             raise ConfigError(f"config {path} must be a YAML mapping")
-        return validated(cls, raw, f"config {path}")
+        where = f"config {path}" + (" with --set" if assignments else "")
+        return validated(cls, apply_assignments(raw, assignments), where)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def apply_assignments(data: dict[str, Any], assignments: Sequence[str]) -> dict[str, Any]:
+    """`data` (a config as plain values) with each `section.key=value` assignment set in it (values read as YAML)."""
+    for assignment in assignments:
+        path, sep, text = assignment.partition("=")
+        keys = [k for k in path.strip().split(".") if k]
+        if not sep or not keys:
+            raise ConfigError(f"--set {assignment!r}: write section.key=value, e.g. match.top_k=4")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {assignment!r}: cannot read the value: {err}") from err
+        node = data
+        for key in keys[:-1]:
+            if not isinstance(node.get(key), dict):
+                node[key] = {} if node.get(key) is None else node[key]
+            if not isinstance(node[key], dict):
+                raise ConfigError(f"--set {assignment!r}: {key} is not a section")
+            node = node[key]
+        node[keys[-1]] = value
+    return data
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
