@@ -173,16 +173,15 @@ class Pipeline:
         index = None
         try:
             with make_executor(cfg, self.context, self.console, self.show_progress) as ex:
-                if not pairs:
-                    pass  # a baseline recipe reads documents only: no templates, no index
-                elif cfg.templates is not None and cfg.queries is None and not cfg.match.deduplicate_bank:
-                    index = self._streamed_bank_index(read_stats)
-                else:
-                    index = self._index(self._templates(ex, queries, read_stats))
-                if pairs and cfg.match.hub_damping:  # computed once here and stored beside the index for every rank
-                    where = "the run's first" if cfg.match.hub_reference == "documents" else "Wikipedia"
-                    self.console.log(f"hub bias from up to {cfg.match.hub_sample} reference documents ({where})")
-                    _ = self.context.hub_bias
+                if pairs:  # a baseline recipe reads the documents only: no templates, no index
+                    if cfg.templates is not None and cfg.queries is None and not cfg.match.deduplicate_bank:
+                        index = self._streamed_bank_index(read_stats)
+                    else:
+                        index = self._index(self._templates(ex, queries, read_stats))
+                    if cfg.match.hub_damping:  # computed once here and stored beside the index for every rank
+                        where = "the run's first" if cfg.match.hub_reference == "documents" else "Wikipedia"
+                        self.console.log(f"hub bias from up to {cfg.match.hub_sample} reference documents ({where})")
+                        _ = self.context.hub_bias
                 job = RunJob(cfg, self.fingerprint, self.index_key)
                 for step_type in run_steps(cfg):
                     step = step_type(job)

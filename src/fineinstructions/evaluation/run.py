@@ -225,8 +225,9 @@ def _run_judges(out_dir: Path, instructions: InstructionSet, answers: Sequence[M
             message = f"cannot start the judge backend ({settings.judge.kind} {settings.judge.model}): {err}"
             log.error(message)
             failed = {"error": message, "judge": settings.judge.model}
-            return (failed if "pairwise" in modes else None), (failed if "single" in modes else None), \
-                (failed if "reference" in modes else None)
+            pairwise, single, graded = (failed if measure in modes else None
+                                        for measure in ("pairwise", "single", "reference"))
+            return pairwise, single, graded
     try:
         pairwise = _pairwise(out_dir, instructions, answers, settings, cache, judge_backend, say) \
             if "pairwise" in modes else None

@@ -64,7 +64,7 @@ GENERATE_STAGES = ("match", "instantiate", "judge", "filter")
 
 def document_stages(config: PipelineConfig) -> tuple[str, ...]:
     """The stages a rank runs on its documents: FineInstructions' four, or the baseline recipe's one."""
-    return GENERATE_STAGES if config.recipe == "fineinstructions" else (config.recipe,)
+    return GENERATE_STAGES if makes_pairs(config) else (config.recipe,)
 
 
 def makes_pairs(config: PipelineConfig) -> bool:
@@ -297,9 +297,7 @@ class WriteStep(Step):
         mine = row_rank(removed.column("row").to_numpy()) == task
         reasons = dict(zip(removed.column("row").to_numpy()[mine].tolist(),
                            removed.column("reason").to_numpy(zero_copy_only=False)[mine].tolist(), strict=True))
-        target = folder.dataset_rank(task)
-        shutil.rmtree(target, ignore_errors=True)  # what an interrupted write of this rank left
-        target.mkdir(parents=True)  # a rank that kept no pair has an empty folder
+        target = self._empty_target(task)
         stats = StageStats()
         rejected: list[dict[str, Any]] = []
         filter_dir = folder.stage_dir("filter", task)
@@ -321,13 +319,19 @@ class WriteStep(Step):
             pq.write_table(pa.Table.from_pylist(rejected) if rejected else empty, tmp)
         self.commit(task, parts=writer.parts, stages={"dedup": stats.to_dict()})
 
+    def _empty_target(self, task: int) -> Path:
+        """The rank's dataset folder, emptied of what an interrupted write left (a rank that kept nothing has an
+        empty folder)."""
+        target = self.job.folder.dataset_rank(task)
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        return target
+
     def _write_texts(self, task: int) -> None:
         """A baseline recipe's rank: its committed texts, as they are, into parts of the target size."""
         folder, config = self.job.folder, self.job.config
         generated = GenerateStep(self.job).marker(task) or {}
-        target = folder.dataset_rank(task)
-        shutil.rmtree(target, ignore_errors=True)
-        target.mkdir(parents=True)
+        target = self._empty_target(task)
         stage_dir = folder.stage_dir(config.recipe, task)
         with PartWriter(target, SyntheticText.arrow_schema(), config.run.part_bytes, config.run.part_rows) as writer:
             for shard in range(int(generated.get("shards", 0))):
