@@ -50,3 +50,22 @@ def recipes() -> FakeBackend:
         return "In other words: " + " ".join(reversed(words[1:]))
 
     return FakeBackend(respond, model_id="scripted-recipes")
+
+
+def judge() -> FakeBackend:
+    """Judges answers by length: a rating of 1 + words // 3 (at most 10), the longer answer wins head-to-head."""
+
+    def words(text: str, label: str) -> int:
+        return len(text.split(label, 1)[1].split()) if label in text else 0
+
+    def respond(conversation: Conversation) -> str:
+        user = conversation[-1]["content"]
+        if "RESPONSE A" in user.upper() and "RESPONSE B" in user.upper():
+            upper = user.upper()
+            a = len(user[upper.index("RESPONSE A"):upper.index("RESPONSE B")].split())
+            b = len(user[upper.index("RESPONSE B"):].split())
+            return "Verdict: " + ("A" if a > b else "B" if b > a else "tie")
+        label = "ANSWER TO GRADE:" if "ANSWER TO GRADE:" in user else "RESPONSE:"
+        return f"Rating: {min(10, 1 + words(user, label) // 3)}"
+
+    return FakeBackend(respond, model_id="scripted-judge")

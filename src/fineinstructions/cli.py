@@ -542,15 +542,23 @@ def push(
 
 @app.command()
 def train(
-    run_dir: Annotated[list[Path], typer.Argument(
-        help="Run folders, dataset folders or Parquet files of pairs (several are pooled).")],
     out: Annotated[Path, typer.Option(help="Training folder TRAIN_DIR (rerunning resumes it).")],
+    run_dir: Annotated[list[Path] | None, typer.Argument(
+        help="Run folders, dataset folders or Parquet files of pairs (several are pooled): two arms, the pairs "
+             "and their documents. Or name the arms with --arm.")] = None,
+    arm: Annotated[list[str] | None, typer.Option(
+        help="An arm as NAME=KIND:PATH[,PATH] (KIND: pairs, texts or documents), e.g. wrap=texts:runs/x/wrap; "
+             "repeat for each arm.")] = None,
+    pair_format: Annotated[str, typer.Option(
+        help="How pairs are trained: instruction (the paper's 'Instruction: ...\\n\\nAnswer: ...') or chat.")]
+    = "instruction",
+    seeds: Annotated[int, typer.Option(help="Models per arm, seeded --seed, --seed + 1, ...")] = 1,
     model_size: Annotated[str, typer.Option(help="Model preset: tiny (~3M), small (~20M), base (~105M), 1b.")]
     = "tiny",
     seq_len: Annotated[int, typer.Option(help="Tokens per packed block.")] = 256,
     tokens: Annotated[int | None, typer.Option(
-        help="Training tokens per arm per epoch (default: the smaller arm's count).")] = None,
-    epochs: Annotated[float, typer.Option(help="Passes over the matched blocks (same for both arms).")] = 1.0,
+        help="Training tokens per arm per epoch (default: the smallest arm's count).")] = None,
+    epochs: Annotated[float, typer.Option(help="Passes over the matched blocks (same for every arm).")] = 1.0,
     batch_size: Annotated[int, typer.Option(help="Blocks per micro-batch.")] = 16,
     grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = 1,
     lr: Annotated[float, typer.Option(help="Peak learning rate (cosine decay to lr/10).")] = 1e-3,
@@ -560,7 +568,7 @@ def train(
     tokenizer: Annotated[str | None, typer.Option(
         help="Existing tokenizer: folder, registry model or Hub name (default: train a byte-level BPE).")] = None,
     vocab_size: Annotated[int, typer.Option(help="Vocabulary of the trained BPE.")] = 8192,
-    heldout_fraction: Annotated[float, typer.Option(help="Documents held out of both arms (by id hash).")] = 0.1,
+    heldout_fraction: Annotated[float, typer.Option(help="Documents held out of every arm (by id hash).")] = 0.1,
     heldout_documents: Annotated[int | None, typer.Option(
         help="Hold out exactly this many documents instead of a fraction.")] = None,
     eval_fraction: Annotated[float, typer.Option(help="Share of blocks kept for validation loss.")] = 0.02,
@@ -570,16 +578,21 @@ def train(
     checkpoint_every: Annotated[int, typer.Option(help="Optimizer steps between checkpoints.")] = 200,
     log_every: Annotated[int, typer.Option(help="Optimizer steps between metrics.jsonl lines.")] = 10,
     eval_every: Annotated[int, typer.Option(help="Optimizer steps between validation losses.")] = 100,
-    arms: Annotated[str, typer.Option(help="Arms to train, comma-separated.")] = "pairs,documents",
+    arms: Annotated[str, typer.Option(help="Arms to train now, comma-separated (default: all).")] = "",
     force: Annotated[bool, typer.Option(help="Start over if TRAIN_DIR holds another configuration.")] = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Pre-train same-size models from scratch on the pairs vs the raw documents, token for token."""
+    """Pre-train same-size models from scratch on token-matched arms: the pairs vs their raw documents, or any
+    arms named with --arm (FineInstructions pairs, baseline recipes' texts, raw documents)."""
+    from fineinstructions.training.data import ArmSpec
     from fineinstructions.training.run import TrainConfig, run_training, summary_table
 
+    if run_dir and arm:
+        raise _fail("name the arms with --arm, or give run folders of pairs, not both")
     config = TrainConfig(
-        source=tuple(str(p) for p in run_dir), out=str(out), model_size=model_size, seq_len=seq_len, tokens=tokens,
-        epochs=epochs,
+        source=tuple(str(p) for p in run_dir or ()), out=str(out),
+        arm_specs=tuple(ArmSpec.parse(a) for a in arm or ()), pair_format=pair_format, seeds=seeds,
+        model_size=model_size, seq_len=seq_len, tokens=tokens, epochs=epochs,
         batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps,
         mask_instructions=mask_instructions, tokenizer=tokenizer, vocab_size=vocab_size,
         heldout_fraction=heldout_fraction, heldout_documents=heldout_documents, eval_fraction=eval_fraction,
@@ -587,7 +600,7 @@ def train(
         checkpoint_every=checkpoint_every, arms=tuple(a.strip() for a in arms.split(",") if a.strip()))
     manifest = run_training(config, console=None if quiet else console, force=force)
     console.print(summary_table(manifest))
-    console.print(f"models: {out}/<arm>/final  held-out pairs: {out}/heldout.jsonl")
+    console.print(f"models: {out}/<model>/final  held-out pairs: {out}/heldout.jsonl")
 
 
 # -- evaluate ------------------------------------------------------------------------------------------
@@ -596,11 +609,12 @@ def train(
 @app.command()
 def evaluate(
     train_dir: Annotated[Path | None, typer.Argument(
-        help="Training folder TRAIN_DIR: its pairs/final (a) and documents/final (b) models and heldout.jsonl.")]
+        help="Training folder TRAIN_DIR: its models (the first arm's is model a) and heldout.jsonl.")]
     = None,
     out: Annotated[Path, typer.Option(help="Evaluation folder EVAL_DIR (rerunning resumes it).")] = Path("eval"),
     model: Annotated[list[str] | None, typer.Option(
-        help="NAME=PATH of a model (folder or Hub name), twice; the first is model a. Overrides TRAIN_DIR's.")]
+        help="NAME=PATH of a model (folder or Hub name), at least twice; the first is model a (NAME-seedS: "
+             "arm NAME, seed S). Overrides TRAIN_DIR's.")]
     = None,
     instructions: Annotated[str | None, typer.Option(
         help="Instruction set: .jsonl/.json/.parquet or hf:NAME (default: TRAIN_DIR/heldout.jsonl).")] = None,
@@ -633,7 +647,8 @@ def evaluate(
              "reference (rated 1-10 against the reference answer, MixEval-style), both (pairwise + single) or all.")]
     = "pairwise",
 ) -> None:
-    """Compare two models on held-out instructions: reference scores and a judged head-to-head (both orders)."""
+    """Compare models on held-out instructions: reference scores, judged ratings, and the first model's arm
+    head-to-head (both orders) against every other arm."""
     from pydantic import ValidationError
 
     from fineinstructions.evaluation import EvaluationSettings, ModelSpec, load_instructions
@@ -667,6 +682,33 @@ def evaluate(
     console.print(f"answers, judgments, scores.json and evaluation.png -> {out}")
     if scores.get("pairwise") and scores["pairwise"].get("error"):
         raise _fail(f"judge: {scores['pairwise']['error']} (the other figures are in {out}/scores.json)")
+
+
+# -- experiment ----------------------------------------------------------------------------------------
+
+
+@app.command()
+def experiment(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Experiment YAML (see experiments/cpu.yaml).")],
+    out: Annotated[Path | None, typer.Option(help="Override output_dir.")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override one setting, SECTION.KEY=VALUE (repeatable), e.g. --set train.seeds=1.")] = None,
+    step: Annotated[list[str] | None, typer.Option(
+        help="Run only this step (repeatable): inputs, generate, train, evaluate or results.")] = None,
+    force: Annotated[bool, typer.Option(
+        help="Start a step over when its folder holds another configuration's run.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """The paper's comparison in one command: generate every arm from the same documents (FineInstructions and
+    the baseline recipes), train same-size models on each token for token (several seeds), evaluate them on
+    held-out questions, and write the results table and plot. Rerunning resumes every step."""
+    from fineinstructions.experiment import ExperimentConfig, run_experiment
+
+    assignments = [*(set_ or []), *([f"output_dir={json.dumps(str(out))}"] if out is not None else [])]
+    experiment_config = ExperimentConfig.from_yaml(config, assignments)
+    run_experiment(experiment_config, console=None if quiet else console, force=force, only=tuple(step or ()))
+    root = Path(experiment_config.output_dir)
+    console.print(f"results: {root / 'results.md'}  {root / 'results.png'}  {root / 'results.json'}")
 
 
 # -- distill -------------------------------------------------------------------------------------------

@@ -11,15 +11,21 @@ import pytest
 from transformers import PreTrainedTokenizerFast
 
 from fineinstructions.training.data import (
+    ArmSpec,
     InsufficientData,
     PairRow,
+    TextRow,
     TrainDataError,
     build_arms,
     encode_documents,
     encode_pairs,
+    heldout_ids,
     match_arms,
     pack,
+    read_arm,
+    read_documents,
     read_pairs,
+    read_texts,
     split_heldout,
     tokenizer_texts,
     unique_documents,
@@ -87,6 +93,33 @@ def test_mask_covers_the_instruction_only(tokenizer: PreTrainedTokenizerFast, pa
     assert not mask[0] and mask.sum() < len(mask)
     (same_ids, full_mask), = encode_pairs(tokenizer, [pair], mask_instructions=False)
     assert np.array_equal(same_ids, ids) and full_mask.all()
+
+
+def test_pairs_in_the_papers_instruction_frame(tokenizer: PreTrainedTokenizerFast, pairs: list[PairRow]) -> None:
+    pair = pairs[0]
+    (ids, mask), = encode_pairs(tokenizer, [pair], mask_instructions=True, pair_format="instruction")
+    assert tokenizer.decode(ids[~mask]) == f"Instruction: {pair.instruction}\n\nAnswer:"
+    assert tokenizer.decode(ids[mask]) == f" {pair.answer}{tokenizer.eos_token}"
+    assert tokenizer.decode(ids) == f"Instruction: {pair.instruction}\n\nAnswer: {pair.answer}{tokenizer.eos_token}"
+    with pytest.raises(TrainDataError, match="pair format"):
+        encode_pairs(tokenizer, [pair], pair_format="essay")
+
+
+def test_texts_and_documents_of_runs_and_files(pair_dataset: Path, pairs: list[PairRow], tmp_path: Path) -> None:
+    part = tmp_path / "recipe" / "dataset" / "rank-00001" / "part-000000.parquet"
+    part.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"document_id": ["d1", "d2", None], "text": ["one", "", "three"]}), part)
+    assert read_texts(tmp_path / "recipe") == [TextRow("d1", "one")]  # empty texts and missing ids are skipped
+    pq.write_table(pa.table({"text": ["x"]}), tmp_path / "bad.parquet")
+    with pytest.raises(TrainDataError, match="document_id"):
+        read_texts(tmp_path / "bad.parquet")
+    jsonl = tmp_path / "documents.jsonl"
+    jsonl.write_text('{"id": "a", "text": "alpha"}\n{"id": "b", "text": "beta"}\n')
+    assert read_documents(jsonl) == [TextRow("a", "alpha"), TextRow("b", "beta")]
+    from_pairs = read_documents(pair_dataset)  # a folder of pairs alone: their documents, each once
+    assert len(from_pairs) == 30 and from_pairs[0] == TextRow(pairs[0].document_id, pairs[0].text)
+    assert read_arm(ArmSpec("w", "texts", (str(tmp_path / "recipe"),))) == [TextRow("d1", "one")]
+    assert heldout_ids({"a", "b"}, 0.0) == set()
 
 
 def test_documents_end_with_eos_and_train_on_everything(tokenizer: PreTrainedTokenizerFast,

@@ -30,7 +30,9 @@ from fineinstructions.errors import ConfigError, FineInstructionsError
 log = logging.getLogger(__name__)
 
 MODEL_META = "fineinstructions-model.json"
-PROMPT_FORMATS = ("auto", "chat", "plain")
+PROMPT_FORMATS = ("auto", "chat", "plain", "instruction")
+# The paper's frame for pairs trained as plain text, and for prompting any model trained on raw text.
+INSTRUCTION_PROMPT = "Instruction: {instruction}\n\nAnswer:"
 
 
 class NotACausalLM(FineInstructionsError):
@@ -51,13 +53,15 @@ def read_model_meta(path: str | Path) -> dict[str, Any]:
 
 
 def resolve_prompt_format(prompt_format: str, meta: dict[str, Any], has_chat_template: bool) -> str:
-    """"chat" or "plain": explicit, else the folder's fineinstructions-model.json, else by chat template."""
+    """"chat", "plain" or "instruction": explicit, else the folder's fineinstructions-model.json, else by chat
+    template."""
     if prompt_format not in PROMPT_FORMATS:
         raise ConfigError(f"prompt_format must be one of {', '.join(PROMPT_FORMATS)}, got {prompt_format!r}")
     if prompt_format == "auto":
         prompt_format = str(meta.get("prompt_format") or ("chat" if has_chat_template else "plain"))
-    if prompt_format not in ("chat", "plain"):
-        raise ConfigError(f"{MODEL_META} names an unknown prompt_format {prompt_format!r} (chat or plain)")
+    if prompt_format not in PROMPT_FORMATS[1:]:
+        raise ConfigError(f"{MODEL_META} names an unknown prompt_format {prompt_format!r} "
+                          f"({', '.join(PROMPT_FORMATS[1:])})")
     if prompt_format == "chat" and not has_chat_template:
         raise ConfigError("prompt_format 'chat' needs a tokenizer with a chat template")
     return prompt_format
@@ -66,6 +70,11 @@ def resolve_prompt_format(prompt_format: str, meta: dict[str, Any], has_chat_tem
 def render_plain(conversation: Conversation) -> str:
     """The "plain" prompt of a base LM: message contents joined by blank lines, then a blank line."""
     return "\n\n".join(m["content"] for m in conversation) + "\n\n"
+
+
+def render_instruction(conversation: Conversation) -> str:
+    """The "instruction" prompt: `Instruction: {message contents}\n\nAnswer:` (the answer follows a space)."""
+    return INSTRUCTION_PROMPT.format(instruction="\n\n".join(m["content"] for m in conversation))
 
 
 def resolve_model_path(model: str) -> str:
@@ -183,6 +192,8 @@ class TransformersBackend:
         """The prompt text the model continues, in its prompt format."""
         if self.prompt_format == "plain":
             return render_plain(conversation)
+        if self.prompt_format == "instruction":
+            return render_instruction(conversation)
         return str(self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True))
 
     def _encode(self, text: str) -> list[int]:
@@ -192,7 +203,7 @@ class TransformersBackend:
 
     def _leading_bos(self) -> list[int]:
         bos = self.tokenizer.bos_token_id
-        if self.prompt_format != "plain" or bos is None:
+        if self.prompt_format == "chat" or bos is None:
             return []
         return [bos] if self.tokenizer("a")["input_ids"][:1] == [bos] else []
 
@@ -256,6 +267,8 @@ class TransformersBackend:
             ended = next((k for k, token in enumerate(row) if token in self.eos_ids), None)
             tokens = row if ended is None else row[:ended]
             text = str(self.tokenizer.decode(tokens, skip_special_tokens=True))
+            if self.prompt_format == "instruction":
+                text = text.lstrip()  # the space after "Answer:"
             cut = _cut_at_stop(text, sampling.stop)
             finish = "stop" if ended is not None or cut is not None else ("length" if len(tokens) >= max_new
                                                                           else "stop")
@@ -278,6 +291,8 @@ class TransformersBackend:
         merges = 0
         for conversation, completion in zip(conversations, completions, strict=True):
             prompt_text = self.render(conversation)
+            if self.prompt_format == "instruction" and completion and not completion[0].isspace():
+                completion = " " + completion  # the frame's "Answer:" is followed by a space in training
             prompt = self._encode(prompt_text)
             full = self._encode(prompt_text + completion) if completion else prompt
             common = 0

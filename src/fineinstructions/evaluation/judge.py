@@ -165,6 +165,17 @@ def judge_head_to_head(judge: Backend, items: Sequence[EvalItem], answers_a: Map
 _POINTS = {"a": 1.0, "tie": 0.5, "b": 0.0}
 
 
+def item_preferences(judgments: Sequence[Judgment]) -> dict[str, float]:
+    """Each instruction's preference for model a: the mean points (win 1, tie 0.5, loss 0) of its judgments
+    that did not fail, over both orders; instructions whose every judgment failed are left out."""
+    points: dict[str, list[float]] = {}
+    for j in judgments:
+        points.setdefault(j.item_id, [])
+        if j.winner is not None:
+            points[j.item_id].append(_POINTS[j.winner])
+    return {item: sum(values) / len(values) for item, values in points.items() if values}
+
+
 def aggregate_judgments(judgments: Sequence[Judgment], resamples: int = BOOTSTRAP_RESAMPLES,
                         seed: int = 0, lengths: Mapping[str, tuple[int, int]] | None = None) -> dict[str, Any]:
     """Win rate of model a over b with its intervals, outcome counts, position consistency and bias; with

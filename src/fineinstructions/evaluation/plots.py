@@ -29,7 +29,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _interval_bars(ax: Any, labels: Sequence[str], stats: Sequence[Mapping[str, Any] | None], colors: Sequence[str],
+def _interval_bars(ax: Any, labels: Sequence[str], stats: Sequence[Mapping[str, Any] | None], colors: Sequence[Any],
                    offset: float = 0.0, width: float = 0.6, hatch: str | None = None) -> None:
     xs, heights, low, high = [], [], [], []
     for i, stat in enumerate(stats):
@@ -62,7 +62,8 @@ def write_evaluation_plot(path: Path, scores: Mapping[str, Any], curves: Mapping
     import matplotlib.pyplot as plt
 
     names = [m["name"] for m in scores["models"]]
-    colors = ["tab:blue", "tab:orange", "tab:green", "tab:red"][: max(2, len(names))]
+    palette = plt.get_cmap("tab20" if len(names) > 10 else "tab10")
+    colors: list[Any] = [palette(i % palette.N) for i in range(max(2, len(names)))]
     fig, axes = plt.subplots(2, 2, figsize=(12, 9))
     (curve_ax, win_ax), (rouge_ax, ll_ax) = axes
 

@@ -1,4 +1,4 @@
-"""`fineinstructions evaluate`: two models answer the same held-out instructions and are compared.
+"""`fineinstructions evaluate`: models answer the same held-out instructions and are compared.
 
     EVAL_DIR/answers/<name>.json   one model's answers and reference log-likelihoods (reused when unchanged)
     EVAL_DIR/answers.jsonl         every answer, one row per (model, instruction)
@@ -7,8 +7,10 @@
     EVAL_DIR/evaluation.png        training curves, win rate, ROUGE-L / F1, reference log-likelihood
     EVAL_DIR/cache/requests.sqlite every finished answer and judge call, so a killed run resumes for free
 
-Every file is written atomically. Model "a" is the first model (the `pairs` arm of a training run),
-"b" the second (the `documents` arm); the win rate is a's.
+Every file is written atomically. Model "a" is the first model (the first arm of a training run: its `pairs`
+arm, or FineInstructions in an experiment); the head-to-head compares it with every other arm's model of the same
+seed (`evaluation.arms`), and every win rate is a's. With more than two models, scores.json also holds every
+comparison ("comparisons") and each arm's figures pooled over its seeds ("arms").
 
 EVAL_DIR is claimed like every run folder (`io.run_folder.RunFolder`): locked for the run's life and a non-empty
 foreign folder refused. An evaluation never refuses its own folder: answers/ and the cache are keyed by what made
@@ -33,13 +35,27 @@ from fineinstructions.backends.models import DEFAULT_GENERATOR
 from fineinstructions.config import BackendConfig
 from fineinstructions.errors import FineInstructionsError
 from fineinstructions.evaluation.answers import ModelAnswers, ModelSpec, answer_with_model
+from fineinstructions.evaluation.arms import (
+    MEASURES,
+    arm_measures,
+    model_arm,
+    pairings,
+    pooled_preferences,
+    pooled_values,
+)
 from fineinstructions.evaluation.heldout import (
     EvaluationInputError,
     InstructionSet,
     heldout_path,
     load_instructions,
 )
-from fineinstructions.evaluation.judge import aggregate_grades, aggregate_judgments, grade_answers, judge_head_to_head
+from fineinstructions.evaluation.judge import (
+    aggregate_grades,
+    aggregate_judgments,
+    grade_answers,
+    item_preferences,
+    judge_head_to_head,
+)
 from fineinstructions.evaluation.plots import read_metrics, write_evaluation_plot
 from fineinstructions.evaluation.scores import reference_scores
 from fineinstructions.evaluation.stats import BOOTSTRAP_RESAMPLES, bootstrap_ci, paired_bootstrap_ci
@@ -102,28 +118,37 @@ class EvaluationSettings:
 
 
 def train_dir_models(train_dir: str | Path) -> list[ModelSpec]:
-    """The two arms of a training run: pairs/final (a) and documents/final (b)."""
+    """The models of a training run in its manifest's order (first arm first, seeds in turn); a folder without
+    a manifest: pairs/final (a) and documents/final (b)."""
+    from fineinstructions.training.run import manifest_models, read_manifest
+
     root = Path(train_dir)
     if not root.is_dir():
         raise EvaluationInputError(f"training run folder not found: {root}")
+    manifest = read_manifest(root)
+    named = ([(name, str(entry.get("final") or f"{name}/final")) for name, entry in manifest_models(manifest).items()]
+             if manifest and manifest.get("arms") else list(ARMS))
     specs = []
-    for name, relative in ARMS:
+    for name, relative in named:
         folder = root / relative
         if not (folder / "config.json").is_file():
             raise EvaluationInputError(f"{root} has no finished {name} model ({relative}/config.json is missing); "
-                                       "finish `fineinstructions train` or pass --model NAME=PATH twice")
+                                       "finish `fineinstructions train` or pass --model NAME=PATH for each model")
         specs.append(ModelSpec(name, str(folder)))
     return specs
 
 
 def check_models(models: Sequence[ModelSpec]) -> None:
-    """Two models with distinct names; local folders must hold a causal LM (checked from config.json alone)."""
+    """At least two models with distinct names; local folders must hold a causal LM (checked from config.json
+    alone)."""
     from fineinstructions.backends.transformers_engine import NotACausalLM, check_causal_lm
 
-    if len(models) != 2:
-        raise EvaluationInputError(f"evaluate compares exactly two models, got {len(models)}")
-    if models[0].name == models[1].name:
-        raise EvaluationInputError(f"the two models need different names, both are {models[0].name!r}")
+    if len(models) < 2:
+        raise EvaluationInputError(f"evaluate compares at least two models, got {len(models)}")
+    names = [m.name for m in models]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise EvaluationInputError(f"the models need different names; repeated: {', '.join(repeated)}")
     for spec in models:
         path = Path(spec.path).expanduser()
         looks_local = path.exists() or spec.path.startswith(("/", ".", "~"))
@@ -183,9 +208,14 @@ def score_references(instructions: InstructionSet, answers: Sequence[ModelAnswer
             if common:
                 differences[key] = paired_bootstrap_ci([a[key][i] for i in common], [b[key][i] for i in common],
                                                        resamples, seed)
-    return {"items": len(references), "tokenizers_match": tokenizers_match,
-            "warning": None if tokenizers_match else TOKENIZER_WARNING,
-            "per_model": per_model, "difference_a_minus_b": differences}
+    result = {"items": len(references), "tokenizers_match": tokenizers_match,
+              "warning": None if tokenizers_match else TOKENIZER_WARNING,
+              "per_model": per_model, "difference_a_minus_b": differences}
+    if len(answers) > 2:
+        names = [m.name for m in answers]
+        result["arms"] = {key: pooled_values({m: values[m][key] for m in names}, names, resamples, seed)
+                          for key in ("rouge_l", "token_f1", "exact_match")}
+    return result
 
 
 def _answer_summary(model: ModelAnswers) -> dict[str, Any]:
@@ -243,25 +273,42 @@ def _run_judges(out_dir: Path, instructions: InstructionSet, answers: Sequence[M
 
 def _pairwise(out_dir: Path, instructions: InstructionSet, answers: Sequence[ModelAnswers],
               settings: EvaluationSettings, cache: RequestCache, judge_backend: Backend, say: Any) -> dict[str, Any]:
+    """The first model's arm against every other arm, seed against seed, in both orders (see `evaluation.arms`):
+    the first comparison's figures at the top, every comparison and the seed-pooled win rates beside them."""
     judge_id = judge_backend.model_id
     cached = CachedBackend(judge_backend, cache, f"evaluate-judge:{settings.judge_prompt_version}")
-    a, b = answers
-    answers_a = {r["item_id"]: r["answer"] or "" for r in a.rows}
-    answers_b = {r["item_id"]: r["answer"] or "" for r in b.rows}
-    say(f"judging {len(instructions.items)} instructions in both orders with {judge_id}")
+    by_name = {m.name: m for m in answers}
+    texts = {m.name: {r["item_id"]: r["answer"] or "" for r in m.rows} for m in answers}
+    words = {name: {i: len(text.split()) for i, text in by_item.items()} for name, by_item in texts.items()}
     start = time.perf_counter()
-    judgments = judge_head_to_head(cached, instructions.items, answers_a, answers_b,
-                                   prompt_version=settings.judge_prompt_version,
-                                   max_tokens=settings.judge_max_tokens,
-                                   max_answer_chars=settings.judge_max_answer_chars,
-                                   batch_size=settings.judge_batch_size, seed=settings.seed)
-    order_model = {"ab": (a.name, b.name), "ba": (b.name, a.name)}
-    rows = [j.to_json() | {"response_a_model": order_model[j.order][0], "response_b_model": order_model[j.order][1],
-                           "judge": judge_id} for j in judgments]
+    rows: list[dict[str, Any]] = []
+    comparisons: dict[str, Any] = {}
+    preferences = []
+    every: list[Any] = []
+    for a, b in pairings([m.name for m in answers]):
+        say(f"judging {len(instructions.items)} instructions in both orders with {judge_id}: {a} vs {b}")
+        judgments = judge_head_to_head(cached, instructions.items, texts[a], texts[b],
+                                       prompt_version=settings.judge_prompt_version,
+                                       max_tokens=settings.judge_max_tokens,
+                                       max_answer_chars=settings.judge_max_answer_chars,
+                                       batch_size=settings.judge_batch_size, seed=settings.seed)
+        order_model = {"ab": (a, b), "ba": (b, a)}
+        rows += [j.to_json() | {"response_a_model": order_model[j.order][0],
+                                "response_b_model": order_model[j.order][1], "judge": judge_id} for j in judgments]
+        lengths = {i: (words[a].get(i, 0), words[b].get(i, 0)) for i in texts[a]}
+        result = aggregate_judgments(judgments, settings.bootstrap_resamples, settings.seed, lengths)
+        comparisons[f"{a} vs {b}"] = _with_run_facts(result, (by_name[a], by_name[b]), cached,
+                                                      settings.judge_prompt_version, start, judgments)
+        preferences.append((a, b, item_preferences(judgments)))
+        every += judgments
     _write_jsonl(out_dir / "judgments.jsonl", rows)
-    lengths = {i: (len(answers_a.get(i, "").split()), len(answers_b.get(i, "").split())) for i in answers_a}
-    result = aggregate_judgments(judgments, settings.bootstrap_resamples, settings.seed, lengths)
-    return _with_run_facts(result, answers, cached, settings.judge_prompt_version, start, judgments)
+    first = dict(next(iter(comparisons.values())))
+    if len(comparisons) > 1:
+        first |= {"comparisons": comparisons,
+                  "arms": pooled_preferences(preferences, words, settings.bootstrap_resamples, settings.seed)}
+        first = _with_run_facts(first, answers, cached, settings.judge_prompt_version, start, every,
+                                failures=sum(c["failures"] for c in comparisons.values()))
+    return first
 
 
 def _single(out_dir: Path, instructions: InstructionSet, answers: Sequence[ModelAnswers],
@@ -271,8 +318,7 @@ def _single(out_dir: Path, instructions: InstructionSet, answers: Sequence[Model
     judge_id = judge_backend.model_id
     kind = "reference" if against_reference else "grade"
     cached = CachedBackend(judge_backend, cache, f"evaluate-{kind}:{settings.grade_prompt_version}")
-    a, b = answers
-    by_model = {m.name: {r["item_id"]: r["answer"] or "" for r in m.rows} for m in (a, b)}
+    by_model = {m.name: {r["item_id"]: r["answer"] or "" for r in m.rows} for m in answers}
     graded = sum(bool(i.reference) for i in instructions.items) if against_reference else len(instructions.items)
     say(f"rating each answer to {graded} instructions "
         f"{'against its reference' if against_reference else 'alone'} (1-10) with {judge_id}")
@@ -284,17 +330,31 @@ def _single(out_dir: Path, instructions: InstructionSet, answers: Sequence[Model
                            against_reference=against_reference)
     _write_jsonl(out_dir / ("reference_grades.jsonl" if against_reference else "grades.jsonl"),
                  [g.to_json() | {"judge": judge_id} for g in grades])
-    result = aggregate_grades(grades, a.name, b.name, settings.bootstrap_resamples, settings.seed)
+    names = [m.name for m in answers]
+    matched = pairings(names)
+    results = {f"{a} vs {b}": aggregate_grades(grades, a, b, settings.bootstrap_resamples, settings.seed)
+               for a, b in matched}
+    result = dict(next(iter(results.values())))
+    if len(names) > 2:
+        ratings = {name: {g.item_id: float(g.rating) for g in grades if g.model == name and g.rating is not None}
+                   for name in names}
+        result |= {"mean_rating": {name: bootstrap_ci(list(values.values()), settings.bootstrap_resamples,
+                                                      settings.seed) for name, values in ratings.items()},
+                   "comparisons": results,
+                   "arms": pooled_values(ratings, names, settings.bootstrap_resamples, settings.seed),
+                   "unparseable": sum(g.rating is None and g.error is None for g in grades),
+                   "failures": sum(g.error is not None for g in grades), "judgments": len(grades)}
     return _with_run_facts(result, answers, cached, settings.grade_prompt_version, start, grades)
 
 
 def _with_run_facts(result: dict[str, Any], answers: Sequence[ModelAnswers], cached: CachedBackend,
-                    prompt_version: str, start: float, calls: Sequence[Any]) -> dict[str, Any]:
+                    prompt_version: str, start: float, calls: Sequence[Any], failures: int | None = None
+                    ) -> dict[str, Any]:
     """A judged comparison's figures plus who judged what, how long it took, what was paid, and a total failure."""
     result |= {"model_a": answers[0].name, "model_b": answers[1].name, "judge": cached.model_id,
                "prompt_version": prompt_version, "seconds": round(time.perf_counter() - start, 2),
                "judge_calls": int(cached.stats.requests), "cache_hits": int(cached.stats.extra.get("cache_hits", 0))}
-    if calls and result["failures"] == len(calls):
+    if calls and (result["failures"] if failures is None else failures) == len(calls):
         first = next((c.error for c in calls if c.error), "unknown error")
         result["error"] = f"the judge failed on all {len(calls)} requests: {first}"
     return result
@@ -458,8 +518,27 @@ def print_scores(scores: dict[str, Any], console: Any) -> None:
             f"failed {pairwise['failures']}")
     for key, title in (("single", "single-answer grading"), ("reference_graded", "graded against the reference")):
         _print_grades(scores.get(key), title, console)
+    if len(names) > 2:
+        console.print(arms_table(scores))
     for warning in scores.get("warnings") or []:
         console.print(f"[yellow]warning:[/yellow] {warning}")
+
+
+def arms_table(scores: dict[str, Any]) -> Any:
+    """A rich table of each arm's figures pooled over its seeds (`evaluation.arms.arm_measures`), 95% CIs."""
+    from rich.table import Table
+
+    measures = arm_measures(scores)
+    names = [m["name"] for m in scores["models"]]
+    anchor = model_arm(names[0]).arm if names else "-"
+    table = Table(title=f"arms, pooled over seeds (head-to-head: {anchor} against each arm)")
+    table.add_column("arm")
+    for _, label in MEASURES:
+        table.add_column(label, justify="right")
+    for arm, figures in measures.items():
+        table.add_row(arm, *(_fmt(figures.get(key), 2 if "grade" in key or "rating" in key else 3)
+                             for key, _ in MEASURES))
+    return table
 
 
 def _print_grades(single: dict[str, Any] | None, title: str, console: Any) -> None:

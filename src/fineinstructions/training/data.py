@@ -1,21 +1,31 @@
-"""The two token-matched training sets built from the same source documents.
+"""The token-matched training sets ("arms") built from the same source documents.
 
-Arm "pairs": each kept (instruction, answer) pair rendered with the chat template (user = instruction, assistant =
-answer) and followed by the eos token. Arm "documents": the raw text of the same documents (each once), followed by
-the eos token. Documents are held out by a hash of their id, so neither arm ever trains on a held-out document.
+An arm is made of one kind of text:
 
-Both arms are shuffled with the seed, concatenated and cut into `seq_len` blocks. Matching: both arms train on exactly
+- "pairs": kept FineInstructions pairs, each rendered stand-alone as the paper trains them,
+  `Instruction: {instruction}\n\nAnswer: {answer}` (`pair_format` "instruction"), or with the tokenizer's chat
+  template (user = instruction, assistant = answer; "chat"), followed by the eos token;
+- "texts": the texts of a baseline recipe's run (WRAP rephrasings, Nemotron-CC QA, Instruction Pre-Training), each
+  in its recipe's own layout, followed by the eos token;
+- "documents": raw documents followed by the eos token: the documents a run read (from its config.yaml), or,
+  for a folder of pairs alone, the documents those pairs came from (each once).
+
+Documents are held out by a hash of their id across every arm, so no arm ever trains on a held-out document.
+
+Every arm is shuffled with the seed, concatenated and cut into `seq_len` blocks. Matching: all arms train on exactly
 the same number of blocks. Validation blocks for eval_loss are the *last* `eval_blocks` blocks of each arm's own
 packing; the training blocks are the first `train_blocks` of each arm, with
-`train_blocks = min(budget_blocks, blocks(a) - eval_blocks, blocks(b) - eval_blocks)`. So an arm with blocks to spare
-takes its validation slice from them, and when an arm has none the same number of blocks is carved from both — the
+`train_blocks = min(budget_blocks, blocks(arm) - eval_blocks for every arm)`. So an arm with blocks to spare
+takes its validation slice from them, and when an arm has none the same number of blocks is carved from all — the
 match stays exact either way.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +39,15 @@ from fineinstructions.errors import FineInstructionsError
 from fineinstructions.io.run_folder import RunFolder
 from fineinstructions.training.loop import PackedData
 
-ARMS = ("pairs", "documents")
+log = logging.getLogger(__name__)
+
+ARMS = ("pairs", "documents")  # the two arms a training run from pairs alone builds
+ARM_KINDS = ("pairs", "texts", "documents")
+PAIR_FORMATS = ("instruction", "chat")
 REQUIRED_COLUMNS = ("document_id", "text", "instantiated_instruction", "answer")
 _READ_COLUMNS = REQUIRED_COLUMNS + ("template_id",)
+TEXT_COLUMNS = ("document_id", "text")
+_ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class TrainDataError(FineInstructionsError):
@@ -51,6 +67,48 @@ class PairRow:
     instruction: str
     answer: str
     template_id: str = ""
+
+
+@dataclass(frozen=True)
+class TextRow:
+    """A text an arm trains on as it is (a recipe's text or a raw document), with the document it came from."""
+
+    document_id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class ArmSpec:
+    """One arm of a training run: its name, the kind of text it trains on and where that text is read from."""
+
+    name: str
+    kind: str
+    sources: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not _ARM_NAME.fullmatch(self.name):
+            raise TrainDataError(f"arm name {self.name!r} must be letters, digits, '.', '_' or '-' (<= 64)")
+        if self.kind not in ARM_KINDS:
+            raise TrainDataError(f"arm {self.name!r}: kind must be one of {', '.join(ARM_KINDS)}, got {self.kind!r}")
+        if not self.sources:
+            raise TrainDataError(f"arm {self.name!r} names no source")
+
+    @classmethod
+    def parse(cls, text: str) -> ArmSpec:
+        """`NAME=KIND:PATH[,PATH...]`, e.g. `wrap=texts:runs/x/wrap` or `documents=documents:runs/x/fi`."""
+        name, sep, rest = text.partition("=")
+        kind, colon, paths = rest.partition(":")
+        sources = tuple(p.strip() for p in paths.split(",") if p.strip())
+        if not sep or not colon or not sources:
+            raise TrainDataError(f"an arm is given as NAME=KIND:PATH[,PATH...] (KIND one of {', '.join(ARM_KINDS)}), "
+                                 f"got {text!r}")
+        return cls(name.strip(), kind.strip(), sources)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "sources": list(self.sources)}
+
+
+ArmRows = list[PairRow] | list[TextRow]
 
 
 @dataclass
@@ -100,7 +158,8 @@ def dataset_files(source: str | Path | Sequence[str | Path]) -> list[Path]:
         raise TrainDataError(f"{path} does not exist (expected a run folder, a dataset folder or a Parquet file)")
     if RunFolder(path).dataset.is_dir():
         path = RunFolder(path).dataset
-    files = sorted(path.glob("*.parquet"))
+    # A run's parts are dataset/rank-NNNNN/part-NNNNNN.parquet; an older run's or a plain folder's lie at the top.
+    files = sorted(path.glob("*.parquet")) + sorted(path.glob("rank-*/*.parquet"))
     if not files:
         raise TrainDataError(f"{path} holds no Parquet files of pairs (is the run finished? a run folder keeps its "
                              "kept pairs in dataset/part-*.parquet)")
@@ -126,6 +185,95 @@ def read_pairs(source: str | Path | Sequence[str | Path]) -> list[PairRow]:
     return rows
 
 
+def read_texts(source: str | Path | Sequence[str | Path]) -> list[TextRow]:
+    """The texts of a recipe run's dataset (or any Parquet with `document_id` and `text`), non-empty ones only."""
+    rows: list[TextRow] = []
+    for file in dataset_files(source):
+        names = set(pq.read_schema(file).names)
+        missing = [c for c in TEXT_COLUMNS if c not in names]
+        if missing:
+            raise TrainDataError(f"{file} lacks the column(s) {', '.join(missing)}; a texts arm needs "
+                                 f"{', '.join(TEXT_COLUMNS)} (a recipe run's dataset has them)")
+        for row in pq.read_table(file, columns=list(TEXT_COLUMNS)).to_pylist():
+            if row["text"] and row["document_id"] is not None:
+                rows.append(TextRow(str(row["document_id"]), row["text"]))
+    if not rows:
+        raise TrainDataError(f"{source} holds no texts")
+    return rows
+
+
+def read_documents(source: str | Path | Sequence[str | Path]) -> list[TextRow]:
+    """The raw documents behind `source`: for a run folder with a config.yaml, every document the run read (its
+    `documents` section re-read); for a JSONL/JSON file, or a Parquet file without pairs, its documents (`id` and
+    `text`); for a folder or file of pairs alone, the documents of those pairs, each once."""
+    if not isinstance(source, str | Path):
+        seen: dict[str, str] = {}
+        for one in source:
+            for row in read_documents(one):
+                seen.setdefault(row.document_id, row.text)
+        return [TextRow(d, t) for d, t in seen.items()]
+    path = Path(source).expanduser()
+    folder = RunFolder(path)
+    if folder.config_file.is_file():
+        return _run_documents(folder)
+    if path.is_file() and (path.suffix in (".jsonl", ".json") or (
+            path.suffix == ".parquet" and "instantiated_instruction" not in pq.read_schema(path).names)):
+        return _file_documents(path)
+    return [TextRow(d, t) for d, t in unique_documents(read_pairs(source))]
+
+
+def _file_documents(path: Path) -> list[TextRow]:
+    from fineinstructions.config import SourceConfig
+    from fineinstructions.io.read_stats import ReadStats
+    from fineinstructions.pipeline import load_documents
+
+    source = SourceConfig(kind="path", path=str(path), text_field="text", id_field="id")
+    rows = [TextRow(doc.document_id, doc.text) for doc in load_documents(source, ReadStats()) if doc.text.strip()]
+    if not rows:
+        raise TrainDataError(f"{path} holds no documents (rows with `id` and `text`)")
+    return rows
+
+
+def _run_documents(folder: RunFolder) -> list[TextRow]:
+    from fineinstructions.config import PipelineConfig
+    from fineinstructions.io.read_stats import ReadStats
+    from fineinstructions.pipeline import demo_pairing, load_documents
+
+    config = PipelineConfig.from_yaml(folder.config_file)
+    if demo_pairing(config):
+        log.warning("%s chose its documents near its queries; the documents arm takes the documents of its pairs",
+                    folder.root)
+        return [TextRow(d, t) for d, t in unique_documents(read_pairs(folder.root))]
+    stats = ReadStats()
+    rows = [TextRow(doc.document_id, doc.text) for doc in load_documents(config.documents, stats) if doc.text.strip()]
+    if not rows:
+        raise TrainDataError(f"{folder.root}: its documents source yielded no documents")
+    return rows
+
+
+def read_arm(spec: ArmSpec) -> ArmRows:
+    """The rows of one arm, read from its sources."""
+    if spec.kind == "pairs":
+        return read_pairs(spec.sources)
+    if spec.kind == "texts":
+        return read_texts(spec.sources)
+    return read_documents(spec.sources)
+
+
+def arms_sha(arms: dict[str, ArmRows]) -> str:
+    """A short hash of every arm's content (what the run trains on)."""
+    digest = hashlib.sha256()
+    for name, rows in arms.items():
+        digest.update(f"{name}\x01".encode())
+        for row in rows:
+            values = (row.document_id, row.text, row.instruction, row.answer) if isinstance(row, PairRow) else (
+                row.document_id, row.text)
+            for value in values:
+                digest.update(value.encode("utf-8", "surrogatepass"))
+                digest.update(b"\x00")
+    return digest.hexdigest()[:16]
+
+
 def data_sha(pairs: Sequence[PairRow]) -> str:
     """A short hash of the pairs' content (what the run trains on)."""
     digest = hashlib.sha256()
@@ -143,21 +291,26 @@ def _doc_hash(document_id: str) -> float:
 def split_heldout(pairs: Sequence[PairRow], fraction: float = 0.1, documents: int | None = None) -> Split:
     """Hold out documents by a hash of their id: those whose hash is below `fraction`, or, when `documents` is set,
     the `documents` lowest hashes (the same ids for any seed, so evaluations stay comparable)."""
+    held = heldout_ids({p.document_id for p in pairs}, fraction, documents)
+    return Split(train=[p for p in pairs if p.document_id not in held],
+                 heldout=[p for p in pairs if p.document_id in held],
+                 heldout_ids=sorted(held, key=lambda d: (_doc_hash(d), d)))
+
+
+def heldout_ids(document_ids: set[str], fraction: float = 0.1, documents: int | None = None) -> set[str]:
+    """The held-out documents among `document_ids` (see `split_heldout`)."""
     if not 0 <= fraction < 1:
         raise TrainDataError(f"heldout fraction must be in [0, 1), got {fraction}")
-    ids = sorted({p.document_id for p in pairs}, key=lambda d: (_doc_hash(d), d))
+    ids = sorted(document_ids, key=lambda d: (_doc_hash(d), d))
     if documents is not None:
         if documents < 0 or documents >= len(ids):
             raise TrainDataError(f"cannot hold out {documents} of {len(ids)} documents; at least one must remain "
                                  "for training")
-        held = set(ids[:documents])
-    else:
-        held = {d for d in ids if _doc_hash(d) < fraction}
-        if len(held) == len(ids):
-            raise TrainDataError(f"all {len(ids)} documents fell into the held-out split; lower --heldout-fraction")
-    return Split(train=[p for p in pairs if p.document_id not in held],
-                 heldout=[p for p in pairs if p.document_id in held],
-                 heldout_ids=[d for d in ids if d in held])
+        return set(ids[:documents])
+    held = {d for d in ids if _doc_hash(d) < fraction}
+    if held and len(held) == len(ids):
+        raise TrainDataError(f"all {len(ids)} documents fell into the held-out split; lower --heldout-fraction")
+    return held
 
 
 def unique_documents(pairs: Sequence[PairRow]) -> list[tuple[str, str]]:
@@ -177,17 +330,26 @@ def _completion_suffix(tokenizer: PreTrainedTokenizerBase, full: str) -> str:
 
 
 def encode_pairs(tokenizer: PreTrainedTokenizerBase, pairs: Sequence[PairRow], mask_instructions: bool = False,
-                 batch: int = 1024) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Token ids and loss mask of each pair: chat template (user = instruction, assistant = answer) + eos.
+                 batch: int = 1024, pair_format: str = "chat") -> list[tuple[np.ndarray, np.ndarray]]:
+    """Token ids and loss mask of each pair + eos: `Instruction: {instruction}\n\nAnswer: {answer}` ("instruction",
+    the paper's) or the chat template (user = instruction, assistant = answer; "chat").
 
-    The prompt (everything up to and including the generation prompt) and the rest are tokenized separately, so
-    the boundary is exact; with `mask_instructions` the prompt tokens get loss_mask False.
+    The prompt (up to "Answer:", or the chat's generation prompt) and the rest are tokenized separately, so the
+    boundary is exact; with `mask_instructions` the prompt tokens get loss_mask False.
     """
+    from fineinstructions.backends.transformers_engine import INSTRUCTION_PROMPT
+
+    if pair_format not in PAIR_FORMATS:
+        raise TrainDataError(f"pair format must be one of {', '.join(PAIR_FORMATS)}, got {pair_format!r}")
     out: list[tuple[np.ndarray, np.ndarray]] = []
     for start in range(0, len(pairs), batch):
         chunk = pairs[start:start + batch]
         prompts, rests = [], []
         for p in chunk:
+            if pair_format == "instruction":
+                prompts.append(INSTRUCTION_PROMPT.format(instruction=p.instruction))
+                rests.append(f" {p.answer}{tokenizer.eos_token}")
+                continue
             user = [{"role": "user", "content": p.instruction}]
             prompt = str(tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True))
             full = str(tokenizer.apply_chat_template(user + [{"role": "assistant", "content": p.answer}],
@@ -284,13 +446,36 @@ def match_arms(encoded: dict[str, list[tuple[np.ndarray, np.ndarray]]], seq_len:
 
 def build_arms(tokenizer: PreTrainedTokenizerBase, train_pairs: Sequence[PairRow], seq_len: int, seed: int,
                tokens: int | None = None, mask_instructions: bool = False,
-               eval_fraction: float = 0.02) -> dict[str, ArmData]:
-    """Tokenize both arms from the same training pairs and return them token-matched."""
-    docs = unique_documents(train_pairs)
-    encoded = {"pairs": encode_pairs(tokenizer, train_pairs, mask_instructions),
-               "documents": encode_documents(tokenizer, [text for _, text in docs])}
-    n_docs = len(docs)
-    return match_arms(encoded, seq_len, seed, tokens, eval_fraction, {"pairs": n_docs, "documents": n_docs})
+               eval_fraction: float = 0.02, pair_format: str = "chat") -> dict[str, ArmData]:
+    """Tokenize both arms of a run from pairs alone (the pairs, their documents) and return them token-matched."""
+    docs = [TextRow(d, t) for d, t in unique_documents(train_pairs)]
+    return build_arm_data(tokenizer, {"pairs": list(train_pairs), "documents": docs}, seq_len, seed, tokens,
+                          mask_instructions, eval_fraction, pair_format)
+
+
+def build_arm_data(tokenizer: PreTrainedTokenizerBase, arms: dict[str, ArmRows], seq_len: int, seed: int,
+                   tokens: int | None = None, mask_instructions: bool = False, eval_fraction: float = 0.02,
+                   pair_format: str = "instruction") -> dict[str, ArmData]:
+    """Tokenize every arm's rows (pairs in `pair_format`, texts and documents as they are) and return the arms
+    token-matched (see `match_arms`)."""
+    encoded = encode_arms(tokenizer, arms, mask_instructions, pair_format)
+    return match_arms(encoded, seq_len, seed, tokens, eval_fraction, arm_documents(arms))
+
+
+def encode_arms(tokenizer: PreTrainedTokenizerBase, arms: dict[str, ArmRows], mask_instructions: bool = False,
+                pair_format: str = "instruction") -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """Token ids and loss masks of every arm's examples: pairs in `pair_format`, texts and documents as they are."""
+    encoded = {}
+    for name, rows in arms.items():
+        pairs = [r for r in rows if isinstance(r, PairRow)]
+        encoded[name] = (encode_pairs(tokenizer, pairs, mask_instructions, pair_format=pair_format) if pairs
+                         else encode_documents(tokenizer, [r.text for r in rows]))
+    return encoded
+
+
+def arm_documents(arms: dict[str, ArmRows]) -> dict[str, int]:
+    """How many distinct source documents each arm's rows come from."""
+    return {name: len({r.document_id for r in rows}) for name, rows in arms.items()}
 
 
 def tokenizer_texts(train_pairs: Sequence[PairRow]) -> list[str]:
@@ -298,3 +483,19 @@ def tokenizer_texts(train_pairs: Sequence[PairRow]) -> list[str]:
     answers)."""
     return [text for _, text in unique_documents(train_pairs)] + [p.instruction for p in train_pairs] + [
         p.answer for p in train_pairs]
+
+
+def arm_tokenizer_texts(arms: dict[str, ArmRows]) -> list[str]:
+    """What the from-scratch tokenizer learns from: every arm's text (each document once, instructions, answers)."""
+    texts: list[str] = []
+    documents: set[str] = set()
+    for rows in arms.values():
+        for row in rows:
+            if isinstance(row, PairRow):
+                texts += [row.instruction, row.answer]
+                if row.document_id not in documents:
+                    documents.add(row.document_id)
+                    texts.append(row.text)
+            else:
+                texts.append(row.text)
+    return texts
