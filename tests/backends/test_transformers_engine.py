@@ -150,3 +150,21 @@ def test_folders_that_are_not_causal_lms_are_clear_errors(tmp_path: Path):
         from fineinstructions.backends.transformers_engine import resolve_prompt_format
 
         resolve_prompt_format("markdown", {}, True)
+
+
+def test_the_instruction_frame_of_models_trained_on_raw_text(tmp_path):
+    from fineinstructions.backends.transformers_engine import TransformersBackend
+
+    framed = TransformersBackend(str(make_tiny_llama(tmp_path / "m", seed=0)), prompt_format="instruction",
+                                 batch_size=4)
+    try:
+        assert framed.render(QUESTION) == "Instruction: What is the capital of France?\n\nAnswer:"
+        text = framed.generate([QUESTION], SamplingParams(max_tokens=8))[0].text
+        assert text == text.lstrip()  # the space after "Answer:" is the frame's, not the answer's
+        # the reference is scored as it was trained: after "Answer:" and a space
+        (total, count), = framed.log_likelihood([QUESTION], ["Paris."])
+        ids = framed.tokenizer(framed.render(QUESTION) + " Paris.", add_special_tokens=False)["input_ids"]
+        assert count == len(ids) - len(framed.tokenizer(framed.render(QUESTION), add_special_tokens=False)[
+            "input_ids"]) and total < 0
+    finally:
+        framed.close()

@@ -26,7 +26,7 @@ import hashlib
 import logging
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,20 +166,26 @@ def dataset_files(source: str | Path | Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def read_pairs(source: str | Path | Sequence[str | Path]) -> list[PairRow]:
-    """The kept pairs of `source` (one or several) with non-empty instruction, answer and document text."""
-    rows: list[PairRow] = []
+def _dataset_rows(source: str | Path | Sequence[str | Path], required: Sequence[str], read: Sequence[str],
+                  what: str, hint: str) -> Iterator[dict[str, Any]]:
+    """The rows (`read` columns present) of every Parquet file of `source`; a file lacking `required` columns is
+    refused, saying `what` needs them and where they are found (`hint`)."""
     for file in dataset_files(source):
         names = set(pq.read_schema(file).names)
-        missing = [c for c in REQUIRED_COLUMNS if c not in names]
+        missing = [c for c in required if c not in names]
         if missing:
-            raise TrainDataError(f"{file} lacks the column(s) {', '.join(missing)}; training needs "
-                                 f"{', '.join(REQUIRED_COLUMNS)} (a dataset written by the pipeline has them)")
-        table = pq.read_table(file, columns=[c for c in _READ_COLUMNS if c in names])
-        for row in table.to_pylist():
-            if row["instantiated_instruction"] and row["answer"] and row["text"] and row["document_id"] is not None:
-                rows.append(PairRow(str(row["document_id"]), row["text"], row["instantiated_instruction"],
-                                    row["answer"], row.get("template_id") or ""))
+            raise TrainDataError(f"{file} lacks the column(s) {', '.join(missing)}; {what} needs "
+                                 f"{', '.join(required)} ({hint})")
+        yield from pq.read_table(file, columns=[c for c in read if c in names]).to_pylist()
+
+
+def read_pairs(source: str | Path | Sequence[str | Path]) -> list[PairRow]:
+    """The kept pairs of `source` (one or several) with non-empty instruction, answer and document text."""
+    rows = [PairRow(str(row["document_id"]), row["text"], row["instantiated_instruction"], row["answer"],
+                    row.get("template_id") or "")
+            for row in _dataset_rows(source, REQUIRED_COLUMNS, _READ_COLUMNS,
+                                     "training on pairs", "a dataset written by the pipeline has them")
+            if row["instantiated_instruction"] and row["answer"] and row["text"] and row["document_id"] is not None]
     if not rows:
         raise TrainDataError(f"{source} holds no pairs with an instruction, an answer and a document text")
     return rows
@@ -187,16 +193,10 @@ def read_pairs(source: str | Path | Sequence[str | Path]) -> list[PairRow]:
 
 def read_texts(source: str | Path | Sequence[str | Path]) -> list[TextRow]:
     """The texts of a recipe run's dataset (or any Parquet with `document_id` and `text`), non-empty ones only."""
-    rows: list[TextRow] = []
-    for file in dataset_files(source):
-        names = set(pq.read_schema(file).names)
-        missing = [c for c in TEXT_COLUMNS if c not in names]
-        if missing:
-            raise TrainDataError(f"{file} lacks the column(s) {', '.join(missing)}; a texts arm needs "
-                                 f"{', '.join(TEXT_COLUMNS)} (a recipe run's dataset has them)")
-        for row in pq.read_table(file, columns=list(TEXT_COLUMNS)).to_pylist():
-            if row["text"] and row["document_id"] is not None:
-                rows.append(TextRow(str(row["document_id"]), row["text"]))
+    rows = [TextRow(str(row["document_id"]), row["text"])
+            for row in _dataset_rows(source, TEXT_COLUMNS, TEXT_COLUMNS,
+                                     "a texts arm", "a recipe run's dataset has them")
+            if row["text"] and row["document_id"] is not None]
     if not rows:
         raise TrainDataError(f"{source} holds no texts")
     return rows
