@@ -152,9 +152,9 @@ def test_the_eval_folder_is_claimed_older_ones_adopted_and_stale_outputs_removed
 
 def test_models_that_cannot_be_compared_are_clear_errors(train_dir: Path, tmp_path: Path):
     pairs = str(train_dir / "pairs" / "final")
-    with pytest.raises(EvaluationInputError, match="exactly two"):
+    with pytest.raises(EvaluationInputError, match="at least two models, got 1"):
         evaluate(tmp_path / "e", train_dir=train_dir, models=[ModelSpec("a", pairs)], settings=_settings(None))
-    with pytest.raises(EvaluationInputError, match="different names"):
+    with pytest.raises(EvaluationInputError, match="different names; repeated: a"):
         evaluate(tmp_path / "e", train_dir=train_dir, models=[ModelSpec("a", pairs)] * 2, settings=_settings(None))
     not_a_model = tmp_path / "folder"
     not_a_model.mkdir()

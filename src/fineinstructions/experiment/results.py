@@ -149,6 +149,8 @@ def write_results_plot(path: Path, results: dict[str, Any]) -> Path:
             ax.set_ylim(0, 1)
         elif "grade" in key or "rating" in key:
             ax.set_ylim(0, 10)
+        else:
+            ax.set_ylim(0, 1)
     if not shown:
         axes[0][0].text(0.5, 0.5, "no judged measures", ha="center", va="center")
     fig.suptitle(f"token for token: {', '.join(arms)} (95% CI; win rates: {results['anchor']} vs the arm)",
