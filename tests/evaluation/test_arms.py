@@ -32,6 +32,8 @@ def test_the_anchor_meets_every_other_arm_seed_against_seed() -> None:
     assert pairings(["fi-seed0", "docs-seed0", "docs-seed3"]) == [("fi-seed0", "docs-seed0"),
                                                                    ("fi-seed0", "docs-seed3")]
     assert pairings([]) == []
+    # models all of one arm (two seeds of one run given with --model): the first two meet
+    assert pairings(["fi-seed1", "fi-seed2", "fi-seed3"]) == [("fi-seed1", "fi-seed2")]
 
 
 def test_values_are_averaged_over_seeds_per_item_then_bootstrapped() -> None:

@@ -15,6 +15,7 @@ from fineinstructions.cli import app
 from fineinstructions.errors import ConfigError
 from fineinstructions.experiment import Experiment, ExperimentConfig, run_experiment
 from fineinstructions.experiment.heldout import corpus_documents, trivia_questions
+from fineinstructions.experiment.run import ExperimentError
 from tests.test_pipeline import write_inputs
 
 torch = pytest.importorskip("torch")
@@ -106,6 +107,20 @@ def test_a_tiny_experiment_runs_every_step_and_resumes(tmp_path: Path, monkeypat
         assert again["arms"][arm]["measures"] == results["arms"][arm]["measures"]
     state = json.loads((root / "experiment.json").read_text())
     assert state["steps"]["train"]["invocations"] == 2
+    generated = state["steps"]["generate:wrap"]["seconds"]
+
+    # Another corpus is refused: every run and model there was made from the old one.
+    other = ExperimentConfig.model_validate(tiny(tmp_path) | {"corpus": {"kind": "path", "path": str(
+        tmp_path / "documents.jsonl"), "limit": 2}})
+    with pytest.raises(ExperimentError, match="other corpus or held-out settings.*--force"):
+        run_experiment(other)
+    # Other evaluation settings re-evaluate; the generation steps keep their seconds (their settings are the same).
+    changed = ExperimentConfig.model_validate(tiny(tmp_path) | {"evaluate": tiny(tmp_path)["evaluate"] | {
+        "judge_mode": "reference"}})
+    rescored = run_experiment(changed)
+    assert rescored["arms"]["wrap"]["measures"]["single_rating"] is None
+    state = json.loads((root / "experiment.json").read_text())
+    assert state["steps"]["generate:wrap"]["seconds"] >= generated and state["steps"]["evaluate"]["invocations"] == 1
 
     # The CLI runs one step of it; a config file with --set and --out works the same way.
     path = tmp_path / "exp.yaml"
@@ -142,6 +157,7 @@ def test_the_ready_configs_validate_and_build_every_step(name: str, tmp_path: Pa
         assert pipeline.recipe == arm.kind and pipeline.documents.path == str(experiment.corpus_file.resolve())
     train = experiment.train_config()
     assert [s.name for s in train.arm_specs] == [a.name for a in config.arms]
+    train.validate()  # the preset takes the sequence length, the dtype is known, the arms are distinct
     assert experiment.evaluation_settings().judge_mode == "all"
 
 

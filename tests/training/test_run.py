@@ -258,7 +258,8 @@ def test_arm_specs_and_cli_arms(pair_dataset: Path, tmp_path: Path) -> None:
 
     assert ArmSpec.parse("wrap=texts:a,b") == ArmSpec("wrap", "texts", ("a", "b"))
     for bad, message in (("wrap", "NAME=KIND:PATH"), ("wrap=texts:", "NAME=KIND:PATH"),
-                         ("wrap=essays:x", "kind must be one of"), ("w rap=texts:x", "arm name")):
+                         ("wrap=essays:x", "kind must be one of"), ("w rap=texts:x", "arm name"),
+                         ("fi-seed1=pairs:x", "seed suffix"), ("tokenizer=pairs:x", "not be one of")):
         with pytest.raises(TrainDataError, match=message):
             ArmSpec.parse(bad)
     documents = _documents_file(pair_dataset, tmp_path / "documents.jsonl")

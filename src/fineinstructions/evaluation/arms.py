@@ -47,14 +47,16 @@ def arms_of(names: Sequence[str]) -> dict[str, list[ModelArm]]:
 
 def pairings(names: Sequence[str]) -> list[tuple[str, str]]:
     """(anchor model, other model) for every model of another arm than the first model's, matched by seed (a
-    model whose seed the anchor arm lacks meets the first model)."""
+    model whose seed the anchor arm lacks meets the first model). Models that are all of one arm: the first two
+    models meet."""
     if not names:
         return []
     anchor = model_arm(names[0]).arm
     arms = arms_of(names)
     by_seed = {m.seed: m.model for m in arms[anchor]}
-    return [(by_seed.get(m.seed, names[0]), m.model) for arm, models in arms.items() if arm != anchor
-            for m in models]
+    matched = [(by_seed.get(m.seed, names[0]), m.model) for arm, models in arms.items() if arm != anchor
+               for m in models]
+    return matched or ([(names[0], names[1])] if len(names) > 1 else [])
 
 
 def pooled_values(per_model: Mapping[str, Mapping[str, float]], names: Sequence[str],

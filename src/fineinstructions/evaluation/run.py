@@ -287,6 +287,7 @@ def _pairwise(out_dir: Path, instructions: InstructionSet, answers: Sequence[Mod
     every: list[Any] = []
     for a, b in pairings([m.name for m in answers]):
         say(f"judging {len(instructions.items)} instructions in both orders with {judge_id}: {a} vs {b}")
+        begun, paid, hits = time.perf_counter(), cached.stats.requests, cached.stats.extra.get("cache_hits", 0)
         judgments = judge_head_to_head(cached, instructions.items, texts[a], texts[b],
                                        prompt_version=settings.judge_prompt_version,
                                        max_tokens=settings.judge_max_tokens,
@@ -297,18 +298,37 @@ def _pairwise(out_dir: Path, instructions: InstructionSet, answers: Sequence[Mod
                                 "response_b_model": order_model[j.order][1], "judge": judge_id} for j in judgments]
         lengths = {i: (words[a].get(i, 0), words[b].get(i, 0)) for i in texts[a]}
         result = aggregate_judgments(judgments, settings.bootstrap_resamples, settings.seed, lengths)
-        comparisons[f"{a} vs {b}"] = _with_run_facts(result, (by_name[a], by_name[b]), cached,
-                                                      settings.judge_prompt_version, start, judgments)
+        result = _with_run_facts(result, (by_name[a], by_name[b]), cached, settings.judge_prompt_version, begun,
+                                 judgments)
+        result |= {"judge_calls": int(cached.stats.requests - paid),  # this comparison's, not the running totals
+                   "cache_hits": int(cached.stats.extra.get("cache_hits", 0) - hits)}
+        comparisons[f"{a} vs {b}"] = result
         preferences.append((a, b, item_preferences(judgments)))
         every += judgments
     _write_jsonl(out_dir / "judgments.jsonl", rows)
-    first = dict(next(iter(comparisons.values())))
-    if len(comparisons) > 1:
-        first |= {"comparisons": comparisons,
-                  "arms": pooled_preferences(preferences, words, settings.bootstrap_resamples, settings.seed)}
-        first = _with_run_facts(first, answers, cached, settings.judge_prompt_version, start, every,
-                                failures=sum(c["failures"] for c in comparisons.values()))
-    return first
+    return _first_with_all(comparisons, answers, {"arms": pooled_preferences(
+        preferences, words, settings.bootstrap_resamples, settings.seed)}, cached, settings.judge_prompt_version,
+                           start, every)
+
+
+def _first_with_all(comparisons: dict[str, dict[str, Any]], answers: Sequence[ModelAnswers],
+                    pooled: dict[str, Any], cached: CachedBackend, prompt_version: str, start: float,
+                    calls: Sequence[Any]) -> dict[str, Any]:
+    """The first comparison's figures at the top (labelled with its own two models), and with several: every
+    comparison, the figures pooled over seeds, and the counts and failures of all of them."""
+    name, first = next(iter(comparisons.items()))
+    if len(comparisons) == 1:
+        return first
+    by_name = {m.name: m for m in answers}
+    a, b = name.split(" vs ", 1)
+    result = {k: v for k, v in first.items() if k != "error"} | pooled | {"comparisons": comparisons}
+    for key in ("unparseable", "failures", "judgments"):
+        result[key] = sum(c.get(key, 0) for c in comparisons.values())
+    result = _with_run_facts(result, (by_name[a], by_name[b]), cached, prompt_version, start, calls)
+    failed = [f"{n}: {c['error']}" for n, c in comparisons.items() if c.get("error")]
+    if failed and "error" not in result:
+        result["failed_comparisons"] = failed
+    return result
 
 
 def _single(out_dir: Path, instructions: InstructionSet, answers: Sequence[ModelAnswers],
@@ -331,20 +351,21 @@ def _single(out_dir: Path, instructions: InstructionSet, answers: Sequence[Model
     _write_jsonl(out_dir / ("reference_grades.jsonl" if against_reference else "grades.jsonl"),
                  [g.to_json() | {"judge": judge_id} for g in grades])
     names = [m.name for m in answers]
-    matched = pairings(names)
     results = {f"{a} vs {b}": aggregate_grades(grades, a, b, settings.bootstrap_resamples, settings.seed)
-               for a, b in matched}
-    result = dict(next(iter(results.values())))
+               for a, b in pairings(names)}
+    by_name = {m.name: m for m in answers}
+    name, first = next(iter(results.items()))
+    a, b = name.split(" vs ", 1)
     if len(names) > 2:
         ratings = {name: {g.item_id: float(g.rating) for g in grades if g.model == name and g.rating is not None}
                    for name in names}
-        result |= {"mean_rating": {name: bootstrap_ci(list(values.values()), settings.bootstrap_resamples,
-                                                      settings.seed) for name, values in ratings.items()},
-                   "comparisons": results,
-                   "arms": pooled_values(ratings, names, settings.bootstrap_resamples, settings.seed),
-                   "unparseable": sum(g.rating is None and g.error is None for g in grades),
-                   "failures": sum(g.error is not None for g in grades), "judgments": len(grades)}
-    return _with_run_facts(result, answers, cached, settings.grade_prompt_version, start, grades)
+        first = first | {"mean_rating": {name: bootstrap_ci(list(values.values()), settings.bootstrap_resamples,
+                                                             settings.seed) for name, values in ratings.items()},
+                         "comparisons": results,
+                         "arms": pooled_values(ratings, names, settings.bootstrap_resamples, settings.seed),
+                         "unparseable": sum(g.rating is None and g.error is None for g in grades),
+                         "failures": sum(g.error is not None for g in grades), "judgments": len(grades)}
+    return _with_run_facts(first, (by_name[a], by_name[b]), cached, settings.grade_prompt_version, start, grades)
 
 
 def _with_run_facts(result: dict[str, Any], answers: Sequence[ModelAnswers], cached: CachedBackend,
@@ -380,7 +401,7 @@ def evaluate(out_dir: str | Path, *, train_dir: str | Path | None = None, models
              judge_backend: Backend | None = None, console: Any = None) -> dict[str, Any]:
     """Run (or resume) an evaluation and return the figures written to scores.json.
 
-    Models come from `models` or from `train_dir`'s two arms; instructions from `instructions` or
+    Models come from `models` or from `train_dir`'s models; instructions from `instructions` or
     `train_dir/heldout.jsonl`. `judge_backend`, when given, is used instead of `settings.judge` (and is not
     closed). Raises EvaluationInputError on unusable input before any model is loaded.
     """
@@ -438,6 +459,7 @@ def _evaluate(out: Path, train_dir: str | Path | None, models: Sequence[ModelSpe
         for result in (pairwise, single, graded):
             if result and result.get("error") and result["error"] not in warnings:
                 warnings.append(result["error"])
+            warnings += [f"a head-to-head failed: {failed}" for failed in (result or {}).get("failed_comparisons", [])]
         if pairwise and pairwise.get("unparseable"):
             warnings.append(f"{pairwise['unparseable']} judge verdicts were unparseable (counted as ties)")
         for result in (single, graded):

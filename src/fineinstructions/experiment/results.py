@@ -30,7 +30,7 @@ def arm_costs(config: ExperimentConfig, state: dict[str, Any], summaries: dict[s
         step = (state.get("steps") or {}).get(f"generate:{arm.name}") or {}
         seconds = step.get("seconds") if arm.kind != "documents" else None
         kept = counts.get("examples")
-        results = [m.get("result") or {} for m in models.values() if m.get("arm") == arm.name]
+        results = [m["result"] for m in models.values() if m.get("arm") == arm.name and m.get("result")]
         steps = sum(r.get("steps", 0) for r in results)
         train_seconds = sum(r.get("seconds", 0.0) for r in results)
         summary = summaries.get(arm.name) or {}
@@ -104,7 +104,7 @@ def results_markdown(results: dict[str, Any]) -> str:
                   f"({_num(budget.get('epochs'), 'g')} epochs, {_num(budget.get('tokens_total'), ',')} tokens) with a "
                   f"{results['model_preset']} model ({_num((results.get('parameters') or 0) / 1e6, '.1f')}M "
                   "parameters). Generation seconds are the experiment step's wall time on this machine.", "",
-              "| arm | kept items | source documents | generation s | s / kept item | tokens available | "
+              "| arm | kept pairs / texts | source documents | generation s | s / kept item | tokens available | "
               "seconds / step | train tok/s | final loss | eval loss |",
               "| --- |" + " ---: |" * 9]
     for arm, entry in results["arms"].items():

@@ -1,7 +1,7 @@
 """`fineinstructions experiment`: the paper's comparison in one command, resumable at every step.
 
-    EXP_DIR/experiment.json         the config's fingerprint and every step's status and seconds (summed over
-                                    invocations)
+    EXP_DIR/experiment.json         every step's status, seconds (summed over the invocations that ran it with the
+                                    same settings) and the key of those settings
     EXP_DIR/heldout.jsonl           the held-out questions with reference answers
     EXP_DIR/corpus/documents.jsonl  the documents every arm is made from
     EXP_DIR/runs/<arm>/             each generative arm's pipeline run (FineInstructions or a baseline recipe)
@@ -9,9 +9,11 @@
     EXP_DIR/eval/                   answers, judgments and scores (`fineinstructions evaluate`)
     EXP_DIR/results.{json,md,png}   arms x measures with 95% CIs, with what each arm cost
 
-Steps: inputs -> generate:<arm> for each generative arm -> train -> evaluate -> results. Each step resumes what it
-finds (the pipeline runs, training and evaluation keep their own progress), so rerunning the same command after a
-crash picks up where it stopped; a finished generation run is not reopened.
+Steps (`--step`): inputs -> generate (a `generate:<arm>` record per generative arm) -> train -> evaluate ->
+results. Each step resumes what it finds (the pipeline runs, training and evaluation keep their own progress), so
+rerunning the same command after a crash picks up where it stopped; a finished generation run is not reopened. The
+inputs are made once: when the corpus or held-out settings change, the experiment is refused (its runs were made
+from the old corpus) unless `force`, which starts it over.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from fineinstructions.errors import FineInstructionsError
 from fineinstructions.experiment.config import ArmConfig, ExperimentConfig
 from fineinstructions.experiment.heldout import corpus_documents, document_rows, load_heldout, write_jsonl
 from fineinstructions.experiment.results import write_results
+from fineinstructions.hashing import json_hash
 from fineinstructions.io.atomic import write_json_atomic
 from fineinstructions.io.run_folder import RunFolder
 
@@ -39,6 +42,9 @@ log = logging.getLogger(__name__)
 STATE = "experiment.json"
 HELDOUT = "heldout.jsonl"
 CORPUS = "corpus/documents.jsonl"
+INPUTS_KEY = "corpus/inputs.json"
+# What an experiment makes besides results (deleted when `force` starts it over for new inputs).
+MADE = ("runs", "train", "eval", "corpus", HELDOUT, STATE)
 RESULTS = ("results.json", "results.md", "results.png")
 STEPS = ("inputs", "generate", "train", "evaluate", "results")
 
@@ -94,18 +100,30 @@ class Experiment:
             self.state = self._load_state()
             wanted = set(only or STEPS)
             if "inputs" in wanted:
-                self._step("inputs", self._inputs)
+                self._step("inputs", self.inputs_key(), self._inputs)
             if "generate" in wanted:
                 for arm in self.generative_arms():
-                    self._step(f"generate:{arm.name}", functools.partial(self._generate, arm))
+                    self._step(f"generate:{arm.name}", self.pipeline_config(arm).fingerprint(),
+                               functools.partial(self._generate, arm))
             if "train" in wanted:
-                self._step("train", self._train)
+                self._step("train", self.train_key(), self._train)
             if "evaluate" in wanted:
-                self._step("evaluate", self._evaluate)
+                self._step("evaluate", json_hash([self.train_key(), self.config.evaluate.model_dump(mode="json")]),
+                           self._evaluate)
             results: dict[str, Any] = {}
             if "results" in wanted:
-                results = self._step("results", self._results)
+                results = self._step("results", self.config.fingerprint(), self._results)
         return results
+
+    def inputs_key(self) -> str:
+        """What decides the corpus and the held-out questions."""
+        return json_hash([self.config.corpus.model_dump(mode="json"), self.config.heldout.model_dump(mode="json")])
+
+    def train_key(self) -> str:
+        """What decides the trained models: the inputs, every arm's generation settings, the training settings."""
+        return json_hash([self.inputs_key(), self.config.pipeline, [a.model_dump(mode="json") for a in
+                                                                    self.config.arms],
+                          self.config.train.model_dump(mode="json")])
 
     def _say(self, message: str) -> None:
         if self.console is not None:
@@ -120,15 +138,17 @@ class Experiment:
                 state = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 state = {}
-        if state.get("fingerprint") != self.config.fingerprint():
-            # Another configuration's record: the steps' seconds would not add up, start them again.
-            state = {"fingerprint": self.config.fingerprint(), "steps": {}}
+        state["fingerprint"] = self.config.fingerprint()
         state.setdefault("steps", {})
         return state
 
-    def _step(self, name: str, work: Callable[[], Any]) -> Any:
+    def _step(self, name: str, key: str, work: Callable[[], Any]) -> Any:
+        """Run one step and record its status and seconds; the seconds of a step whose settings (`key`) changed
+        start again from zero, so they always add up to what these settings cost."""
         self._say(f"experiment step {name}")
-        entry = self.state["steps"].setdefault(name, {"status": "pending", "seconds": 0.0, "invocations": 0})
+        entry = self.state["steps"].get(name)
+        if entry is None or entry.setdefault("key", key) != key:
+            entry = self.state["steps"][name] = {"status": "pending", "seconds": 0.0, "invocations": 0, "key": key}
         entry["status"] = "running"
         entry["invocations"] += 1
         started = time.perf_counter()
@@ -147,15 +167,26 @@ class Experiment:
     # -- steps -------------------------------------------------------------------------------------------
 
     def _inputs(self) -> None:
-        """heldout.jsonl and corpus/documents.jsonl (kept when they exist: they are a function of the config)."""
+        """heldout.jsonl and corpus/documents.jsonl, made once per corpus and held-out settings (see the module
+        docstring)."""
+        key_file = self.root / INPUTS_KEY
         if self.heldout_file.is_file() and self.corpus_file.is_file():
-            return
+            stored = json.loads(key_file.read_text(encoding="utf-8")).get("key") if key_file.is_file() else None
+            if stored in (None, self.inputs_key()):
+                write_json_atomic(key_file, {"key": self.inputs_key()})
+                return
+            if not self.force:
+                raise ExperimentError(f"{self.root} was made from other corpus or held-out settings: every run, model "
+                                      "and score there comes from them. Use another output_dir, restore the settings "
+                                      "to resume, or --force to start the experiment over")
+            RunFolder(self.root).clear([m for m in MADE if m != STATE])
         questions = load_heldout(self.config.heldout)
         documents = corpus_documents(self.config.corpus, [q["instruction"] for q in questions])
         if not documents:
             raise ExperimentError("the corpus holds no documents")
         write_jsonl(self.corpus_file, document_rows(documents))
         write_jsonl(self.heldout_file, questions)
+        write_json_atomic(key_file, {"key": self.inputs_key()})
         if self.console is not None:
             self.console.print(f"{len(questions)} held-out questions -> {self.heldout_file}; {len(documents)} "
                                f"documents -> {self.corpus_file}")
@@ -178,6 +209,11 @@ class Experiment:
                 return dict(summary)
         summary = Pipeline(config, console=self.console, show_progress=self.console is not None,
                            force=self.force).run()
+        if not RunFolder(self.run_dir(arm)).dataset_files():
+            read = (summary.get("inputs") or {}).get("documents", 0)
+            raise ExperimentError(f"arm {arm.name!r} kept nothing from {read} documents "
+                                  f"(see {self.run_dir(arm)}: `fineinstructions summary` shows why); a larger corpus "
+                                  "or another model is needed before it can be trained on")
         return dict(summary)
 
     def train_config(self) -> Any:

@@ -48,6 +48,8 @@ REQUIRED_COLUMNS = ("document_id", "text", "instantiated_instruction", "answer")
 _READ_COLUMNS = REQUIRED_COLUMNS + ("template_id",)
 TEXT_COLUMNS = ("document_id", "text")
 _ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_SEED_SUFFIX = re.compile(r"-seed\d+$")
+_RESERVED_NAMES = frozenset({"tokenizer", "manifest.json", "heldout.jsonl", "checkpoints"})  # TRAIN_DIR's own
 
 
 class TrainDataError(FineInstructionsError):
@@ -86,8 +88,10 @@ class ArmSpec:
     sources: tuple[str, ...]
 
     def __post_init__(self) -> None:
-        if not _ARM_NAME.fullmatch(self.name):
-            raise TrainDataError(f"arm name {self.name!r} must be letters, digits, '.', '_' or '-' (<= 64)")
+        if not _ARM_NAME.fullmatch(self.name) or _SEED_SUFFIX.search(self.name) or self.name in _RESERVED_NAMES:
+            raise TrainDataError(f"arm name {self.name!r} must be letters, digits, '.', '_' or '-' (<= 64), not end "
+                                 f"in -seed<N> (the models' seed suffix) and not be one of "
+                                 f"{', '.join(sorted(_RESERVED_NAMES))}")
         if self.kind not in ARM_KINDS:
             raise TrainDataError(f"arm {self.name!r}: kind must be one of {', '.join(ARM_KINDS)}, got {self.kind!r}")
         if not self.sources:
@@ -263,7 +267,8 @@ def read_arm(spec: ArmSpec) -> ArmRows:
 def arms_sha(arms: dict[str, ArmRows]) -> str:
     """A short hash of every arm's content (what the run trains on)."""
     digest = hashlib.sha256()
-    for name, rows in arms.items():
+    for name in sorted(arms):  # the arms' order (which one is the anchor) does not change what is trained
+        rows = arms[name]
         digest.update(f"{name}\x01".encode())
         for row in rows:
             values = (row.document_id, row.text, row.instruction, row.answer) if isinstance(row, PairRow) else (
@@ -486,16 +491,22 @@ def tokenizer_texts(train_pairs: Sequence[PairRow]) -> list[str]:
 
 
 def arm_tokenizer_texts(arms: dict[str, ArmRows]) -> list[str]:
-    """What the from-scratch tokenizer learns from: every arm's text (each document once, instructions, answers)."""
+    """What the from-scratch tokenizer learns from: every arm's text (instructions, answers, recipe texts), each
+    distinct text once (so a document read by a pairs arm and a documents arm counts once)."""
     texts: list[str] = []
-    documents: set[str] = set()
+    seen: set[str] = set()
+
+    def add(text: str) -> None:
+        key = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()
+        if key not in seen:
+            seen.add(key)
+            texts.append(text)
+
     for rows in arms.values():
         for row in rows:
             if isinstance(row, PairRow):
                 texts += [row.instruction, row.answer]
-                if row.document_id not in documents:
-                    documents.add(row.document_id)
-                    texts.append(row.text)
+                add(row.text)
             else:
-                texts.append(row.text)
+                add(row.text)
     return texts

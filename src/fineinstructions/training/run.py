@@ -272,8 +272,11 @@ class ArmsSplit:
 
 
 def split_arms(rows: dict[str, ArmRows], fraction: float, documents: int | None) -> ArmsSplit:
-    """Hold out documents by a hash of their id across every arm (see `training.data.heldout_ids`)."""
-    ids = {r.document_id for arm in rows.values() for r in arm}
+    """Hold out documents by a hash of their id across every arm (see `training.data.heldout_ids`); an exact
+    number of documents is counted among the pairs arms' documents where there are any (so their pairs are what
+    heldout.jsonl holds), else among all."""
+    pair_ids = {r.document_id for arm in rows.values() for r in arm if isinstance(r, PairRow)}
+    ids = pair_ids if documents is not None and pair_ids else {r.document_id for arm in rows.values() for r in arm}
     held = heldout_ids(ids, fraction, documents)
     train: dict[str, ArmRows] = {}
     for name, arm in rows.items():
@@ -333,7 +336,8 @@ def run_training(config: TrainConfig, console: Console | None = None, force: boo
 
 def _prompt_format(config: TrainConfig, spec: ArmSpec) -> str:
     """How a model of this arm is prompted: pairs in their training frame; every other arm, trained on raw text,
-    in the paper's `Instruction:/Answer:` frame (the legacy two-arm run's documents model: as a plain base LM)."""
+    in the paper's `Instruction:/Answer:` frame (except a two-arm run from pairs alone with `pair_format` chat,
+    as this project ran before the frame: its documents model is prompted as a plain base LM)."""
     if spec.kind == "pairs":
         return config.pair_format
     return "plain" if not config.arm_specs and config.pair_format == "chat" else "instruction"
