@@ -25,7 +25,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +163,7 @@ def check_models(models: Sequence[ModelSpec]) -> None:
 
 
 LL_METRICS = ("logprob_per_token", "logprob_per_char")
+_SEP = "\x1f"  # between a comparison's index and an item id while all comparisons are judged in one call
 
 
 def score_references(instructions: InstructionSet, answers: Sequence[ModelAnswers],
@@ -280,35 +281,48 @@ def _pairwise(out_dir: Path, instructions: InstructionSet, answers: Sequence[Mod
     by_name = {m.name: m for m in answers}
     texts = {m.name: {r["item_id"]: r["answer"] or "" for r in m.rows} for m in answers}
     words = {name: {i: len(text.split()) for i, text in by_item.items()} for name, by_item in texts.items()}
+    matched = pairings([m.name for m in answers])
+    say(f"judging {len(instructions.items)} instructions in both orders with {judge_id}: "
+        f"{'; '.join(f'{a} vs {b}' for a, b in matched)}")
+    # Every comparison's requests in one call, so the judge gets full batches (a comparison alone is only
+    # 2 x instructions requests); the comparison is carried in the item id and taken off again below.
+    items: list[Any] = []
+    answers_a: dict[str, str] = {}
+    answers_b: dict[str, str] = {}
+    for k, (a, b) in enumerate(matched):
+        for item in instructions.items:
+            key = f"{k}{_SEP}{item.item_id}"
+            items.append(replace(item, item_id=key))
+            answers_a[key], answers_b[key] = texts[a][item.item_id], texts[b][item.item_id]
     start = time.perf_counter()
+    judged = judge_head_to_head(cached, items, answers_a, answers_b, prompt_version=settings.judge_prompt_version,
+                                max_tokens=settings.judge_max_tokens,
+                                max_answer_chars=settings.judge_max_answer_chars,
+                                batch_size=settings.judge_batch_size, seed=settings.seed)
+    by_comparison: list[list[Any]] = [[] for _ in matched]
+    for j in judged:
+        index, item_id = j.item_id.split(_SEP, 1)
+        by_comparison[int(index)].append(replace(j, item_id=item_id))
     rows: list[dict[str, Any]] = []
     comparisons: dict[str, Any] = {}
     preferences = []
-    every: list[Any] = []
-    for a, b in pairings([m.name for m in answers]):
-        say(f"judging {len(instructions.items)} instructions in both orders with {judge_id}: {a} vs {b}")
-        begun, paid, hits = time.perf_counter(), cached.stats.requests, cached.stats.extra.get("cache_hits", 0)
-        judgments = judge_head_to_head(cached, instructions.items, texts[a], texts[b],
-                                       prompt_version=settings.judge_prompt_version,
-                                       max_tokens=settings.judge_max_tokens,
-                                       max_answer_chars=settings.judge_max_answer_chars,
-                                       batch_size=settings.judge_batch_size, seed=settings.seed)
+    for (a, b), judgments in zip(matched, by_comparison, strict=True):
         order_model = {"ab": (a, b), "ba": (b, a)}
         rows += [j.to_json() | {"response_a_model": order_model[j.order][0],
                                 "response_b_model": order_model[j.order][1], "judge": judge_id} for j in judgments]
         lengths = {i: (words[a].get(i, 0), words[b].get(i, 0)) for i in texts[a]}
         result = aggregate_judgments(judgments, settings.bootstrap_resamples, settings.seed, lengths)
-        result = _with_run_facts(result, (by_name[a], by_name[b]), cached, settings.judge_prompt_version, begun,
+        result = _with_run_facts(result, (by_name[a], by_name[b]), cached, settings.judge_prompt_version, start,
                                  judgments)
-        result |= {"judge_calls": int(cached.stats.requests - paid),  # this comparison's, not the running totals
-                   "cache_hits": int(cached.stats.extra.get("cache_hits", 0) - hits)}
+        if len(matched) > 1:  # judged in one call with the others: its time and calls are the total's
+            for key in ("seconds", "judge_calls", "cache_hits"):
+                result.pop(key)
         comparisons[f"{a} vs {b}"] = result
         preferences.append((a, b, item_preferences(judgments)))
-        every += judgments
     _write_jsonl(out_dir / "judgments.jsonl", rows)
     return _first_with_all(comparisons, answers, {"arms": pooled_preferences(
         preferences, words, settings.bootstrap_resamples, settings.seed)}, cached, settings.judge_prompt_version,
-                           start, every)
+                           start, judged)
 
 
 def _first_with_all(comparisons: dict[str, dict[str, Any]], answers: Sequence[ModelAnswers],

@@ -108,9 +108,6 @@ class ArmSpec:
                                  f"got {text!r}")
         return cls(name.strip(), kind.strip(), sources)
 
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "sources": list(self.sources)}
-
 
 ArmRows = list[PairRow] | list[TextRow]
 
@@ -222,36 +219,39 @@ def read_documents(source: str | Path | Sequence[str | Path]) -> list[TextRow]:
         return _run_documents(folder)
     if path.is_file() and (path.suffix in (".jsonl", ".json") or (
             path.suffix == ".parquet" and "instantiated_instruction" not in pq.read_schema(path).names)):
-        return _file_documents(path)
-    return [TextRow(d, t) for d, t in unique_documents(read_pairs(source))]
+        from fineinstructions.config import SourceConfig
+
+        return _source_documents(SourceConfig(kind="path", path=str(path), text_field="text", id_field="id"),
+                                 f"{path} holds no documents (rows with `id` and `text`)")
+    return pair_documents(read_pairs(source))
 
 
-def _file_documents(path: Path) -> list[TextRow]:
-    from fineinstructions.config import SourceConfig
-    from fineinstructions.io.read_stats import ReadStats
-    from fineinstructions.pipeline import load_documents
-
-    source = SourceConfig(kind="path", path=str(path), text_field="text", id_field="id")
-    rows = [TextRow(doc.document_id, doc.text) for doc in load_documents(source, ReadStats()) if doc.text.strip()]
-    if not rows:
-        raise TrainDataError(f"{path} holds no documents (rows with `id` and `text`)")
-    return rows
+def pair_documents(pairs: Sequence[PairRow]) -> list[TextRow]:
+    """The documents the pairs came from, each once, in first-seen order."""
+    return [TextRow(d, t) for d, t in unique_documents(pairs)]
 
 
 def _run_documents(folder: RunFolder) -> list[TextRow]:
     from fineinstructions.config import PipelineConfig
-    from fineinstructions.io.read_stats import ReadStats
-    from fineinstructions.pipeline import demo_pairing, load_documents
+    from fineinstructions.pipeline import demo_pairing
 
     config = PipelineConfig.from_yaml(folder.config_file)
     if demo_pairing(config):
         log.warning("%s chose its documents near its queries; the documents arm takes the documents of its pairs",
                     folder.root)
-        return [TextRow(d, t) for d, t in unique_documents(read_pairs(folder.root))]
-    stats = ReadStats()
-    rows = [TextRow(doc.document_id, doc.text) for doc in load_documents(config.documents, stats) if doc.text.strip()]
+        return pair_documents(read_pairs(folder.root))
+    return _source_documents(config.documents, f"{folder.root}: its documents source yielded no documents")
+
+
+def _source_documents(source: Any, empty: str) -> list[TextRow]:
+    """The non-empty documents of a pipeline documents source (`config.SourceConfig`); `empty`: the error when
+    there are none."""
+    from fineinstructions.io.read_stats import ReadStats
+    from fineinstructions.pipeline import load_documents
+
+    rows = [TextRow(doc.document_id, doc.text) for doc in load_documents(source, ReadStats()) if doc.text.strip()]
     if not rows:
-        raise TrainDataError(f"{folder.root}: its documents source yielded no documents")
+        raise TrainDataError(empty)
     return rows
 
 
@@ -276,16 +276,6 @@ def arms_sha(arms: dict[str, ArmRows]) -> str:
             for value in values:
                 digest.update(value.encode("utf-8", "surrogatepass"))
                 digest.update(b"\x00")
-    return digest.hexdigest()[:16]
-
-
-def data_sha(pairs: Sequence[PairRow]) -> str:
-    """A short hash of the pairs' content (what the run trains on)."""
-    digest = hashlib.sha256()
-    for p in pairs:
-        for value in (p.document_id, p.text, p.instruction, p.answer):
-            digest.update(value.encode("utf-8", "surrogatepass"))
-            digest.update(b"\x00")
     return digest.hexdigest()[:16]
 
 
@@ -453,16 +443,7 @@ def build_arms(tokenizer: PreTrainedTokenizerBase, train_pairs: Sequence[PairRow
                tokens: int | None = None, mask_instructions: bool = False,
                eval_fraction: float = 0.02, pair_format: str = "chat") -> dict[str, ArmData]:
     """Tokenize both arms of a run from pairs alone (the pairs, their documents) and return them token-matched."""
-    docs = [TextRow(d, t) for d, t in unique_documents(train_pairs)]
-    return build_arm_data(tokenizer, {"pairs": list(train_pairs), "documents": docs}, seq_len, seed, tokens,
-                          mask_instructions, eval_fraction, pair_format)
-
-
-def build_arm_data(tokenizer: PreTrainedTokenizerBase, arms: dict[str, ArmRows], seq_len: int, seed: int,
-                   tokens: int | None = None, mask_instructions: bool = False, eval_fraction: float = 0.02,
-                   pair_format: str = "instruction") -> dict[str, ArmData]:
-    """Tokenize every arm's rows (pairs in `pair_format`, texts and documents as they are) and return the arms
-    token-matched (see `match_arms`)."""
+    arms: dict[str, ArmRows] = {"pairs": list(train_pairs), "documents": pair_documents(train_pairs)}
     encoded = encode_arms(tokenizer, arms, mask_instructions, pair_format)
     return match_arms(encoded, seq_len, seed, tokens, eval_fraction, arm_documents(arms))
 
@@ -484,10 +465,8 @@ def arm_documents(arms: dict[str, ArmRows]) -> dict[str, int]:
 
 
 def tokenizer_texts(train_pairs: Sequence[PairRow]) -> list[str]:
-    """What the from-scratch tokenizer learns from: both arms' training text (documents once, instructions,
-    answers)."""
-    return [text for _, text in unique_documents(train_pairs)] + [p.instruction for p in train_pairs] + [
-        p.answer for p in train_pairs]
+    """What the from-scratch tokenizer learns from in a run from pairs alone (see `arm_tokenizer_texts`)."""
+    return arm_tokenizer_texts({"pairs": list(train_pairs)})
 
 
 def arm_tokenizer_texts(arms: dict[str, ArmRows]) -> list[str]:

@@ -44,7 +44,6 @@ from fineinstructions.training.data import (
     ArmRows,
     ArmSpec,
     PairRow,
-    TextRow,
     arm_documents,
     arm_tokenizer_texts,
     arms_sha,
@@ -52,8 +51,8 @@ from fineinstructions.training.data import (
     encode_arms,
     heldout_ids,
     match_arms,
+    pair_documents,
     read_arm,
-    unique_documents,
 )
 from fineinstructions.training.loop import (
     TrainingError,
@@ -288,17 +287,12 @@ def split_arms(rows: dict[str, ArmRows], fraction: float, documents: int | None)
     return ArmsSplit(train, heldout, sorted(held))
 
 
-def legacy_documents(pairs: list[PairRow]) -> list[TextRow]:
-    """The documents arm of a run from pairs alone: the pairs' documents, each once."""
-    return [TextRow(d, t) for d, t in unique_documents(pairs)]
-
-
 def read_arms(config: TrainConfig) -> dict[str, ArmRows]:
     """Every arm's rows, read from its sources."""
     if config.arm_specs:
         return {spec.name: read_arm(spec) for spec in config.arm_specs}
     pairs = read_arm(ArmSpec("pairs", "pairs", config.sources()))
-    return {"pairs": pairs, "documents": legacy_documents([p for p in pairs if isinstance(p, PairRow)])}
+    return {"pairs": pairs, "documents": pair_documents([p for p in pairs if isinstance(p, PairRow)])}
 
 
 def prepare_tokenizer(config: TrainConfig, train_rows: dict[str, ArmRows], folder: Path,
@@ -419,12 +413,10 @@ def _run_training(folder: RunFolder, config: TrainConfig, rows: dict[str, ArmRow
     wanted = set(config.arms or specs)
     for seed in config.seed_list():
         arms = first_seed if seed == config.seed else None
-        for arm_name in specs:
+        for arm_name in (name for name in specs if name in wanted):
             key = config.model_name(arm_name, seed)
             entry = manifest["models"][key]
             final = out / key / FINAL
-            if arm_name not in wanted:
-                continue
             if entry.get("status") == "done" and (final / MODEL_CARD).is_file():
                 if console is not None:
                     console.print(f"[green]{key}[/green]: already trained ({final})")
